@@ -1,0 +1,351 @@
+//! The binary codec: `u32` big-endian length, one type byte, then the frame's fields.
+//!
+//! Strings are a `u16` length and UTF-8 bytes; lists are a `u16` count and their items;
+//! a data frame's payload is the rest of the frame. Decoding is strict: unknown types,
+//! unknown flags, truncated fields and trailing bytes are errors, never guesses.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::{
+    AgentFrame, CloseCode, Hello, Limits, Open, Reject, RejectCode, RelayFrame,
+    ServerAnnouncement, StreamFrame, Welcome,
+};
+use crate::{AgentId, DecodeError, ProtocolVersion, StreamId};
+
+/// Hard ceiling on one frame, length prefix included. A tunnel negotiates a smaller one in
+/// [`Limits::max_frame_len`]; no decoder accepts more than this whatever was negotiated.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// A frame type of one direction: how it is written and read.
+pub trait Frame: Sized {
+    /// Appends the frame, length prefix included, to `buf`.
+    fn encode(&self, buf: &mut BytesMut);
+
+    /// Takes one frame off the front of `buf`. `Ok(None)` means the frame is not complete
+    /// yet and `buf` is untouched; `Err` means the bytes are not a valid frame.
+    fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError>;
+
+    /// Wraps a stream frame as a frame of this direction.
+    fn from_stream(frame: StreamFrame) -> Self;
+
+    /// Decodes a message that must hold exactly one complete frame, as a WebSocket
+    /// message of the tunnel does.
+    fn decode_message(message: &[u8]) -> Result<Self, DecodeError> {
+        let mut buf = BytesMut::from(message);
+        match Self::decode(&mut buf)? {
+            Some(frame) if buf.is_empty() => Ok(frame),
+            _ => Err(DecodeError::NotOneFrame),
+        }
+    }
+
+    /// Encodes the frame into a buffer of its own.
+    fn to_bytes(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf);
+        buf.freeze()
+    }
+}
+
+// === impl AgentFrame ===
+
+impl Frame for AgentFrame {
+    fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            AgentFrame::Hello(hello) => framed(buf, TYPE_HELLO, |buf| {
+                buf.put_u16(hello.version.0);
+                put_str(buf, &hello.agent_version);
+                put_len16(buf, hello.servers.len());
+                for server in &hello.servers {
+                    put_str(buf, &server.name);
+                    put_str(buf, &server.policy_digest);
+                }
+            }),
+            AgentFrame::Draining => framed(buf, TYPE_DRAINING, |_| {}),
+            AgentFrame::Stream(frame) => encode_stream(frame, buf),
+        }
+    }
+
+    fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        let Some((ty, mut body)) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        let frame = match ty {
+            TYPE_HELLO => {
+                let version = ProtocolVersion(body.u16("version")?);
+                let agent_version = body.string("agent_version")?;
+                let count = body.u16("servers")?;
+                let mut servers = Vec::with_capacity(usize::from(count).min(64));
+                for _ in 0..count {
+                    servers.push(ServerAnnouncement {
+                        name: body.string("server.name")?,
+                        policy_digest: body.string("server.policy_digest")?,
+                    });
+                }
+                AgentFrame::Hello(Hello {
+                    version,
+                    agent_version,
+                    servers,
+                })
+            }
+            TYPE_DRAINING => AgentFrame::Draining,
+            TYPE_WELCOME | TYPE_REJECT | TYPE_OPEN => return Err(DecodeError::WrongDirection(ty)),
+            _ => AgentFrame::Stream(decode_stream(ty, &mut body)?),
+        };
+        body.finish()?;
+        Ok(Some(frame))
+    }
+
+    fn from_stream(frame: StreamFrame) -> Self {
+        AgentFrame::Stream(frame)
+    }
+}
+
+// === impl RelayFrame ===
+
+impl Frame for RelayFrame {
+    fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            RelayFrame::Welcome(welcome) => framed(buf, TYPE_WELCOME, |buf| {
+                put_str(buf, &welcome.agent_id.0);
+                put_str(buf, &welcome.agent_name);
+                buf.put_u32(welcome.heartbeat_interval_ms);
+                buf.put_u32(welcome.limits.max_frame_len);
+                buf.put_u32(welcome.limits.max_message_len);
+                buf.put_u32(welcome.limits.initial_window);
+                buf.put_u32(welcome.limits.max_streams);
+            }),
+            RelayFrame::Reject(reject) => framed(buf, TYPE_REJECT, |buf| {
+                buf.put_u16(reject.code.to_u16());
+                put_str(buf, &reject.message);
+            }),
+            RelayFrame::Open(open) => framed(buf, TYPE_OPEN, |buf| {
+                buf.put_u32(open.stream.0);
+                put_str(buf, &open.server);
+                put_len16(buf, open.meta.len());
+                for (name, value) in &open.meta {
+                    put_str(buf, name);
+                    put_str(buf, value);
+                }
+            }),
+            RelayFrame::Stream(frame) => encode_stream(frame, buf),
+        }
+    }
+
+    fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        let Some((ty, mut body)) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        let frame = match ty {
+            TYPE_WELCOME => RelayFrame::Welcome(Welcome {
+                agent_id: AgentId(body.string("agent_id")?),
+                agent_name: body.string("agent_name")?,
+                heartbeat_interval_ms: body.u32("heartbeat_interval_ms")?,
+                limits: Limits {
+                    max_frame_len: body.u32("max_frame_len")?,
+                    max_message_len: body.u32("max_message_len")?,
+                    initial_window: body.u32("initial_window")?,
+                    max_streams: body.u32("max_streams")?,
+                },
+            }),
+            TYPE_REJECT => RelayFrame::Reject(Reject {
+                code: RejectCode::from_u16(body.u16("code")?),
+                message: body.string("message")?,
+            }),
+            TYPE_OPEN => {
+                let stream = StreamId(body.u32("stream")?);
+                let server = body.string("server")?;
+                let count = body.u16("meta")?;
+                let mut meta = Vec::with_capacity(usize::from(count).min(64));
+                for _ in 0..count {
+                    meta.push((body.string("meta.name")?, body.string("meta.value")?));
+                }
+                RelayFrame::Open(Open {
+                    stream,
+                    server,
+                    meta,
+                })
+            }
+            TYPE_HELLO | TYPE_DRAINING => return Err(DecodeError::WrongDirection(ty)),
+            _ => RelayFrame::Stream(decode_stream(ty, &mut body)?),
+        };
+        body.finish()?;
+        Ok(Some(frame))
+    }
+
+    fn from_stream(frame: StreamFrame) -> Self {
+        RelayFrame::Stream(frame)
+    }
+}
+
+// === stream frames, shared by both directions ===
+
+fn encode_stream(frame: &StreamFrame, buf: &mut BytesMut) {
+    match frame {
+        StreamFrame::Data {
+            stream,
+            fin,
+            payload,
+        } => framed(buf, TYPE_DATA, |buf| {
+            buf.put_u32(stream.0);
+            buf.put_u8(if *fin { FLAG_FIN } else { 0 });
+            buf.put_slice(payload);
+        }),
+        StreamFrame::Credit { stream, bytes } => framed(buf, TYPE_CREDIT, |buf| {
+            buf.put_u32(stream.0);
+            buf.put_u32(*bytes);
+        }),
+        StreamFrame::Close {
+            stream,
+            code,
+            message,
+        } => framed(buf, TYPE_CLOSE, |buf| {
+            buf.put_u32(stream.0);
+            buf.put_u16(code.to_u16());
+            put_str(buf, message);
+        }),
+    }
+}
+
+fn decode_stream(ty: u8, body: &mut Fields) -> Result<StreamFrame, DecodeError> {
+    match ty {
+        TYPE_DATA => {
+            let stream = StreamId(body.u32("stream")?);
+            let flags = body.u8("flags")?;
+            if flags & !FLAG_FIN != 0 {
+                return Err(DecodeError::InvalidValue {
+                    field: "flags",
+                    value: u64::from(flags),
+                });
+            }
+            Ok(StreamFrame::Data {
+                stream,
+                fin: flags & FLAG_FIN != 0,
+                payload: body.rest(),
+            })
+        }
+        TYPE_CREDIT => Ok(StreamFrame::Credit {
+            stream: StreamId(body.u32("stream")?),
+            bytes: body.u32("bytes")?,
+        }),
+        TYPE_CLOSE => Ok(StreamFrame::Close {
+            stream: StreamId(body.u32("stream")?),
+            code: CloseCode::from_u16(body.u16("code")?),
+            message: body.string("message")?,
+        }),
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+// === helpers ===
+
+/// Writes the length prefix and type byte around what `body` writes.
+fn framed(buf: &mut BytesMut, ty: u8, body: impl FnOnce(&mut BytesMut)) {
+    let start = buf.len();
+    buf.put_u32(0);
+    buf.put_u8(ty);
+    body(buf);
+    let len = u32::try_from(buf.len() - start - LEN_PREFIX)
+        .expect("frames are bounded far below 4 GiB by their fields' own limits");
+    buf[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Splits one complete frame off `buf`, or returns `None` if it is not all there yet.
+fn split_frame(buf: &mut BytesMut) -> Result<Option<(u8, Fields)>, DecodeError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len + LEN_PREFIX > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len: len + LEN_PREFIX,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(DecodeError::Truncated("type"));
+    }
+    if buf.len() < LEN_PREFIX + len {
+        return Ok(None);
+    }
+    buf.advance(LEN_PREFIX);
+    let mut frame = buf.split_to(len).freeze();
+    let ty = frame.get_u8();
+    Ok(Some((ty, Fields(frame))))
+}
+
+fn put_str(buf: &mut BytesMut, value: &str) {
+    // Strings longer than a u16 are cut at a character boundary; every string field is
+    // a name, a version or a human-readable reason, never content.
+    let mut end = value.len().min(usize::from(u16::MAX));
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_len16(buf, end);
+    buf.put_slice(&value.as_bytes()[..end]);
+}
+
+fn put_len16(buf: &mut BytesMut, len: usize) {
+    buf.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
+}
+
+/// The fields of one frame, read front to back.
+struct Fields(Bytes);
+
+impl Fields {
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, field)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, field)?;
+        Ok(self.0.get_u16())
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, field)?;
+        Ok(self.0.get_u32())
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16(field)?);
+        self.need(len, field)?;
+        let bytes = self.0.split_to(len);
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8(field))
+    }
+
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.0)
+    }
+
+    fn need(&self, len: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.0.len() < len {
+            Err(DecodeError::Truncated(field))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.0.len()))
+        }
+    }
+}
+
+const LEN_PREFIX: usize = 4;
+const FLAG_FIN: u8 = 0b0000_0001;
+
+const TYPE_HELLO: u8 = 0x01;
+const TYPE_DRAINING: u8 = 0x02;
+const TYPE_WELCOME: u8 = 0x10;
+const TYPE_REJECT: u8 = 0x11;
+const TYPE_OPEN: u8 = 0x12;
+const TYPE_DATA: u8 = 0x20;
+const TYPE_CREDIT: u8 = 0x21;
+const TYPE_CLOSE: u8 = 0x22;
+
+#[cfg(test)]
+mod tests;

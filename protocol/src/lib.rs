@@ -1,0 +1,22 @@
+//! Outpost's tunnel protocol: the frames an agent and a relay exchange over one WebSocket,
+//! and their binary codec. Owns the wire format and its limits; does no I/O, reads no clock
+//! and spawns nothing, so it can be tested and fuzzed without a runtime.
+//!
+//! `docs/protocol.md` specifies the format; this crate is its reference implementation.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod codec;
+mod error;
+mod frame;
+mod ids;
+mod version;
+
+pub use codec::{Frame, MAX_FRAME_LEN};
+pub use error::DecodeError;
+pub use frame::{
+    AgentFrame, CloseCode, Hello, Limits, Open, RejectCode, Reject, RelayFrame, ServerAnnouncement,
+    StreamFrame, Welcome,
+};
+pub use ids::{AgentId, StreamId};
+pub use version::{PROTOCOL_VERSION, ProtocolVersion};
