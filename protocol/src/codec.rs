@@ -7,8 +7,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
-    AgentFrame, CloseCode, Hello, Limits, Open, Reject, RejectCode, RelayFrame,
-    ServerAnnouncement, StreamFrame, Welcome,
+    AgentFrame, CloseCode, Hello, Limits, Open, Reject, RejectCode, RelayFrame, ServerAnnouncement,
+    StreamFrame, Welcome,
 };
 use crate::{AgentId, DecodeError, ProtocolVersion, StreamId};
 

@@ -15,7 +15,7 @@ mod version;
 pub use codec::{Frame, MAX_FRAME_LEN};
 pub use error::DecodeError;
 pub use frame::{
-    AgentFrame, CloseCode, Hello, Limits, Open, RejectCode, Reject, RelayFrame, ServerAnnouncement,
+    AgentFrame, CloseCode, Hello, Limits, Open, Reject, RejectCode, RelayFrame, ServerAnnouncement,
     StreamFrame, Welcome,
 };
 pub use ids::{AgentId, StreamId};

@@ -6,14 +6,18 @@ use super::*;
 fn stream_frame() -> impl Strategy<Value = StreamFrame> {
     let id = any::<u32>().prop_map(StreamId);
     prop_oneof![
-        (id.clone(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..2048)).prop_map(
-            |(stream, fin, payload)| StreamFrame::Data {
+        (
+            id.clone(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..2048)
+        )
+            .prop_map(|(stream, fin, payload)| StreamFrame::Data {
                 stream,
                 fin,
                 payload: Bytes::from(payload),
-            }
-        ),
-        (id.clone(), any::<u32>()).prop_map(|(stream, bytes)| StreamFrame::Credit { stream, bytes }),
+            }),
+        (id.clone(), any::<u32>())
+            .prop_map(|(stream, bytes)| StreamFrame::Credit { stream, bytes }),
         (id, close_code(), ".{0,40}").prop_map(|(stream, code, message)| StreamFrame::Close {
             stream,
             code,
@@ -37,21 +41,26 @@ fn agent_frame() -> impl Strategy<Value = AgentFrame> {
         }
     });
     prop_oneof![
-        (any::<u16>(), ".{0,20}", proptest::collection::vec(server, 0..8)).prop_map(
-            |(version, agent_version, servers)| AgentFrame::Hello(Hello {
-                version: ProtocolVersion(version),
-                agent_version,
-                servers,
-            })
-        ),
+        (
+            any::<u16>(),
+            ".{0,20}",
+            proptest::collection::vec(server, 0..8)
+        )
+            .prop_map(
+                |(version, agent_version, servers)| AgentFrame::Hello(Hello {
+                    version: ProtocolVersion(version),
+                    agent_version,
+                    servers,
+                })
+            ),
         Just(AgentFrame::Draining),
         stream_frame().prop_map(AgentFrame::Stream),
     ]
 }
 
 fn relay_frame() -> impl Strategy<Value = RelayFrame> {
-    let welcome = (".{0,20}", "[a-z0-9_-]{1,64}", any::<[u32; 5]>()).prop_map(
-        |(agent_id, agent_name, n)| {
+    let welcome =
+        (".{0,20}", "[a-z0-9_-]{1,64}", any::<[u32; 5]>()).prop_map(|(agent_id, agent_name, n)| {
             RelayFrame::Welcome(Welcome {
                 agent_id: AgentId(agent_id),
                 agent_name,
@@ -63,8 +72,7 @@ fn relay_frame() -> impl Strategy<Value = RelayFrame> {
                     max_streams: n[4],
                 },
             })
-        },
-    );
+        });
     let reject = (1u16..=3, ".{0,40}").prop_map(|(code, message)| {
         RelayFrame::Reject(Reject {
             code: RejectCode::from_u16(code),
@@ -83,14 +91,22 @@ fn relay_frame() -> impl Strategy<Value = RelayFrame> {
                 meta,
             })
         });
-    prop_oneof![welcome, reject, open, stream_frame().prop_map(RelayFrame::Stream)]
+    prop_oneof![
+        welcome,
+        reject,
+        open,
+        stream_frame().prop_map(RelayFrame::Stream)
+    ]
 }
 
 /// Decoding every prefix of an encoded frame needs more bytes and leaves the buffer alone.
 fn assert_incomplete_prefixes<F: Frame + std::fmt::Debug>(encoded: &[u8]) {
     for cut in 0..encoded.len() {
         let mut buf = BytesMut::from(&encoded[..cut]);
-        assert!(matches!(F::decode(&mut buf), Ok(None)), "prefix of {cut} bytes");
+        assert!(
+            matches!(F::decode(&mut buf), Ok(None)),
+            "prefix of {cut} bytes"
+        );
         assert_eq!(buf.len(), cut);
     }
 }
@@ -170,7 +186,10 @@ fn oversized_length_prefix_is_refused_before_buffering() {
 #[test]
 fn unknown_type_is_named() {
     let mut buf = BytesMut::from(&[0, 0, 0, 1, 0x7f][..]);
-    assert_eq!(AgentFrame::decode(&mut buf), Err(DecodeError::UnknownType(0x7f)));
+    assert_eq!(
+        AgentFrame::decode(&mut buf),
+        Err(DecodeError::UnknownType(0x7f))
+    );
 }
 
 #[test]
@@ -200,13 +219,22 @@ fn frames_of_the_other_direction_are_refused() {
 fn trailing_bytes_and_truncated_fields_are_refused() {
     // A credit frame with one byte too many.
     let mut buf = BytesMut::from(&[0, 0, 0, 10, TYPE_CREDIT, 0, 0, 0, 1, 0, 0, 0, 2, 9][..]);
-    assert_eq!(RelayFrame::decode(&mut buf), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        RelayFrame::decode(&mut buf),
+        Err(DecodeError::TrailingBytes(1))
+    );
     // A close frame whose message length runs past the frame.
     let mut buf = BytesMut::from(&[0, 0, 0, 9, TYPE_CLOSE, 0, 0, 0, 1, 0, 0, 0, 5][..]);
-    assert_eq!(RelayFrame::decode(&mut buf), Err(DecodeError::Truncated("message")));
+    assert_eq!(
+        RelayFrame::decode(&mut buf),
+        Err(DecodeError::Truncated("message"))
+    );
     // An empty frame has no type.
     let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
-    assert_eq!(RelayFrame::decode(&mut buf), Err(DecodeError::Truncated("type")));
+    assert_eq!(
+        RelayFrame::decode(&mut buf),
+        Err(DecodeError::Truncated("type"))
+    );
 }
 
 #[test]
@@ -225,7 +253,10 @@ fn unknown_data_flags_are_refused() {
 fn invalid_utf8_is_refused() {
     let mut buf = BytesMut::from(&[0, 0, 0, 9, TYPE_CLOSE, 0, 0, 0, 1, 0, 0, 0, 1, 0xff][..]);
     buf[3] = 10;
-    assert_eq!(RelayFrame::decode(&mut buf), Err(DecodeError::InvalidUtf8("message")));
+    assert_eq!(
+        RelayFrame::decode(&mut buf),
+        Err(DecodeError::InvalidUtf8("message"))
+    );
 }
 
 #[test]
@@ -233,8 +264,14 @@ fn a_message_with_two_frames_is_refused() {
     let mut two = BytesMut::new();
     AgentFrame::Draining.encode(&mut two);
     AgentFrame::Draining.encode(&mut two);
-    assert_eq!(AgentFrame::decode_message(&two), Err(DecodeError::NotOneFrame));
-    assert_eq!(AgentFrame::decode_message(&two[..3]), Err(DecodeError::NotOneFrame));
+    assert_eq!(
+        AgentFrame::decode_message(&two),
+        Err(DecodeError::NotOneFrame)
+    );
+    assert_eq!(
+        AgentFrame::decode_message(&two[..3]),
+        Err(DecodeError::NotOneFrame)
+    );
 }
 
 #[test]

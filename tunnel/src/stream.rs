@@ -1,0 +1,377 @@
+//! One stream's two halves, and the state the driver shares with them. Owns message
+//! splitting, reassembly and credit accounting; does not touch the socket.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use outpost_protocol::{CloseCode, StreamFrame, StreamId};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::Core;
+
+/// A stream: one JSON-RPC conversation between a relay session and an upstream.
+#[derive(Debug)]
+pub struct Stream {
+    /// The stream's id in its tunnel.
+    pub id: StreamId,
+    /// Sends messages; cloneable.
+    pub sender: StreamSender,
+    /// Receives messages, whole.
+    pub receiver: StreamReceiver,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// One side closed it, with a reason.
+    Closed {
+        /// Why.
+        code: CloseCode,
+        /// Detail, safe to log.
+        message: String,
+    },
+    /// The tunnel carrying it ended.
+    TunnelClosed,
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamEnd::Closed { code, message } => write!(f, "closed ({code:?}): {message}"),
+            StreamEnd::TunnelClosed => f.write_str("the tunnel closed"),
+        }
+    }
+}
+
+/// Why a send or receive failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The stream has ended; nothing more will pass.
+    #[error("stream {0}")]
+    Ended(StreamEnd),
+    /// The message exceeds the tunnel's message limit. On receive, the stream was closed.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Size of the message, or of the part seen so far.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The driver's side of a stream.
+#[derive(Debug)]
+pub(crate) struct StreamShared {
+    /// Received pieces. Unbounded in count but not in bytes: the peer may only send what
+    /// it has credit for, and the driver closes a stream that sends more.
+    queue: mpsc::UnboundedSender<Piece>,
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    id: StreamId,
+    /// Payload bytes this side may still send. The peer's credit frames add to it.
+    credit: Semaphore,
+    /// Payload bytes received and not yet credited back: at most `window`.
+    uncredited: AtomicUsize,
+    /// The credit window the peer was granted.
+    window: usize,
+    /// Why the stream ended, once it has.
+    end: Mutex<Option<StreamEnd>>,
+}
+
+#[derive(Debug)]
+struct Piece {
+    fin: bool,
+    payload: Bytes,
+}
+
+/// Sends whole messages on a stream, splitting them into data frames and waiting for
+/// credit. Cloneable; the stream is closed when the receiver and every sender are dropped.
+#[derive(Clone)]
+pub struct StreamSender {
+    state: Arc<State>,
+    core: Arc<Core>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+/// Receives whole messages from a stream.
+pub struct StreamReceiver {
+    state: Arc<State>,
+    core: Arc<Core>,
+    queue: mpsc::UnboundedReceiver<Piece>,
+    /// The message being reassembled.
+    partial: BytesMut,
+    /// Payload bytes consumed but not yet credited back (credit goes out in batches).
+    pending_credit: usize,
+    _guard: Arc<CloseOnDrop>,
+}
+
+/// Closes the stream when its last half is dropped.
+#[derive(Debug)]
+struct CloseOnDrop {
+    id: StreamId,
+    core: Arc<Core>,
+}
+
+pub(crate) fn pair(id: StreamId, core: Arc<Core>) -> (StreamShared, Stream) {
+    let window = core.config.initial_window as usize;
+    let state = Arc::new(State {
+        id,
+        credit: Semaphore::new(window),
+        uncredited: AtomicUsize::new(0),
+        window,
+        end: Mutex::new(None),
+    });
+    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    let guard = Arc::new(CloseOnDrop {
+        id,
+        core: core.clone(),
+    });
+    let stream = Stream {
+        id,
+        sender: StreamSender {
+            state: state.clone(),
+            core: core.clone(),
+            _guard: guard.clone(),
+        },
+        receiver: StreamReceiver {
+            state: state.clone(),
+            core,
+            queue: queue_rx,
+            partial: BytesMut::new(),
+            pending_credit: 0,
+            _guard: guard,
+        },
+    };
+    (
+        StreamShared {
+            queue: queue_tx,
+            state,
+        },
+        stream,
+    )
+}
+
+// === impl StreamShared ===
+
+impl StreamShared {
+    /// Queues a received piece. `Err` means the peer sent past its credit.
+    pub(crate) fn deliver(&self, fin: bool, payload: Bytes) -> Result<(), ()> {
+        // Credit is symmetric: each side grants the peer the same initial window.
+        let window = self.state.window;
+        let len = payload.len();
+        let before = self.state.uncredited.fetch_add(len, Ordering::AcqRel);
+        if before + len > window {
+            return Err(());
+        }
+        // The receiver may be gone; the stream's close is then on its way.
+        let _ = self.queue.send(Piece { fin, payload });
+        Ok(())
+    }
+
+    /// Adds credit granted by the peer.
+    pub(crate) fn add_credit(&self, bytes: u32) {
+        let room = Semaphore::MAX_PERMITS - self.state.credit.available_permits();
+        self.state.credit.add_permits((bytes as usize).min(room));
+    }
+
+    /// Records how the stream ended and wakes everyone waiting on it.
+    pub(crate) fn end(self, end: StreamEnd) {
+        self.state.set_end(end);
+        self.state.credit.close();
+    }
+}
+
+impl State {
+    fn set_end(&self, end: StreamEnd) {
+        let mut slot = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(end);
+    }
+
+    fn ended(&self) -> StreamEnd {
+        self.end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or(StreamEnd::TunnelClosed)
+    }
+}
+
+// === impl StreamSender ===
+
+impl StreamSender {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.state.id
+    }
+
+    /// Sends one whole message. Waits while the stream has no credit, without holding up
+    /// other streams.
+    pub async fn send(&self, message: Bytes) -> Result<(), StreamError> {
+        let config = &self.core.config;
+        if message.len() > config.max_message_len {
+            return Err(StreamError::TooLarge {
+                len: message.len(),
+                max: config.max_message_len,
+            });
+        }
+        let piece_len = config.chunk_len.min(config.initial_window as usize).max(1);
+        let mut rest = message;
+        loop {
+            let take = rest.len().min(piece_len);
+            let payload = rest.split_to(take);
+            let fin = rest.is_empty();
+            let permits = u32::try_from(take).expect("pieces are at most the chunk length");
+            match self.state.credit.acquire_many(permits).await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Err(StreamError::Ended(self.state.ended())),
+            }
+            let frame = StreamFrame::Data {
+                stream: self.state.id,
+                fin,
+                payload,
+            };
+            if self.core.data_tx.send(frame).await.is_err() {
+                return Err(StreamError::Ended(StreamEnd::TunnelClosed));
+            }
+            if fin {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes the stream in both directions, after the data already sent.
+    pub async fn close(&self, code: CloseCode, message: impl Into<String>) {
+        let message = message.into();
+        if let Some(shared) = self.core.remove(self.state.id) {
+            shared.end(StreamEnd::Closed {
+                code,
+                message: message.clone(),
+            });
+            let frame = StreamFrame::Close {
+                stream: self.state.id,
+                code,
+                message,
+            };
+            let _ = self.core.data_tx.send(frame).await;
+        }
+    }
+
+    /// Resolves when the stream has ended, by either side or with the tunnel.
+    pub async fn closed(&self) -> StreamEnd {
+        // The semaphore is closed exactly when the stream ends; waiting for more permits
+        // than can ever exist therefore waits for the end.
+        let _ = self.state.credit.acquire_many(u32::MAX).await;
+        self.state.ended()
+    }
+}
+
+// === impl StreamReceiver ===
+
+impl StreamReceiver {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.state.id
+    }
+
+    /// Receives the next whole message.
+    pub async fn recv(&mut self) -> Result<Bytes, StreamError> {
+        let max = self.core.config.max_message_len;
+        loop {
+            let Some(piece) = self.queue.recv().await else {
+                return Err(StreamError::Ended(self.state.ended()));
+            };
+            let len = piece.payload.len();
+            self.pending_credit += len;
+            if self.partial.len() + len > max {
+                let seen = self.partial.len() + len;
+                self.partial = BytesMut::new();
+                self.close(
+                    CloseCode::MessageTooLarge,
+                    format!("message exceeds {max} bytes"),
+                );
+                return Err(StreamError::TooLarge { len: seen, max });
+            }
+            let message = if piece.fin && self.partial.is_empty() {
+                Some(piece.payload)
+            } else {
+                self.partial.extend_from_slice(&piece.payload);
+                piece.fin.then(|| self.partial.split().freeze())
+            };
+            if message.is_some() || self.pending_credit >= self.core.config.chunk_len {
+                self.flush_credit();
+            }
+            if let Some(message) = message {
+                return Ok(message);
+            }
+        }
+    }
+
+    fn flush_credit(&mut self) {
+        if self.pending_credit == 0 {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pending_credit);
+        self.state.uncredited.fetch_sub(bytes, Ordering::AcqRel);
+        let _ = self.core.credit_tx.send(StreamFrame::Credit {
+            stream: self.state.id,
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        });
+    }
+
+    fn close(&self, code: CloseCode, message: String) {
+        close_now(&self.core, self.state.id, code, message);
+    }
+}
+
+impl std::fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StreamSender").field(&self.state.id).finish()
+    }
+}
+
+impl std::fmt::Debug for StreamReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StreamReceiver")
+            .field(&self.state.id)
+            .finish()
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        close_now(
+            &self.core,
+            self.id,
+            CloseCode::Normal,
+            "stream released".to_owned(),
+        );
+    }
+}
+
+/// Closes a stream from synchronous code: after queued data if the data lane has room,
+/// else at once on the credit lane (the stream's owner has abandoned it anyway).
+fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
+    if let Some(shared) = core.remove(id) {
+        shared.end(StreamEnd::Closed {
+            code,
+            message: message.clone(),
+        });
+        let frame = StreamFrame::Close {
+            stream: id,
+            code,
+            message,
+        };
+        if let Err(err) = core.data_tx.try_send(frame) {
+            let frame = match err {
+                mpsc::error::TrySendError::Full(frame)
+                | mpsc::error::TrySendError::Closed(frame) => frame,
+            };
+            let _ = core.credit_tx.send(frame);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The multiplexer over an in-memory duplex pipe: no sockets, paused time where timing
+//! matters.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use outpost_protocol::{AgentFrame, CloseCode, Frame, RelayFrame, StreamFrame, StreamId};
+use tokio::io::DuplexStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::*;
+
+fn config() -> TunnelConfig {
+    TunnelConfig {
+        heartbeat_interval: Duration::from_secs(10),
+        chunk_len: 16 * 1024,
+        max_message_len: 4 * 1024 * 1024,
+        initial_window: 64 * 1024,
+        max_streams: 8,
+    }
+}
+
+async fn sockets() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    (
+        WebSocketStream::from_raw_socket(a, Role::Server, None).await,
+        WebSocketStream::from_raw_socket(b, Role::Client, None).await,
+    )
+}
+
+struct Pair {
+    relay: Tunnel<RelayFrame>,
+    agent: Tunnel<AgentFrame>,
+    agent_events: mpsc::Receiver<TunnelEvent<RelayFrame>>,
+    relay_events: mpsc::Receiver<TunnelEvent<AgentFrame>>,
+    relay_driver: tokio::task::JoinHandle<TunnelExit>,
+    agent_driver: tokio::task::JoinHandle<TunnelExit>,
+}
+
+async fn pair(config: TunnelConfig) -> Pair {
+    let (relay_socket, agent_socket) = sockets().await;
+    let (relay, relay_events, relay_driver) = Tunnel::<RelayFrame>::start::<_, AgentFrame>(
+        relay_socket,
+        config,
+        CancellationToken::new(),
+    );
+    let (agent, agent_events, agent_driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        config,
+        CancellationToken::new(),
+    );
+    Pair {
+        relay,
+        agent,
+        agent_events,
+        relay_events,
+        relay_driver: tokio::spawn(relay_driver),
+        agent_driver: tokio::spawn(agent_driver),
+    }
+}
+
+async fn accept(events: &mut mpsc::Receiver<TunnelEvent<RelayFrame>>) -> (Stream, String) {
+    match events.recv().await.expect("agent events end") {
+        TunnelEvent::Open { stream, server, .. } => (stream, server),
+        other => panic!("expected an open, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn messages_cross_in_both_directions() {
+    let mut p = pair(config()).await;
+    let mut relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"ping"))
+        .await
+        .unwrap();
+    let (mut agent_side, server) = accept(&mut p.agent_events).await;
+    assert_eq!(server, "erp");
+    assert_eq!(agent_side.id, relay_side.id);
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), "ping");
+    agent_side
+        .sender
+        .send(Bytes::from_static(b"pong"))
+        .await
+        .unwrap();
+    assert_eq!(relay_side.receiver.recv().await.unwrap(), "pong");
+}
+
+#[tokio::test]
+async fn large_messages_are_split_and_reassembled_intact() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let big: Bytes = (0..3 * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let sent = big.clone();
+    let send = tokio::spawn(async move { relay_side.sender.send(sent).await });
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), big);
+    send.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_stream_blocks_only_its_own_sender() {
+    let mut p = pair(config()).await;
+    let stalled = p.relay.open_stream("big", vec![]).unwrap();
+    let (_stalled_agent_side, _) = accept(&mut p.agent_events).await;
+    // Nobody reads the stalled stream: its sender must stop at the window.
+    let big = Bytes::from(vec![b'x'; 1024 * 1024]);
+    let stalled_sender = stalled.sender.clone();
+    let mut blocked = tokio::spawn(async move { stalled_sender.send(big).await });
+    // Meanwhile another stream carries messages both ways.
+    let mut other = p.relay.open_stream("small", vec![]).unwrap();
+    let (mut other_agent_side, _) = accept(&mut p.agent_events).await;
+    for i in 0..50 {
+        let message = Bytes::from(format!("m{i}"));
+        other.sender.send(message.clone()).await.unwrap();
+        assert_eq!(other_agent_side.receiver.recv().await.unwrap(), message);
+        other_agent_side.sender.send(message.clone()).await.unwrap();
+        assert_eq!(other.receiver.recv().await.unwrap(), message);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut blocked)
+            .await
+            .is_err(),
+        "a sender with no credit must wait"
+    );
+    drop(stalled);
+    drop(_stalled_agent_side);
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_before_sending() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let too_big = Bytes::from(vec![0; config().max_message_len + 1]);
+    assert_eq!(
+        relay_side.sender.send(too_big).await,
+        Err(StreamError::TooLarge {
+            len: config().max_message_len + 1,
+            max: config().max_message_len
+        })
+    );
+    // The stream still works.
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn closing_a_stream_tells_the_peer_why() {
+    let mut p = pair(config()).await;
+    let mut relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (agent_side, _) = accept(&mut p.agent_events).await;
+    agent_side
+        .sender
+        .send(Bytes::from_static(b"last words"))
+        .await
+        .unwrap();
+    agent_side
+        .sender
+        .close(CloseCode::UpstreamExited, "exit status 3")
+        .await;
+    // Data sent before the close still arrives, then the reason.
+    assert_eq!(relay_side.receiver.recv().await.unwrap(), "last words");
+    assert_eq!(
+        relay_side.receiver.recv().await,
+        Err(StreamError::Ended(StreamEnd::Closed {
+            code: CloseCode::UpstreamExited,
+            message: "exit status 3".into()
+        }))
+    );
+    assert_eq!(p.relay.open_streams(), 0);
+    assert!(matches!(
+        relay_side.sender.send(Bytes::from_static(b"late")).await,
+        Err(StreamError::Ended(_))
+    ));
+}
+
+#[tokio::test]
+async fn dropping_both_halves_closes_the_stream_on_both_sides() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    drop(relay_side);
+    assert!(matches!(
+        agent_side.receiver.recv().await,
+        Err(StreamError::Ended(StreamEnd::Closed {
+            code: CloseCode::Normal,
+            ..
+        }))
+    ));
+    assert_eq!(p.relay.open_streams(), 0);
+    assert_eq!(p.agent.open_streams(), 0);
+}
+
+#[tokio::test]
+async fn streams_beyond_the_agents_limit_are_closed_as_overloaded() {
+    let relay_config = TunnelConfig {
+        max_streams: 4,
+        ..config()
+    };
+    let agent_config = TunnelConfig {
+        max_streams: 2,
+        ..config()
+    };
+    let (relay_socket, agent_socket) = sockets().await;
+    let (relay, _relay_events, relay_driver) = Tunnel::<RelayFrame>::start::<_, AgentFrame>(
+        relay_socket,
+        relay_config,
+        CancellationToken::new(),
+    );
+    let (_agent, mut agent_events, agent_driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        agent_config,
+        CancellationToken::new(),
+    );
+    tokio::spawn(relay_driver);
+    tokio::spawn(agent_driver);
+    let _a = relay.open_stream("s", vec![]).unwrap();
+    let _b = relay.open_stream("s", vec![]).unwrap();
+    let mut c = relay.open_stream("s", vec![]).unwrap();
+    let _accepted = (
+        accept(&mut agent_events).await,
+        accept(&mut agent_events).await,
+    );
+    assert!(matches!(
+        c.receiver.recv().await,
+        Err(StreamError::Ended(StreamEnd::Closed {
+            code: CloseCode::Overloaded,
+            ..
+        }))
+    ));
+    // The refused stream freed its slot on the relay: two more fit, not three.
+    let _d = relay.open_stream("s", vec![]).unwrap();
+    let _e = relay.open_stream("s", vec![]).unwrap();
+    assert_eq!(
+        relay.open_stream("s", vec![]).unwrap_err(),
+        OpenError::TooManyStreams(4)
+    );
+}
+
+#[tokio::test]
+async fn closing_the_tunnel_fails_every_waiting_receiver() {
+    let mut p = pair(config()).await;
+    let mut relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let waiting = tokio::spawn(async move { relay_side.receiver.recv().await });
+    p.relay.close();
+    assert_eq!(
+        waiting.await.unwrap(),
+        Err(StreamError::Ended(StreamEnd::TunnelClosed))
+    );
+    assert_eq!(
+        agent_side.receiver.recv().await,
+        Err(StreamError::Ended(StreamEnd::TunnelClosed))
+    );
+    assert_eq!(p.relay_driver.await.unwrap(), TunnelExit::Closed);
+    assert!(matches!(
+        p.agent_driver.await.unwrap(),
+        TunnelExit::PeerClosed {
+            code: Some(1000),
+            ..
+        }
+    ));
+    assert!(p.relay_events.recv().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_detected_within_two_intervals() {
+    let (relay_socket, _silent_agent_socket) = sockets().await;
+    let (_relay, _events, driver) = Tunnel::<RelayFrame>::start::<_, AgentFrame>(
+        relay_socket,
+        config(),
+        CancellationToken::new(),
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(driver.await, TunnelExit::PeerSilent);
+    let waited = started.elapsed();
+    assert!(waited >= config().heartbeat_interval * 2);
+    assert!(waited < config().heartbeat_interval * 2 + Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_peer_is_not_mistaken_for_a_silent_one() {
+    let mut p = pair(config()).await;
+    // Many heartbeat intervals of idleness: both sides keep pinging, nobody gives up.
+    tokio::time::sleep(config().heartbeat_interval * 20).await;
+    assert!(!p.relay.is_closed() && !p.agent.is_closed());
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), "still here");
+}
+
+#[tokio::test]
+async fn garbage_from_the_peer_closes_the_tunnel_with_a_protocol_error() {
+    let (relay_socket, mut raw_agent) = sockets().await;
+    let (_relay, _events, driver) = Tunnel::<RelayFrame>::start::<_, AgentFrame>(
+        relay_socket,
+        config(),
+        CancellationToken::new(),
+    );
+    raw_agent
+        .send(Message::Binary(Bytes::from_static(&[0, 0, 0, 1, 0x7f])))
+        .await
+        .unwrap();
+    let exit = driver.await;
+    assert!(matches!(exit, TunnelExit::Protocol(_)), "{exit:?}");
+    // The peer is told with WebSocket close code 1002.
+    loop {
+        match raw_agent.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1002);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_sending_past_its_credit_loses_the_stream() {
+    let (mut raw_relay, agent_socket) = sockets().await;
+    let (agent, mut events, driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        config(),
+        CancellationToken::new(),
+    );
+    tokio::spawn(driver);
+    let open = RelayFrame::Open(outpost_protocol::Open {
+        stream: StreamId(1),
+        server: "erp".into(),
+        meta: vec![],
+    });
+    raw_relay
+        .send(Message::Binary(open.to_bytes()))
+        .await
+        .unwrap();
+    let (mut stream, _) = accept(&mut events).await;
+    // Two windows' worth, without waiting for credit.
+    let piece = Bytes::from(vec![b'a'; config().initial_window as usize]);
+    for _ in 0..2 {
+        let data = RelayFrame::Stream(StreamFrame::Data {
+            stream: StreamId(1),
+            fin: false,
+            payload: piece.clone(),
+        });
+        raw_relay
+            .send(Message::Binary(data.to_bytes()))
+            .await
+            .unwrap();
+    }
+    let mut saw_close = false;
+    while let Some(Ok(message)) = raw_relay.next().await {
+        if let Message::Binary(bytes) = message
+            && let AgentFrame::Stream(StreamFrame::Close { code, .. }) =
+                AgentFrame::decode_message(&bytes).unwrap()
+        {
+            assert_eq!(code, CloseCode::ProtocolViolation);
+            saw_close = true;
+            break;
+        }
+    }
+    assert!(saw_close);
+    assert!(matches!(
+        stream.receiver.recv().await,
+        Err(StreamError::Ended(_))
+    ));
+    assert_eq!(agent.open_streams(), 0);
+}
