@@ -1,0 +1,428 @@
+//! The relay's configuration: layered loading (defaults < TOML file < `OUTPOST_*` env <
+//! flags), validation into a [`Config`] whose fields cannot be invalid, and every default
+//! as a named constant. Does not bind sockets or read key material other than the pepper.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretBox;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Environment, Pepper};
+
+/// Validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the HTTPS listener (tunnels and MCP).
+    pub listen: SocketAddr,
+    /// The URL clients and agents use to reach this relay, for printed instructions.
+    pub public_url: Option<String>,
+    /// Which keys this relay accepts: `live` or `test`.
+    pub environment: Environment,
+    /// Where the SQLite store lives.
+    pub data_dir: PathBuf,
+    /// Where the pepper is read from when `OUTPOST_PEPPER` is not set.
+    pub pepper_file: PathBuf,
+    /// Certificate chain and private key, PEM.
+    pub tls: TlsFiles,
+    /// Size, count and time limits.
+    pub limits: Limits,
+    /// Tunnel settings offered to agents.
+    pub tunnel: TunnelSettings,
+    /// Usage recording.
+    pub usage: UsageSettings,
+}
+
+/// PEM files for the listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Limits, each with a `DEFAULT_*` below.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body a client may POST (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest JSON-RPC message through a tunnel, either way.
+    pub max_message_bytes: usize,
+    /// Client sessions held at once, over all agents.
+    pub max_sessions: usize,
+    /// TCP connections served at once (clients and agents).
+    pub max_connections: usize,
+    /// Streams (client sessions) one agent tunnel may carry at once.
+    pub max_streams_per_agent: usize,
+    /// Longest a call may take before the client gets a timeout error.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// A client session with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// How long a TLS handshake may take.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Interval of SSE keep-alive comments on open response streams.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
+}
+
+/// Tunnel settings offered to agents in the welcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSettings {
+    /// Each side pings this often; two silent intervals end the tunnel.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long an agent has to send its hello after the upgrade.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Per-stream credit window in bytes.
+    pub initial_window: u32,
+    /// Largest payload in one data frame.
+    pub chunk_bytes: u32,
+}
+
+/// Usage recording: a bounded queue drained by a batching writer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSettings {
+    /// Events waiting to be written; beyond this, events are dropped and counted.
+    pub queue: usize,
+    /// Events written per transaction at most.
+    pub batch: usize,
+    /// Longest an event waits before its batch is written.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+/// Why a configuration is invalid. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A layer could not be read or a key has the wrong type or is unknown.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The pepper could not be read.
+    #[error("cannot read the pepper: {0}")]
+    Pepper(String),
+}
+
+/// Overrides from command-line flags, the last layer.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What a config file and the environment may contain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    public_url: Option<String>,
+    environment: String,
+    data_dir: PathBuf,
+    pepper_file: Option<PathBuf>,
+    tls: Option<TlsFiles>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    tunnel: TunnelSettings,
+    #[serde(default)]
+    usage: UsageSettings,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `OUTPOST_*` variables (nested keys
+    /// with `__`, e.g. `OUTPOST_TLS__CERT_FILE`), then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_figment(figment(file, overrides))
+    }
+
+    /// Loads only what `init` and `keys` need: the data directory, environment and pepper
+    /// location. TLS files are not required for them.
+    pub fn load_store_only(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let figment = figment(file, overrides).join(Serialized::default(
+            "tls",
+            TlsFiles {
+                cert_file: PathBuf::new(),
+                key_file: PathBuf::new(),
+            },
+        ));
+        Self::from_figment(figment)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
+        raw.try_into()
+    }
+
+    /// Reads the pepper from `OUTPOST_PEPPER`, or else from `pepper_file`.
+    pub fn pepper(&self) -> Result<Pepper, ConfigError> {
+        if let Ok(value) = std::env::var(PEPPER_ENV) {
+            return Pepper::new(SecretBox::new(value.into_bytes().into_boxed_slice()))
+                .map_err(|e| ConfigError::Pepper(format!("{PEPPER_ENV}: {e}")));
+        }
+        let bytes = std::fs::read(&self.pepper_file).map_err(|e| {
+            ConfigError::Pepper(format!(
+                "{}: {e} (set {PEPPER_ENV}, or run `outpost-relay init` to create one)",
+                self.pepper_file.display()
+            ))
+        })?;
+        let trimmed = bytes.trim_ascii_end().to_vec();
+        let mut bytes = bytes;
+        zeroize::Zeroize::zeroize(&mut bytes);
+        Pepper::new(SecretBox::new(trimmed.into_boxed_slice()))
+            .map_err(|e| ConfigError::Pepper(format!("{}: {e}", self.pepper_file.display())))
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+}
+
+fn figment(file: Option<&Path>, overrides: &Overrides) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment
+        .merge(
+            Env::prefixed("OUTPOST_")
+                .ignore(&IGNORED_ENV)
+                .split("__")
+                .lowercase(true),
+        )
+        .merge(Serialized::defaults(overrides))
+}
+
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let messages: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{} ({source})", e.kind)
+            } else {
+                format!("key `{key}`: {} ({source})", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Load(messages.join("; "))
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen = raw.listen.parse().map_err(|e| ConfigError::Invalid {
+            key: "listen",
+            reason: format!("`{}` is not a socket address: {e}", raw.listen),
+        })?;
+        let environment = match raw.environment.as_str() {
+            "live" => Environment::Live,
+            "test" => Environment::Test,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "environment",
+                    reason: format!("`{other}` is neither `live` nor `test`"),
+                });
+            }
+        };
+        let tls = raw.tls.ok_or(ConfigError::Invalid {
+            key: "tls",
+            reason: "missing: set tls.cert_file and tls.key_file".into(),
+        })?;
+        check(
+            raw.limits.max_body_bytes > 0,
+            "limits.max_body_bytes",
+            "must be positive",
+        )?;
+        check(
+            raw.limits.max_message_bytes >= raw.limits.max_body_bytes,
+            "limits.max_message_bytes",
+            "must be at least limits.max_body_bytes",
+        )?;
+        check(
+            raw.limits.max_sessions > 0,
+            "limits.max_sessions",
+            "must be positive",
+        )?;
+        check(
+            raw.limits.max_connections > 0,
+            "limits.max_connections",
+            "must be positive",
+        )?;
+        check(
+            raw.limits.max_streams_per_agent > 0,
+            "limits.max_streams_per_agent",
+            "must be positive",
+        )?;
+        check(
+            raw.tunnel.heartbeat_interval >= Duration::from_millis(100),
+            "tunnel.heartbeat_interval",
+            "must be at least 100ms",
+        )?;
+        check(
+            (1024..=MAX_CHUNK).contains(&raw.tunnel.chunk_bytes),
+            "tunnel.chunk_bytes",
+            "must be between 1 KiB and 512 KiB",
+        )?;
+        check(
+            raw.tunnel.initial_window >= raw.tunnel.chunk_bytes,
+            "tunnel.initial_window",
+            "must be at least tunnel.chunk_bytes",
+        )?;
+        check(
+            raw.usage.queue > 0 && raw.usage.batch > 0,
+            "usage",
+            "queue and batch must be positive",
+        )?;
+        let pepper_file = raw
+            .pepper_file
+            .unwrap_or_else(|| raw.data_dir.join(PEPPER_FILE));
+        Ok(Config {
+            listen,
+            public_url: raw.public_url,
+            environment,
+            data_dir: raw.data_dir,
+            pepper_file,
+            tls,
+            limits: raw.limits,
+            tunnel: raw.tunnel,
+            usage: raw.usage,
+        })
+    }
+}
+
+fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+// === defaults ===
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            public_url: None,
+            environment: DEFAULT_ENVIRONMENT.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            pepper_file: None,
+            tls: None,
+            limits: Limits::default(),
+            tunnel: TunnelSettings::default(),
+            usage: UsageSettings::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_agent: DEFAULT_MAX_STREAMS_PER_AGENT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+        }
+    }
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
+    }
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            queue: DEFAULT_USAGE_QUEUE,
+            batch: DEFAULT_USAGE_BATCH,
+            flush_interval: DEFAULT_USAGE_FLUSH_INTERVAL,
+        }
+    }
+}
+
+/// Environment variable holding the pepper; read directly, never through figment.
+pub const PEPPER_ENV: &str = "OUTPOST_PEPPER";
+/// Variables with the `OUTPOST_` prefix that are not configuration keys.
+const IGNORED_ENV: [&str; 4] = ["PEPPER", "AGENT_KEY", "CONFIG", "LOG_FORMAT"];
+/// Name of the SQLite database inside the data directory.
+pub const DATABASE_FILE: &str = "outpost.db";
+/// Name of the pepper file inside the data directory, when no other is configured.
+pub const PEPPER_FILE: &str = "pepper";
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+const DEFAULT_ENVIRONMENT: &str = "live";
+const DEFAULT_DATA_DIR: &str = "./outpost-data";
+const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_MAX_SESSIONS: usize = 10_000;
+const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 1_024;
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
+const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_INITIAL_WINDOW: u32 = 1024 * 1024;
+const DEFAULT_CHUNK_BYTES: u32 = 64 * 1024;
+const MAX_CHUNK: u32 = 512 * 1024;
+const DEFAULT_USAGE_QUEUE: usize = 10_000;
+const DEFAULT_USAGE_BATCH: usize = 512;
+const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);

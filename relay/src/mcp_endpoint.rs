@@ -1,0 +1,543 @@
+//! MCP Streamable HTTP for clients at `/mcp/{agent}/{server}`: POST carries client
+//! messages and answers with SSE (or JSON), GET opens the session's server stream, DELETE
+//! ends the session. Owns the HTTP side of the session model: authentication, size and
+//! media-type checks, `Mcp-Session-Id`, SSE framing and keep-alives.
+//!
+//! This is a pass-through, not an MCP server: messages travel as opaque bytes and the
+//! upstream answers them, so rmcp's `StreamableHttpService` (which runs a local handler)
+//! does not fit here. See `router.rs` for how answers find their POST.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval};
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+use crate::auth::{self, KeyKind, Principal};
+use crate::error::{CorrelationId, RelayError, set_correlation};
+use crate::jsonrpc::{self, Invalid, Kind};
+use crate::router::{ClientSession, Submission};
+
+/// `POST /mcp/{agent}/{server}`
+pub(crate) async fn post(
+    State(app): State<Arc<App>>,
+    Path((agent, server)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let correlation = CorrelationId::new();
+    let mut response = match handle_post(&app, &agent, &server, request, &correlation).await {
+        Ok(response) => response,
+        Err(err) => {
+            err.log(&correlation, &format_args!("POST /mcp/{agent}/{server}"));
+            err.into_http(&correlation)
+        }
+    };
+    set_correlation(&mut response, &correlation);
+    response
+}
+
+/// `GET /mcp/{agent}/{server}`: the session's stream of server-initiated messages.
+pub(crate) async fn get(
+    State(app): State<Arc<App>>,
+    Path((agent, server)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let correlation = CorrelationId::new();
+    let result = async {
+        let (principal, session) = existing_session(&app, &agent, &server, &headers).await?;
+        let _ = principal;
+        if !accepts(&headers, "text/event-stream") {
+            return Err(RelayError::NotAcceptable);
+        }
+        let messages = session.attach_get_stream()?;
+        let stream = SseStream {
+            initial: VecDeque::new(),
+            messages,
+            keepalive: keepalive(&app),
+            deadline: None,
+            session: session.clone(),
+            stop: app.shutdown.clone(),
+        };
+        Ok(sse_response(stream, None))
+    }
+    .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            err.log(&correlation, &format_args!("GET /mcp/{agent}/{server}"));
+            err.into_http(&correlation)
+        }
+    };
+    set_correlation(&mut response, &correlation);
+    response
+}
+
+/// `DELETE /mcp/{agent}/{server}`: ends the session and its upstream.
+pub(crate) async fn delete(
+    State(app): State<Arc<App>>,
+    Path((agent, server)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let correlation = CorrelationId::new();
+    let result = async {
+        let (principal, session) = existing_session(&app, &agent, &server, &headers).await?;
+        if app.sessions.delete(&session.id, &principal).await {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        } else {
+            Err(RelayError::SessionNotFound)
+        }
+    }
+    .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            err.log(&correlation, &format_args!("DELETE /mcp/{agent}/{server}"));
+            err.into_http(&correlation)
+        }
+    };
+    set_correlation(&mut response, &correlation);
+    response
+}
+
+async fn handle_post(
+    app: &Arc<App>,
+    agent: &str,
+    server: &str,
+    request: Request,
+    correlation: &CorrelationId,
+) -> Result<Response, RelayError> {
+    check_names(agent, server)?;
+    let principal = authenticate(app, request.headers()).await?;
+    let headers = request.headers().clone();
+    if !is_json(&headers) {
+        return Err(RelayError::UnsupportedMediaType);
+    }
+    let streaming = accepts(&headers, "text/event-stream");
+    if !streaming && !accepts(&headers, "application/json") {
+        return Err(RelayError::NotAcceptable);
+    }
+    let body = read_body(request, app.config.limits.max_body_bytes).await?;
+    let messages = parse_messages(&body)?;
+    let requests: Vec<Value> = messages
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            Kind::Request { id, .. } => serde_json::from_str(id).ok(),
+            _ => None,
+        })
+        .collect();
+
+    let (session, created) = match session_id(&headers) {
+        Some(id) => {
+            let session = app
+                .sessions
+                .get(id, &principal)
+                .filter(|s| s.agent == agent && s.server == server)
+                .ok_or(RelayError::SessionNotFound)?;
+            (session, false)
+        }
+        None => {
+            let initialize = messages.iter().any(
+                |(_, kind)| matches!(kind, Kind::Request { method, .. } if method == "initialize"),
+            );
+            if !initialize {
+                return Err(RelayError::SessionRequired);
+            }
+            match open_session(app, principal, agent, server, &headers) {
+                Ok(session) => (session, true),
+                Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
+            }
+        }
+    };
+    let submission = match session.submit(messages, streaming).await {
+        Ok(Some(submission)) => submission,
+        Ok(None) => return Ok(StatusCode::ACCEPTED.into_response()),
+        Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
+    };
+    let session_header = created.then(|| session.id.clone());
+    let deadline = Instant::now() + app.config.limits.call_timeout;
+    if streaming {
+        let Submission {
+            post,
+            initial,
+            messages,
+        } = submission;
+        let stream = SseStream {
+            initial: initial.into(),
+            messages,
+            keepalive: keepalive(app),
+            deadline: Some((deadline, post)),
+            session,
+            stop: CancellationToken::new(),
+        };
+        Ok(sse_response(stream, session_header))
+    } else {
+        let mut answers = submission.initial;
+        let mut messages = submission.messages;
+        loop {
+            match tokio::time::timeout_at(deadline, messages.recv()).await {
+                Ok(Some(message)) => answers.push(message),
+                Ok(None) => break,
+                Err(_) => {
+                    answers.extend(session.expire_post(submission.post).await);
+                    break;
+                }
+            }
+        }
+        let mut response = json_response(answers);
+        if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            response.headers_mut().insert(SESSION_HEADER, id);
+        }
+        Ok(response)
+    }
+}
+
+/// Resolves the agent and server, opens a tunnel stream and creates the session.
+fn open_session(
+    app: &Arc<App>,
+    principal: Principal,
+    agent: &str,
+    server: &str,
+    headers: &HeaderMap,
+) -> Result<Arc<ClientSession>, RelayError> {
+    let handle = app
+        .agents
+        .get(&principal.org_id, agent)
+        .ok_or_else(|| RelayError::AgentOffline(agent.to_owned()))?;
+    if !handle.servers.iter().any(|s| s == server) {
+        return Err(RelayError::UnknownServer);
+    }
+    if !handle.is_available() {
+        return Err(RelayError::AgentBusy);
+    }
+    let meta: Vec<(String, String)> = FORWARDED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect();
+    tracing::debug!(agent_id = %handle.agent_id, server, "opening a stream for a new session");
+    let stream = handle
+        .tunnel
+        .open_stream(server, meta)
+        .map_err(|err| match err {
+            outpost_tunnel::OpenError::TooManyStreams(_) => RelayError::AgentBusy,
+            _ => RelayError::AgentOffline(agent.to_owned()),
+        })?;
+    app.sessions.create(
+        principal,
+        agent,
+        server,
+        stream,
+        app.usage.clone(),
+        &app.tasks,
+        &app.close,
+    )
+}
+
+async fn existing_session(
+    app: &App,
+    agent: &str,
+    server: &str,
+    headers: &HeaderMap,
+) -> Result<(Principal, Arc<ClientSession>), RelayError> {
+    check_names(agent, server)?;
+    let principal = authenticate(app, headers).await?;
+    let id = session_id(headers).ok_or(RelayError::SessionRequired)?;
+    let session = app
+        .sessions
+        .get(id, &principal)
+        .filter(|s| s.agent == agent && s.server == server)
+        .ok_or(RelayError::SessionNotFound)?;
+    Ok((principal, session))
+}
+
+async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, RelayError> {
+    let key = auth::bearer(headers.get(header::AUTHORIZATION)).map_err(unauthorized)?;
+    auth::authenticate(
+        app.store.as_ref(),
+        &app.pepper,
+        app.config.environment,
+        KeyKind::Client,
+        key,
+    )
+    .await
+    .map_err(unauthorized)
+}
+
+fn unauthorized(err: auth::AuthError) -> RelayError {
+    match err {
+        auth::AuthError::Store(err) => {
+            tracing::error!(%err, "store unavailable during authentication");
+            RelayError::Internal
+        }
+        other => {
+            tracing::info!(reason = %other, "client key refused");
+            RelayError::Unauthorized
+        }
+    }
+}
+
+fn check_names(agent: &str, server: &str) -> Result<(), RelayError> {
+    if !crate::is_valid_name(agent) {
+        return Err(RelayError::InvalidName("agent"));
+    }
+    if !crate::is_valid_name(server) {
+        return Err(RelayError::InvalidName("server"));
+    }
+    Ok(())
+}
+
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, RelayError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(RelayError::BodyTooLarge(limit));
+    }
+    let limited = http_body_util::Limited::new(request.into_body(), limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(RelayError::BodyTooLarge(limit))
+        }
+        Err(err) => {
+            tracing::info!(%err, "client body could not be read");
+            Err(RelayError::InvalidRequest("body could not be read"))
+        }
+    }
+}
+
+fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
+    let raw = jsonrpc::split_body(body).map_err(invalid)?;
+    raw.into_iter()
+        .map(|message| {
+            let bytes = Bytes::copy_from_slice(message.get().as_bytes());
+            let kind = jsonrpc::classify(&bytes).map_err(invalid)?;
+            Ok((bytes, kind))
+        })
+        .collect()
+}
+
+fn invalid(err: Invalid) -> RelayError {
+    match err {
+        Invalid::NotJson => RelayError::Parse,
+        Invalid::NotJsonRpc => RelayError::InvalidRequest("not a JSON-RPC message"),
+    }
+}
+
+/// Answers each request of a POST with the same error, as JSON-RPC in an HTTP 200, or
+/// with the error's HTTP status when the POST had no request to answer.
+fn answer_requests_with(
+    err: &RelayError,
+    requests: &[Value],
+    correlation: &CorrelationId,
+) -> Response {
+    err.log(correlation, &"call not delivered");
+    if requests.is_empty() {
+        let status = err.status();
+        let body = err.to_jsonrpc(None, correlation);
+        return (status, axum::Json(body)).into_response();
+    }
+    let answers = requests
+        .iter()
+        .map(|id| Bytes::from(err.to_jsonrpc(Some(id), correlation).to_string()))
+        .collect();
+    json_response(answers)
+}
+
+fn json_response(answers: Vec<Bytes>) -> Response {
+    let body = match answers.len() {
+        1 => answers.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut buf = BytesMut::new();
+            buf.put_u8(b'[');
+            for (i, answer) in answers.iter().enumerate() {
+                if i > 0 {
+                    buf.put_u8(b',');
+                }
+                buf.put_slice(answer);
+            }
+            buf.put_u8(b']');
+            buf.freeze()
+        }
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+// === SSE ===
+
+/// One SSE response: messages from a channel, keep-alive comments, and for POSTs a
+/// deadline after which unanswered requests get a timeout error.
+struct SseStream {
+    initial: VecDeque<Bytes>,
+    messages: mpsc::Receiver<Bytes>,
+    keepalive: Interval,
+    deadline: Option<(Instant, u64)>,
+    session: Arc<ClientSession>,
+    /// Ends the stream on relay shutdown (GET streams only; POSTs finish their calls).
+    stop: CancellationToken,
+}
+
+fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
+    let body = futures_util::stream::unfold(stream, |mut s| async move {
+        if let Some(message) = s.initial.pop_front() {
+            return Some((Ok::<_, std::convert::Infallible>(sse_event(&message)), s));
+        }
+        loop {
+            let deadline = s.deadline.map(|(at, _)| at);
+            tokio::select! {
+                biased;
+                message = s.messages.recv() => {
+                    return message.map(|m| (Ok(sse_event(&m)), s));
+                }
+                _ = sleep_until_opt(deadline) => {
+                    if let Some((_, post)) = s.deadline.take() {
+                        s.initial.extend(s.session.expire_post(post).await);
+                        // The POST's channel is closed now; what is queued follows the errors.
+                        while let Ok(message) = s.messages.try_recv() {
+                            s.initial.push_back(message);
+                        }
+                        s.messages.close();
+                    }
+                    let message = s.initial.pop_front()?;
+                    return Some((Ok(sse_event(&message)), s));
+                }
+                _ = s.keepalive.tick() => {
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s));
+                }
+                _ = s.stop.cancelled() => return None,
+                _ = s.session.closed(), if s.deadline.is_none() => return None,
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(SESSION_HEADER, id);
+    }
+    response
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Frames one message as an SSE `message` event. JSON may contain line breaks only as
+/// whitespace; each line becomes its own `data:` line, which SSE joins back with `\n`.
+fn sse_event(message: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.len() + 32);
+    buf.put_slice(b"event: message\n");
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        buf.put_slice(b"data: ");
+        buf.put_slice(line);
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+fn keepalive(app: &App) -> Interval {
+    let period = app.config.limits.sse_keepalive;
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+// === headers ===
+
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether `Accept` allows `media` (a missing header allows everything).
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return true;
+    }
+    values.iter().flat_map(|v| v.split(',')).any(|item| {
+        let range = item.split(';').next().unwrap_or("").trim();
+        range.eq_ignore_ascii_case(media) || range == "*/*"
+    })
+}
+
+/// The session header of MCP Streamable HTTP.
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+/// Request headers the upstream should see as a direct client would send them.
+const FORWARDED_HEADERS: [&str; 3] = ["mcp-protocol-version", "traceparent", "tracestate"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_lines() {
+        assert_eq!(
+            sse_event(b"{\"a\":\n1}"),
+            Bytes::from_static(b"event: message\ndata: {\"a\":\ndata: 1}\n\n")
+        );
+        assert_eq!(
+            sse_event(b"{}"),
+            Bytes::from_static(b"event: message\ndata: {}\n\n")
+        );
+    }
+
+    #[test]
+    fn accept_and_content_type_are_read_like_browsers_send_them() {
+        let mut headers = HeaderMap::new();
+        assert!(accepts(&headers, "text/event-stream"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream;q=0.9"),
+        );
+        assert!(accepts(&headers, "text/event-stream"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        assert!(!accepts(&headers, "application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(is_json(&headers));
+    }
+}

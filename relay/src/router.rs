@@ -1,0 +1,655 @@
+//! Client sessions. Each [`ClientSession`] owns one tunnel stream to one upstream server
+//! and a dispatcher task that reads it: responses go to the POST that carried their
+//! request, progress to the POST whose request named the token, everything else to the
+//! session's GET stream (or an open POST stream, or a bounded backlog). Every request is
+//! answered exactly once: by the upstream, or by an error when the stream ends or the
+//! call times out. Does not speak HTTP (see `mcp_endpoint.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use outpost_protocol::CloseCode;
+use outpost_tunnel::{Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::auth::{Principal, now_ms};
+use crate::error::{CorrelationId, RelayError};
+use crate::jsonrpc::{self, Kind};
+use crate::store::{CallStatus, UsageEvent};
+use crate::usage::UsageRecorder;
+
+/// All client sessions of this relay, by session id.
+#[derive(Debug)]
+pub(crate) struct SessionRegistry {
+    sessions: Mutex<HashMap<String, Arc<ClientSession>>>,
+    max: usize,
+}
+
+/// One client session: a key talking to one server of one agent.
+#[derive(Debug)]
+pub(crate) struct ClientSession {
+    /// The `Mcp-Session-Id`, random.
+    pub(crate) id: String,
+    /// The key that created it; only that key may use it.
+    pub(crate) principal: Principal,
+    /// Agent name.
+    pub(crate) agent: String,
+    /// Server name.
+    pub(crate) server: String,
+    sender: StreamSender,
+    state: Mutex<State>,
+    /// Milliseconds since `created` of the last request, for idle expiry.
+    last_active: AtomicU64,
+    created: Instant,
+    /// Fires when the session ends.
+    closed: CancellationToken,
+    usage: UsageRecorder,
+}
+
+/// A message from the upstream for the client, as one SSE event's data.
+pub(crate) type Outbound = Bytes;
+
+/// What a POST gets back from [`ClientSession::submit`]: a channel of messages for its
+/// response, which closes after the last response to its requests.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    /// The POST's id within the session.
+    pub(crate) post: u64,
+    /// Messages to send before those of the channel (errors found while submitting).
+    pub(crate) initial: Vec<Outbound>,
+    /// Messages for this POST's response.
+    pub(crate) messages: mpsc::Receiver<Outbound>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Requests awaiting a response, by canonical id.
+    pending: HashMap<String, Pending>,
+    /// Response channels of open POSTs.
+    posts: HashMap<u64, Post>,
+    /// Progress tokens of pending requests, to the POST that carries them.
+    progress: HashMap<String, u64>,
+    /// The client's GET stream, if open.
+    get_stream: Option<mpsc::Sender<Outbound>>,
+    /// Messages for the client that found no open stream.
+    backlog: VecDeque<Outbound>,
+    next_post: u64,
+    /// Set once the upstream stream has ended: new requests fail with this.
+    ended: Option<EndReason>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    post: u64,
+    id: Value,
+    method: String,
+    tool: Option<String>,
+    progress_token: Option<String>,
+    started: Instant,
+    at: i64,
+    bytes_in: usize,
+}
+
+#[derive(Debug)]
+struct Post {
+    tx: mpsc::Sender<Outbound>,
+    /// Whether the POST answers with SSE, and so can carry notifications and requests.
+    streaming: bool,
+    /// Requests of this POST still unanswered.
+    open: usize,
+}
+
+/// Why a session's stream ended, kept to answer later requests.
+#[derive(Debug, Clone, Copy)]
+enum EndReason {
+    UpstreamUnavailable,
+    UnknownServer,
+    TunnelLost,
+    TooLarge,
+    Busy,
+    Closed,
+}
+
+// === impl SessionRegistry ===
+
+impl SessionRegistry {
+    /// An empty registry holding at most `max` sessions.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// Creates a session on `stream` and starts its dispatcher on `tasks`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create(
+        self: &Arc<Self>,
+        principal: Principal,
+        agent: &str,
+        server: &str,
+        stream: Stream,
+        usage: UsageRecorder,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<ClientSession>, RelayError> {
+        let mut sessions = self.lock();
+        if sessions.len() >= self.max {
+            return Err(RelayError::TooManySessions);
+        }
+        let Stream {
+            sender, receiver, ..
+        } = stream;
+        let session = Arc::new(ClientSession {
+            id: crate::auth::random_id("", 16),
+            principal,
+            agent: agent.to_owned(),
+            server: server.to_owned(),
+            sender,
+            state: Mutex::new(State::default()),
+            last_active: AtomicU64::new(0),
+            created: Instant::now(),
+            closed: shutdown.child_token(),
+            usage,
+        });
+        sessions.insert(session.id.clone(), session.clone());
+        drop(sessions);
+        let span = tracing::info_span!(
+            "session",
+            session = %session.id,
+            agent = %session.agent,
+            server = %session.server,
+            key = %session.principal.key_id,
+        );
+        tasks.spawn(dispatch(self.clone(), session.clone(), receiver).instrument(span));
+        Ok(session)
+    }
+
+    /// The session with this id, if `principal` may use it.
+    pub(crate) fn get(&self, id: &str, principal: &Principal) -> Option<Arc<ClientSession>> {
+        let session = self.lock().get(id).cloned()?;
+        (session.principal.key_id == principal.key_id).then_some(session)
+    }
+
+    /// Ends and removes a session (client DELETE). `false` if it was not there.
+    pub(crate) async fn delete(&self, id: &str, principal: &Principal) -> bool {
+        let Some(session) = self.get(id, principal) else {
+            return false;
+        };
+        self.lock().remove(id);
+        session
+            .close(CloseCode::Normal, "session deleted by client")
+            .await;
+        true
+    }
+
+    /// Sessions open now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes sessions idle for longer than `idle`: no request, no GET stream, nothing
+    /// pending. Returns how many it closed.
+    pub(crate) async fn expire_idle(&self, idle: std::time::Duration) -> usize {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let expired: Vec<_> = {
+            let mut sessions = self.lock();
+            let ids: Vec<String> = sessions
+                .values()
+                .filter(|s| s.idle_for_ms() >= idle_ms && s.is_quiet())
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        for session in &expired {
+            session.close(CloseCode::Normal, "session idle").await;
+        }
+        expired.len()
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<ClientSession>>> {
+        // Each critical section is one map operation, so a poisoned map is consistent.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl ClientSession ===
+
+impl ClientSession {
+    /// Forwards a POST's messages upstream. If they include requests, returns the channel
+    /// their responses (and related messages) arrive on.
+    pub(crate) async fn submit(
+        &self,
+        messages: Vec<(Bytes, Kind)>,
+        streaming: bool,
+    ) -> Result<Option<Submission>, RelayError> {
+        self.touch();
+        let submission = {
+            let mut state = self.lock();
+            if let Some(reason) = state.ended {
+                return Err(reason.into());
+            }
+            let requests: Vec<_> = messages
+                .iter()
+                .filter_map(|(raw, kind)| match kind {
+                    Kind::Request { id, .. } if !state.pending.contains_key(id) => {
+                        Some((raw.len(), kind))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if requests.is_empty() {
+                None
+            } else {
+                let post = state.next_post;
+                state.next_post += 1;
+                let (tx, rx) = mpsc::channel(POST_DEPTH);
+                let now = Instant::now();
+                for (bytes_in, kind) in &requests {
+                    let Kind::Request {
+                        id,
+                        method,
+                        tool,
+                        progress_token,
+                    } = kind
+                    else {
+                        continue;
+                    };
+                    if let Some(token) = progress_token {
+                        state.progress.insert(token.clone(), post);
+                    }
+                    state.pending.insert(
+                        id.clone(),
+                        Pending {
+                            post,
+                            id: serde_json::from_str(id).unwrap_or(Value::Null),
+                            method: method.clone(),
+                            tool: tool.clone(),
+                            progress_token: progress_token.clone(),
+                            started: now,
+                            at: now_ms(),
+                            bytes_in: *bytes_in,
+                        },
+                    );
+                }
+                state.posts.insert(
+                    post,
+                    Post {
+                        tx,
+                        streaming,
+                        open: requests.len(),
+                    },
+                );
+                Some(Submission {
+                    post,
+                    initial: Vec::new(),
+                    messages: rx,
+                })
+            }
+        };
+        let mut submission = submission;
+        for (raw, _) in messages {
+            if let Err(err) = self.sender.send(raw).await {
+                // When the stream has ended, the dispatcher answers the pending requests;
+                // a message too large for the tunnel fails only this POST's requests.
+                match (&err, submission.as_mut()) {
+                    (StreamError::TooLarge { .. }, Some(submission)) => {
+                        submission.initial = self
+                            .fail_post(
+                                submission.post,
+                                &RelayError::MessageTooLarge,
+                                CallStatus::Error,
+                            )
+                            .into_iter()
+                            .map(|(_, body)| body)
+                            .collect();
+                    }
+                    (_, Some(_)) => {}
+                    (_, None) => return Err(RelayError::from_stream_error(&err)),
+                }
+                break;
+            }
+        }
+        Ok(submission)
+    }
+
+    /// Fails a POST's unanswered requests with a timeout, tells the upstream to cancel
+    /// them, and returns the error responses for the caller to deliver.
+    pub(crate) async fn expire_post(&self, post: u64) -> Vec<Bytes> {
+        let failed = self.fail_post(post, &RelayError::Timeout, CallStatus::Timeout);
+        for (id, _) in &failed {
+            let cancel = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": { "requestId": id, "reason": "timed out at the relay" },
+            });
+            let _ = self.sender.send(Bytes::from(cancel.to_string())).await;
+        }
+        failed.into_iter().map(|(_, body)| body).collect()
+    }
+
+    /// Attaches the client's GET stream. Queued messages are delivered first.
+    pub(crate) fn attach_get_stream(&self) -> Result<mpsc::Receiver<Outbound>, RelayError> {
+        self.touch();
+        let mut state = self.lock();
+        if state.ended.is_some() {
+            return Err(RelayError::SessionNotFound);
+        }
+        if state.get_stream.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return Err(RelayError::StreamConflict);
+        }
+        let (tx, rx) = mpsc::channel(GET_DEPTH.max(state.backlog.len()));
+        for message in state.backlog.drain(..) {
+            // Capacity was sized for the backlog above.
+            let _ = tx.try_send(message);
+        }
+        state.get_stream = Some(tx);
+        Ok(rx)
+    }
+
+    /// Resolves when the session has ended.
+    pub(crate) async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    async fn close(&self, code: CloseCode, why: &str) {
+        self.closed.cancel();
+        self.sender.close(code, why).await;
+        self.end(EndReason::Closed).await;
+    }
+
+    /// Removes `post` and its unanswered requests, and returns an error response for each
+    /// (id, body). The caller delivers them: the POST's channel is closed by then.
+    fn fail_post(&self, post: u64, error: &RelayError, status: CallStatus) -> Vec<(Value, Bytes)> {
+        let failed: Vec<Pending> = {
+            let mut state = self.lock();
+            let ids: Vec<String> = state
+                .pending
+                .iter()
+                .filter(|(_, p)| p.post == post)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let failed: Vec<Pending> = ids
+                .iter()
+                .filter_map(|id| state.pending.remove(id))
+                .collect();
+            for pending in &failed {
+                if let Some(token) = &pending.progress_token {
+                    state.progress.remove(token);
+                }
+            }
+            state.posts.remove(&post);
+            failed
+        };
+        failed
+            .into_iter()
+            .map(|pending| {
+                let correlation = CorrelationId::new();
+                error.log(&correlation, &format_args!("method {}", pending.method));
+                let body = error
+                    .to_jsonrpc(Some(&pending.id), &correlation)
+                    .to_string();
+                self.record(&pending, status, Some(error.code()), body.len());
+                (pending.id, Bytes::from(body))
+            })
+            .collect()
+    }
+
+    /// Ends the session: every pending request gets an error for `reason`.
+    async fn end(&self, reason: EndReason) {
+        let (pending, posts) = {
+            let mut state = self.lock();
+            state.ended.get_or_insert(reason);
+            state.get_stream = None;
+            state.progress.clear();
+            (
+                std::mem::take(&mut state.pending),
+                std::mem::take(&mut state.posts),
+            )
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let error = RelayError::from(reason);
+        let correlation = CorrelationId::new();
+        error.log(
+            &correlation,
+            &format_args!("session ended with {} calls in flight", pending.len()),
+        );
+        for pending in pending.into_values() {
+            let body = error
+                .to_jsonrpc(Some(&pending.id), &correlation)
+                .to_string();
+            self.record(
+                &pending,
+                CallStatus::Unavailable,
+                Some(error.code()),
+                body.len(),
+            );
+            if let Some(post) = posts.get(&pending.post) {
+                let _ = post.tx.send(Bytes::from(body)).await;
+            }
+        }
+    }
+
+    /// Routes one message from the upstream.
+    async fn deliver(&self, message: Bytes) {
+        let kind = match jsonrpc::classify(&message) {
+            Ok(kind) => kind,
+            Err(invalid) => {
+                tracing::warn!(
+                    ?invalid,
+                    bytes = message.len(),
+                    "dropping malformed message from upstream"
+                );
+                return;
+            }
+        };
+        let target = {
+            let mut state = self.lock();
+            match &kind {
+                Kind::Response { id, error_code } => match state.pending.remove(id) {
+                    Some(pending) => {
+                        if let Some(token) = &pending.progress_token {
+                            state.progress.remove(token);
+                        }
+                        let status = if error_code.is_some() {
+                            CallStatus::Error
+                        } else {
+                            CallStatus::Ok
+                        };
+                        self.record(&pending, status, *error_code, message.len());
+                        let post = state.posts.get_mut(&pending.post);
+                        match post {
+                            Some(post) => {
+                                post.open -= 1;
+                                let tx = post.tx.clone();
+                                if post.open == 0 {
+                                    state.posts.remove(&pending.post);
+                                }
+                                Some(tx)
+                            }
+                            None => None,
+                        }
+                    }
+                    None => {
+                        tracing::debug!("response to no pending request (timed out or unknown)");
+                        None
+                    }
+                },
+                Kind::Notification {
+                    progress_token: Some(token),
+                    ..
+                } if state.progress.contains_key(token) => {
+                    let post = state.progress[token];
+                    match state.posts.get(&post).filter(|p| p.streaming) {
+                        Some(post) => Some(post.tx.clone()),
+                        None => route_elsewhere(&mut state, message.clone()),
+                    }
+                }
+                _ => route_elsewhere(&mut state, message.clone()),
+            }
+        };
+        if let Some(tx) = target {
+            // Waiting here is backpressure on this session's own stream only.
+            let _ = tx.send(message).await;
+        }
+    }
+
+    fn record(
+        &self,
+        pending: &Pending,
+        status: CallStatus,
+        error_code: Option<i64>,
+        bytes_out: usize,
+    ) {
+        let latency = pending.started.elapsed();
+        self.usage.record(UsageEvent {
+            at: pending.at,
+            org_id: self.principal.org_id.clone(),
+            key_id: self.principal.key_id.0.clone(),
+            agent: self.agent.clone(),
+            server: self.server.clone(),
+            method: pending.method.clone(),
+            tool: pending.tool.clone(),
+            status,
+            error_code,
+            latency_us: i64::try_from(latency.as_micros()).unwrap_or(i64::MAX),
+            bytes_in: i64::try_from(pending.bytes_in).unwrap_or(i64::MAX),
+            bytes_out: i64::try_from(bytes_out).unwrap_or(i64::MAX),
+        });
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for_ms(&self) -> u64 {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(self.last_active.load(Ordering::Relaxed))
+    }
+
+    fn is_quiet(&self) -> bool {
+        let state = self.lock();
+        state.pending.is_empty() && state.get_stream.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections do no I/O and leave the state consistent between statements.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Picks a stream for a message unrelated to any POST: the GET stream, else the newest
+/// streaming POST, else the backlog (bounded; the oldest message is dropped).
+fn route_elsewhere(state: &mut State, message: Outbound) -> Option<mpsc::Sender<Outbound>> {
+    if let Some(tx) = state.get_stream.as_ref().filter(|tx| !tx.is_closed()) {
+        return Some(tx.clone());
+    }
+    if let Some(post) = state
+        .posts
+        .iter()
+        .filter(|(_, p)| p.streaming && !p.tx.is_closed())
+        .max_by_key(|(id, _)| **id)
+        .map(|(_, p)| p.tx.clone())
+    {
+        return Some(post);
+    }
+    if state.backlog.len() >= BACKLOG {
+        state.backlog.pop_front();
+        tracing::warn!("backlog full: dropped the oldest undelivered server message");
+    }
+    state.backlog.push_back(message);
+    None
+}
+
+/// The session's dispatcher: reads the upstream stream until it ends or the session closes.
+async fn dispatch(
+    registry: Arc<SessionRegistry>,
+    session: Arc<ClientSession>,
+    mut receiver: StreamReceiver,
+) {
+    let reason = loop {
+        tokio::select! {
+            _ = session.closed.cancelled() => break EndReason::Closed,
+            message = receiver.recv() => match message {
+                Ok(message) => session.deliver(message).await,
+                Err(StreamError::TooLarge { len, max }) => {
+                    tracing::warn!(len, max, "upstream message over the tunnel limit");
+                    break EndReason::TooLarge;
+                }
+                Err(StreamError::Ended(end)) => {
+                    tracing::info!(%end, "upstream stream ended");
+                    break EndReason::from(&end);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "upstream stream failed");
+                    break EndReason::TunnelLost;
+                }
+            },
+        }
+    };
+    registry.remove(&session.id);
+    session.closed.cancel();
+    session.end(reason).await;
+    tracing::debug!("session dispatcher stopped");
+}
+
+// === conversions ===
+
+impl From<&StreamEnd> for EndReason {
+    fn from(end: &StreamEnd) -> Self {
+        match end {
+            StreamEnd::TunnelClosed => EndReason::TunnelLost,
+            StreamEnd::Closed { code, .. } => match code {
+                CloseCode::UnknownServer => EndReason::UnknownServer,
+                CloseCode::MessageTooLarge => EndReason::TooLarge,
+                CloseCode::Overloaded | CloseCode::ShuttingDown => EndReason::Busy,
+                CloseCode::Normal => EndReason::Closed,
+                _ => EndReason::UpstreamUnavailable,
+            },
+        }
+    }
+}
+
+impl From<EndReason> for RelayError {
+    fn from(reason: EndReason) -> Self {
+        match reason {
+            EndReason::UpstreamUnavailable => RelayError::UpstreamUnavailable,
+            EndReason::UnknownServer => RelayError::UnknownServer,
+            EndReason::TunnelLost => RelayError::TunnelLost,
+            EndReason::TooLarge => RelayError::MessageTooLarge,
+            EndReason::Busy => RelayError::AgentBusy,
+            EndReason::Closed => RelayError::SessionNotFound,
+        }
+    }
+}
+
+impl RelayError {
+    fn from_stream_error(err: &StreamError) -> Self {
+        match err {
+            StreamError::TooLarge { .. } => RelayError::MessageTooLarge,
+            StreamError::Ended(end) => EndReason::from(end).into(),
+            _ => RelayError::TunnelLost,
+        }
+    }
+}
+
+/// Messages a POST's response may have waiting before the dispatcher waits.
+const POST_DEPTH: usize = 64;
+/// Messages the GET stream may have waiting.
+const GET_DEPTH: usize = 256;
+/// Messages kept for a GET stream that is not open yet.
+const BACKLOG: usize = 256;

@@ -1,0 +1,184 @@
+//! The relay's persistent state behind one interface, [`Store`], with one implementation
+//! per backend (SQLite now; PostgreSQL implements the same trait for cluster mode). Holds
+//! key hashes and metadata, agents and usage counters; never message content. Callers see
+//! records and [`StoreError`], never SQL.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+/// An organisation: owns agents and keys.
+#[derive(Debug, Clone)]
+pub struct Organisation {
+    /// Stable id, `org_` + hex.
+    pub id: String,
+    /// Unique display name.
+    pub name: String,
+}
+
+/// An agent registration. Its name is unique in its organisation.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    /// Stable id, `agt_` + hex.
+    pub id: String,
+    /// Owning organisation.
+    pub org_id: String,
+    /// Name used in `/mcp/{agent}/...`.
+    pub name: String,
+}
+
+/// A key's stored form: metadata and the HMAC, never the key.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// `kid_...`
+    pub id: String,
+    /// Owning organisation.
+    pub org_id: String,
+    /// `client` or `agent`.
+    pub kind: String,
+    /// `live` or `test`.
+    pub environment: String,
+    /// Human label.
+    pub name: String,
+    /// `owner`, `admin`, `member`, `viewer`, or `agent` for agent keys.
+    pub role: String,
+    /// For agent keys, the agent it is bound to.
+    pub agent_id: Option<String>,
+    /// HMAC-SHA-256(pepper, key).
+    pub hash: Vec<u8>,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+    /// Expiry, ms since the epoch.
+    pub expires_at: Option<i64>,
+    /// Revocation time, ms since the epoch.
+    pub revoked_at: Option<i64>,
+}
+
+/// One recorded call: who, where, what kind, how it went. No content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEvent {
+    /// When the call started, ms since the epoch.
+    pub at: i64,
+    /// Organisation of the key.
+    pub org_id: String,
+    /// Key id that made the call.
+    pub key_id: String,
+    /// Agent name.
+    pub agent: String,
+    /// Server name.
+    pub server: String,
+    /// JSON-RPC method.
+    pub method: String,
+    /// Tool name, for `tools/call`.
+    pub tool: Option<String>,
+    /// Outcome.
+    pub status: CallStatus,
+    /// JSON-RPC error code, if the call ended in one.
+    pub error_code: Option<i64>,
+    /// Time to the response, microseconds.
+    pub latency_us: i64,
+    /// Request bytes.
+    pub bytes_in: i64,
+    /// Response bytes.
+    pub bytes_out: i64,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    /// A result.
+    Ok,
+    /// A JSON-RPC error from the upstream.
+    Error,
+    /// The relay's call timeout fired.
+    Timeout,
+    /// The agent or upstream was unavailable, or the tunnel dropped.
+    Unavailable,
+    /// The client cancelled or went away.
+    Cancelled,
+}
+
+impl CallStatus {
+    /// Name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ok => "ok",
+            CallStatus::Error => "error",
+            CallStatus::Timeout => "timeout",
+            CallStatus::Unavailable => "unavailable",
+            CallStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A new key to store.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// `kid_...`
+    pub id: String,
+    /// Owning organisation.
+    pub org_id: String,
+    /// `client` or `agent`.
+    pub kind: &'static str,
+    /// `live` or `test`.
+    pub environment: &'static str,
+    /// Human label.
+    pub name: String,
+    /// Role, `agent` for agent keys.
+    pub role: String,
+    /// For agent keys, the agent.
+    pub agent_id: Option<String>,
+    /// HMAC-SHA-256(pepper, key).
+    pub hash: [u8; 32],
+    /// Expiry, ms since the epoch.
+    pub expires_at: Option<i64>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed the operation.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A unique name is taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The named object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// Everything the relay persists. One implementation per backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an organisation; `Conflict` if the name is taken.
+    async fn create_organisation(&self, name: &str) -> Result<Organisation, StoreError>;
+    /// Finds an organisation by name.
+    async fn organisation_by_name(&self, name: &str) -> Result<Option<Organisation>, StoreError>;
+    /// All organisations, oldest first.
+    async fn organisations(&self) -> Result<Vec<Organisation>, StoreError>;
+    /// Returns the agent of that name in the organisation, creating it if needed.
+    async fn ensure_agent(&self, org_id: &str, name: &str) -> Result<AgentRecord, StoreError>;
+    /// Finds an agent by id.
+    async fn agent_by_id(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
+    /// Records that an agent's tunnel was registered now.
+    async fn touch_agent(&self, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Stores a new key.
+    async fn insert_key(&self, key: NewKey) -> Result<(), StoreError>;
+    /// Finds a key by id.
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// An organisation's keys, oldest first.
+    async fn keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes a key; `NotFound` if the organisation has no such key.
+    async fn revoke_key(&self, org_id: &str, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Appends usage events in one transaction.
+    async fn record_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError>;
+    /// Usage events of an organisation since a time, oldest first.
+    async fn usage_since(&self, org_id: &str, since: i64) -> Result<Vec<UsageEvent>, StoreError>;
+}

@@ -1,0 +1,347 @@
+//! The embedded SQLite store: one database file in the data directory, WAL mode, schema
+//! from `migrations/sqlite`. The default backend: zero setup.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    AgentRecord, CallStatus, KeyRecord, NewKey, Organisation, Store, StoreError, UsageEvent,
+};
+use crate::auth::{now_ms, random_id};
+
+/// A SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_organisation(&self, name: &str) -> Result<Organisation, StoreError> {
+        let org = Organisation {
+            id: random_id("org_", 8),
+            name: name.to_owned(),
+        };
+        sqlx::query("INSERT INTO organisations (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&org.id)
+            .bind(&org.name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_to_conflict(e, format!("organisation {name:?}")))?;
+        Ok(org)
+    }
+
+    async fn organisation_by_name(&self, name: &str) -> Result<Option<Organisation>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM organisations WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Organisation {
+            id: r.get("id"),
+            name: r.get("name"),
+        }))
+    }
+
+    async fn organisations(&self) -> Result<Vec<Organisation>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM organisations ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Organisation {
+                id: r.get("id"),
+                name: r.get("name"),
+            })
+            .collect())
+    }
+
+    async fn ensure_agent(&self, org_id: &str, name: &str) -> Result<AgentRecord, StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (id, org_id, name, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (org_id, name) DO NOTHING",
+        )
+        .bind(random_id("agt_", 8))
+        .bind(org_id)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id, org_id, name FROM agents WHERE org_id = ? AND name = ?")
+            .bind(org_id)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(agent_from_row(&row))
+    }
+
+    async fn agent_by_id(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, org_id, name FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(agent_from_row))
+    }
+
+    async fn touch_agent(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET last_seen_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_key(&self, key: NewKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, org_id, kind, environment, name, role, agent_id, hash, \
+             created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.org_id)
+        .bind(key.kind)
+        .bind(key.environment)
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(&key.agent_id)
+        .bind(key.hash.as_slice())
+        .bind(now_ms())
+        .bind(key.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_to_conflict(e, format!("key {}", key.id)))?;
+        Ok(())
+    }
+
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(key_from_row))
+    }
+
+    async fn keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = ? ORDER BY created_at, id"
+        ))
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_from_row).collect())
+    }
+
+    async fn revoke_key(&self, org_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE org_id = ? AND id = ?",
+        )
+        .bind(at)
+        .bind(org_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("key {id}")));
+        }
+        Ok(())
+    }
+
+    async fn record_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO usage_events (at, org_id, key_id, agent, server, method, tool, \
+                 status, error_code, latency_us, bytes_in, bytes_out) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.at)
+            .bind(&e.org_id)
+            .bind(&e.key_id)
+            .bind(&e.agent)
+            .bind(&e.server)
+            .bind(&e.method)
+            .bind(&e.tool)
+            .bind(e.status.as_str())
+            .bind(e.error_code)
+            .bind(e.latency_us)
+            .bind(e.bytes_in)
+            .bind(e.bytes_out)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage_since(&self, org_id: &str, since: i64) -> Result<Vec<UsageEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, org_id, key_id, agent, server, method, tool, status, error_code, \
+             latency_us, bytes_in, bytes_out FROM usage_events \
+             WHERE org_id = ? AND at >= ? ORDER BY at, id",
+        )
+        .bind(org_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageEvent {
+                at: r.get("at"),
+                org_id: r.get("org_id"),
+                key_id: r.get("key_id"),
+                agent: r.get("agent"),
+                server: r.get("server"),
+                method: r.get("method"),
+                tool: r.get("tool"),
+                status: status_from_str(r.get("status")),
+                error_code: r.get("error_code"),
+                latency_us: r.get("latency_us"),
+                bytes_in: r.get("bytes_in"),
+                bytes_out: r.get("bytes_out"),
+            })
+            .collect())
+    }
+}
+
+fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentRecord {
+    AgentRecord {
+        id: row.get("id"),
+        org_id: row.get("org_id"),
+        name: row.get("name"),
+    }
+}
+
+fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> KeyRecord {
+    KeyRecord {
+        id: row.get("id"),
+        org_id: row.get("org_id"),
+        kind: row.get("kind"),
+        environment: row.get("environment"),
+        name: row.get("name"),
+        role: row.get("role"),
+        agent_id: row.get("agent_id"),
+        hash: row.get("hash"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+        revoked_at: row.get("revoked_at"),
+    }
+}
+
+fn status_from_str(value: &str) -> CallStatus {
+    match value {
+        "ok" => CallStatus::Ok,
+        "timeout" => CallStatus::Timeout,
+        "unavailable" => CallStatus::Unavailable,
+        "cancelled" => CallStatus::Cancelled,
+        _ => CallStatus::Error,
+    }
+}
+
+fn unique_to_conflict(err: sqlx::Error, what: String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Database(err),
+    }
+}
+
+const POOL_SIZE: u32 = 4;
+const KEY_COLUMNS: &str = "id, org_id, kind, environment, name, role, agent_id, hash, \
+                           created_at, expires_at, revoked_at";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_agents_and_usage_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let org = store.create_organisation("acme").await.unwrap();
+        assert!(matches!(
+            store.create_organisation("acme").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let agent = store.ensure_agent(&org.id, "prod-eu").await.unwrap();
+        assert_eq!(
+            store.ensure_agent(&org.id, "prod-eu").await.unwrap().id,
+            agent.id
+        );
+        store
+            .insert_key(NewKey {
+                id: "kid_1".into(),
+                org_id: org.id.clone(),
+                kind: "agent",
+                environment: "live",
+                name: "agent key".into(),
+                role: "agent".into(),
+                agent_id: Some(agent.id.clone()),
+                hash: [1; 32],
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let key = store.key_by_id("kid_1").await.unwrap().unwrap();
+        assert_eq!(key.hash, vec![1; 32]);
+        assert_eq!(key.agent_id.as_deref(), Some(agent.id.as_str()));
+        store.revoke_key(&org.id, "kid_1", 5).await.unwrap();
+        assert_eq!(
+            store.key_by_id("kid_1").await.unwrap().unwrap().revoked_at,
+            Some(5)
+        );
+        assert!(matches!(
+            store.revoke_key("org_other", "kid_1", 6).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let event = UsageEvent {
+            at: 10,
+            org_id: org.id.clone(),
+            key_id: "kid_1".into(),
+            agent: "prod-eu".into(),
+            server: "erp".into(),
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            status: CallStatus::Ok,
+            error_code: None,
+            latency_us: 1500,
+            bytes_in: 80,
+            bytes_out: 120,
+        };
+        store
+            .record_usage(&[event.clone(), event.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.usage_since(&org.id, 0).await.unwrap(),
+            vec![event.clone(), event]
+        );
+        assert!(store.usage_since(&org.id, 11).await.unwrap().is_empty());
+    }
+}

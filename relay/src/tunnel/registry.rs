@@ -1,0 +1,105 @@
+//! The agents connected to this relay, by organisation and name. The newest tunnel for an
+//! agent wins: registering closes the one it replaces, so a reconnecting agent never waits
+//! for its dead predecessor to time out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use outpost_protocol::RelayFrame;
+use outpost_tunnel::Tunnel;
+
+/// A connected agent, as routing needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentHandle {
+    /// The agent's id in the store.
+    pub(crate) agent_id: String,
+    /// Its organisation.
+    pub(crate) org_id: String,
+    /// Its name.
+    pub(crate) name: String,
+    /// The servers its hello announced.
+    pub(crate) servers: Arc<Vec<String>>,
+    /// The tunnel to it.
+    pub(crate) tunnel: Tunnel<RelayFrame>,
+    /// Set when the agent says it is draining: no new sessions go to it.
+    pub(crate) draining: Arc<AtomicBool>,
+    /// Tells this registration apart from a newer one of the same agent.
+    generation: u64,
+}
+
+/// Connected agents.
+#[derive(Debug, Default)]
+pub(crate) struct AgentRegistry {
+    agents: Mutex<HashMap<(String, String), AgentHandle>>,
+    next_generation: AtomicU64,
+}
+
+impl AgentHandle {
+    /// A handle for a tunnel that has just been welcomed.
+    pub(crate) fn new(
+        agent_id: String,
+        org_id: String,
+        name: String,
+        servers: Vec<String>,
+        tunnel: Tunnel<RelayFrame>,
+    ) -> Self {
+        Self {
+            agent_id,
+            org_id,
+            name,
+            servers: Arc::new(servers),
+            tunnel,
+            draining: Arc::default(),
+            generation: 0,
+        }
+    }
+
+    /// Whether the agent accepts new sessions.
+    pub(crate) fn is_available(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && !self.tunnel.is_closed()
+    }
+}
+
+impl AgentRegistry {
+    /// Registers a tunnel, closing any older one of the same agent. Returns the handle as
+    /// registered, for [`AgentRegistry::remove`].
+    pub(crate) fn register(&self, mut handle: AgentHandle) -> AgentHandle {
+        handle.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let key = (handle.org_id.clone(), handle.name.clone());
+        if let Some(old) = self.lock().insert(key, handle.clone()) {
+            tracing::info!(agent = %old.name, "a newer tunnel replaces this agent's tunnel");
+            old.tunnel.close();
+        }
+        handle
+    }
+
+    /// Removes `handle`, unless a newer registration has replaced it.
+    pub(crate) fn remove(&self, handle: &AgentHandle) {
+        let key = (handle.org_id.clone(), handle.name.clone());
+        let mut agents = self.lock();
+        if agents
+            .get(&key)
+            .is_some_and(|h| h.generation == handle.generation)
+        {
+            agents.remove(&key);
+        }
+    }
+
+    /// The connected agent of that name in that organisation.
+    pub(crate) fn get(&self, org_id: &str, name: &str) -> Option<AgentHandle> {
+        self.lock()
+            .get(&(org_id.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Connected agents.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), AgentHandle>> {
+        // One map operation per critical section: a poisoned map is still consistent.
+        self.agents.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
