@@ -142,10 +142,13 @@ pub struct Overrides {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
     environment: String,
     data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pepper_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsFiles>,
     #[serde(default)]
     limits: Limits,
@@ -233,7 +236,10 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
             let source = e
                 .metadata
                 .as_ref()
-                .map(|m| m.name.to_string())
+                .map(|m| match &m.source {
+                    Some(source) => format!("{} {source}", m.name),
+                    None => m.name.to_string(),
+                })
                 .unwrap_or_default();
             if key.is_empty() {
                 format!("{} ({source})", e.kind)

@@ -261,6 +261,11 @@ impl StreamSender {
         }
     }
 
+    /// Whether the stream has ended.
+    pub fn is_closed(&self) -> bool {
+        self.state.credit.is_closed()
+    }
+
     /// Resolves when the stream has ended, by either side or with the tunnel.
     pub async fn closed(&self) -> StreamEnd {
         // The semaphore is closed exactly when the stream ends; waiting for more permits

@@ -139,10 +139,6 @@ where
             .unwrap_or(u32::MAX),
         limits,
     });
-    if let Err(err) = socket.send(Message::Binary(welcome.to_bytes())).await {
-        tracing::warn!(%err, "could not send welcome");
-        return;
-    }
     let config = TunnelConfig {
         heartbeat_interval: settings.heartbeat_interval,
         chunk_len: settings.chunk_bytes as usize,
@@ -159,6 +155,13 @@ where
         servers,
         tunnel,
     ));
+    // The welcome goes out only once the agent is routable, so an agent that has been
+    // welcomed can be called at once.
+    if handle.tunnel.send_control(welcome).is_err() {
+        app.agents.remove(&handle);
+        tracing::warn!("tunnel closed before the welcome");
+        return;
+    }
     if let Err(err) = app.store.touch_agent(&agent.id, now_ms()).await {
         tracing::warn!(%err, "could not record the agent's connection time");
     }

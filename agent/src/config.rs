@@ -1,0 +1,530 @@
+//! The agent's configuration: layered loading (defaults < TOML file < `OUTPOST_*` env),
+//! `${env:NAME}` and `${file:PATH}` references resolved into secrets, and validation into a
+//! [`Config`] whose fields cannot be invalid. Every default is a named constant. Does not
+//! dial, spawn or listen.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Validated agent configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The relay, `wss://host[:port]`.
+    pub relay_url: url::Url,
+    /// The agent key, from `OUTPOST_AGENT_KEY` or `key_file`.
+    pub key: SecretString,
+    /// Extra CA certificates (PEM) to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Connection and reconnection timing.
+    pub tunnel: TunnelSettings,
+    /// Local servers by name, in name order.
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// Connection and reconnection timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSettings {
+    /// TCP connect, TLS and WebSocket handshakes together.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// A tunnel that lived this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+    /// On SIGTERM, how long in-flight calls may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Upstream sessions (relay streams) served at once.
+    pub max_streams: usize,
+}
+
+/// One local MCP server.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// Its name, as clients address it.
+    pub name: String,
+    /// How to reach it.
+    pub transport: Transport,
+}
+
+/// How a local server is reached.
+#[derive(Debug)]
+pub enum Transport {
+    /// A child process speaking newline-delimited JSON-RPC on stdin/stdout.
+    Stdio(StdioConfig),
+    /// A local Streamable HTTP endpoint.
+    Http(HttpConfig),
+}
+
+/// A stdio server.
+#[derive(Debug)]
+pub struct StdioConfig {
+    /// Program to run.
+    pub command: String,
+    /// Its arguments. Not secret: argv is visible to every local user.
+    pub args: Vec<String>,
+    /// Environment given to the child, resolved. The child gets nothing else.
+    pub env: Vec<(String, SecretString)>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// A Streamable HTTP server.
+#[derive(Debug)]
+pub struct HttpConfig {
+    /// Its MCP endpoint.
+    pub url: url::Url,
+    /// Headers sent with every request, resolved (credentials, typically).
+    pub headers: Vec<(http::HeaderName, SecretString)>,
+}
+
+/// Why the configuration is invalid. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A layer could not be read, or a key is unknown or of the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tunnel: TunnelSettings,
+    #[serde(default)]
+    servers: BTreeMap<String, RawServer>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+enum RawServer {
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
+        cwd: Option<PathBuf>,
+    },
+    Http {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads defaults, then `file`, then `OUTPOST_*` variables (nested keys with `__`), and
+    /// resolves references. The agent key comes from `OUTPOST_AGENT_KEY` or `key_file`.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("OUTPOST_")
+                .ignore(&IGNORED_ENV)
+                .split("__")
+                .lowercase(true),
+        );
+        let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
+        let key = match std::env::var(KEY_ENV) {
+            Ok(key) => SecretString::from(key),
+            Err(_) => {
+                let path = raw.key_file.as_ref().ok_or_else(|| ConfigError::Invalid {
+                    key: "key_file".into(),
+                    reason: format!("no agent key: set {KEY_ENV} or key_file"),
+                })?;
+                read_secret_file(path).map_err(|reason| ConfigError::Invalid {
+                    key: "key_file".into(),
+                    reason,
+                })?
+            }
+        };
+        Self::from_raw(raw, key, &|name| std::env::var(name).ok())
+    }
+
+    fn from_raw(
+        raw: RawConfig,
+        key: SecretString,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let relay_url = raw
+            .relay_url
+            .ok_or_else(|| invalid("relay_url", "missing"))?;
+        let relay_url = url::Url::parse(&relay_url)
+            .map_err(|e| invalid("relay_url", &format!("`{relay_url}` is not a URL: {e}")))?;
+        if relay_url.scheme() != "wss" {
+            return Err(invalid(
+                "relay_url",
+                "must start with wss://: the tunnel is always TLS",
+            ));
+        }
+        if relay_url.host_str().is_none() {
+            return Err(invalid("relay_url", "has no host"));
+        }
+        if key.expose_secret().trim().is_empty() {
+            return Err(invalid("key_file", "the agent key is empty"));
+        }
+        let t = &raw.tunnel;
+        if t.reconnect_min.is_zero() || t.reconnect_max < t.reconnect_min {
+            return Err(invalid(
+                "tunnel.reconnect_max",
+                "reconnect_min must be positive and at most reconnect_max",
+            ));
+        }
+        if t.max_streams == 0 {
+            return Err(invalid("tunnel.max_streams", "must be positive"));
+        }
+        if raw.servers.is_empty() {
+            return Err(invalid("servers", "no server configured"));
+        }
+        let mut servers = BTreeMap::new();
+        for (name, server) in raw.servers {
+            if !is_valid_name(&name) {
+                return Err(invalid(
+                    &format!("servers.{name}"),
+                    "names must match [a-z0-9_-]{1,64}",
+                ));
+            }
+            let transport = resolve_server(&name, server, env)?;
+            servers.insert(name.clone(), ServerConfig { name, transport });
+        }
+        Ok(Config {
+            relay_url,
+            key: SecretString::from(key.expose_secret().trim().to_owned()),
+            ca_file: raw.ca_file,
+            tunnel: raw.tunnel,
+            servers,
+        })
+    }
+
+    /// Every secret value the agent holds: the key and each resolved value. The redaction
+    /// of issue 5 searches outgoing frames for these.
+    pub fn secret_values(&self) -> Vec<&SecretString> {
+        let mut secrets = vec![&self.key];
+        for server in self.servers.values() {
+            match &server.transport {
+                Transport::Stdio(stdio) => secrets.extend(stdio.env.iter().map(|(_, v)| v)),
+                Transport::Http(http) => secrets.extend(http.headers.iter().map(|(_, v)| v)),
+            }
+        }
+        secrets
+    }
+}
+
+fn resolve_server(
+    name: &str,
+    server: RawServer,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Transport, ConfigError> {
+    match server {
+        RawServer::Stdio {
+            command,
+            args,
+            env: vars,
+            inherit_env,
+            cwd,
+        } => {
+            if command.is_empty() {
+                return Err(invalid(&format!("servers.{name}.command"), "is empty"));
+            }
+            let mut resolved = Vec::new();
+            for var in inherit_env {
+                if let Some(value) = env(&var) {
+                    resolved.push((var, SecretString::from(value)));
+                }
+            }
+            for (var, value) in vars {
+                let key = format!("servers.{name}.env.{var}");
+                let value =
+                    resolve_references(&value, env).map_err(|reason| invalid(&key, &reason))?;
+                resolved.retain(|(existing, _)| existing != &var);
+                resolved.push((var, value));
+            }
+            Ok(Transport::Stdio(StdioConfig {
+                command,
+                args,
+                env: resolved,
+                cwd,
+            }))
+        }
+        RawServer::Http { url, headers } => {
+            let key = format!("servers.{name}.url");
+            let url = url::Url::parse(&url).map_err(|e| invalid(&key, &format!("`{url}`: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(&key, "must be http:// or https://"));
+            }
+            let mut resolved = Vec::new();
+            for (header, value) in headers {
+                let key = format!("servers.{name}.headers.{header}");
+                let header_name = http::HeaderName::try_from(header.as_str())
+                    .map_err(|e| invalid(&key, &e.to_string()))?;
+                let value =
+                    resolve_references(&value, env).map_err(|reason| invalid(&key, &reason))?;
+                if http::HeaderValue::from_str(value.expose_secret()).is_err() {
+                    return Err(invalid(&key, "is not a valid header value"));
+                }
+                resolved.push((header_name, value));
+            }
+            Ok(Transport::Http(HttpConfig {
+                url,
+                headers: resolved,
+            }))
+        }
+    }
+}
+
+/// Replaces each `${env:NAME}` and `${file:PATH}` in `value`. `$${` is a literal `${`.
+fn resolve_references(
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SecretString, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unterminated reference in `{}`", &rest[start..]))?;
+        let reference = &rest[start + 2..start + end];
+        let resolved = match reference.split_once(':') {
+            Some(("env", name)) => {
+                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
+            }
+            Some(("file", path)) => read_secret_file(Path::new(path))?
+                .expose_secret()
+                .to_owned(),
+            _ => {
+                return Err(format!(
+                    "`${{{reference}}}` is neither ${{env:NAME}} nor ${{file:PATH}}"
+                ));
+            }
+        };
+        out.push_str(&resolved);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(SecretString::from(out))
+}
+
+/// Reads a secret from a file, without its trailing newline.
+fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map(|s| SecretString::from(s.trim_end_matches(['\n', '\r']).to_owned()))
+        .map_err(|_| format!("{} is not UTF-8", path.display()));
+    zeroize::Zeroize::zeroize(&mut bytes);
+    text
+}
+
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let messages: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!("{} {source}", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{} ({source})", e.kind)
+            } else {
+                format!("key `{key}`: {} ({source})", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Load(messages.join("; "))
+}
+
+fn invalid(key: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Whether a server name is `[a-z0-9_-]{1,64}`, as the relay requires.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+// === defaults ===
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            relay_url: None,
+            key_file: None,
+            ca_file: None,
+            tunnel: TunnelSettings::default(),
+            servers: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_streams: DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+/// Environment variable holding the agent key.
+pub const KEY_ENV: &str = "OUTPOST_AGENT_KEY";
+/// `OUTPOST_*` variables that are not configuration keys.
+const IGNORED_ENV: [&str; 4] = ["AGENT_KEY", "CONFIG", "LOG_FORMAT", "PEPPER"];
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(500);
+const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(30);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_STREAMS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "ERP_TOKEN" => Some("t0ken".into()),
+            "PATH" => Some("/usr/bin".into()),
+            _ => None,
+        }
+    }
+
+    fn raw(toml: &str) -> Result<RawConfig, ConfigError> {
+        Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(describe_figment_error)
+    }
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(raw(toml)?, SecretString::from("ak_live_x"), &env)
+    }
+
+    #[test]
+    fn references_resolve_into_secrets_and_children_get_only_named_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = load(&format!(
+            r#"
+            relay_url = "wss://relay.example.com"
+            [servers.erp]
+            type = "stdio"
+            command = "erp-mcp"
+            env = {{ TOKEN = "${{env:ERP_TOKEN}}", LITERAL = "$${{env:X}}" }}
+            inherit_env = ["PATH", "UNSET"]
+            [servers.db]
+            type = "http"
+            url = "http://127.0.0.1:9000/mcp"
+            headers = {{ Authorization = "Bearer ${{file:{}}}" }}
+            "#,
+            file.display()
+        ))
+        .unwrap();
+        let Transport::Stdio(erp) = &config.servers["erp"].transport else {
+            panic!()
+        };
+        let env: Vec<(&str, &str)> = erp
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose_secret()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("PATH", "/usr/bin"),
+                ("LITERAL", "${env:X}"),
+                ("TOKEN", "t0ken")
+            ]
+        );
+        let Transport::Http(db) = &config.servers["db"].transport else {
+            panic!()
+        };
+        assert_eq!(db.headers[0].1.expose_secret(), "Bearer s3cret");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{config:?}").contains("t0ken"));
+        assert_eq!(config.secret_values().len(), 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = raw("relay_url = \"wss://x\"\nrelay_ulr = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay_ulr"), "{err}");
+        let err = load("relay_url = \"ws://x\"\n[servers.a]\ntype=\"stdio\"\ncommand=\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay_url") && err.contains("wss://"), "{err}");
+        let err = load("relay_url = \"wss://x\"\n[servers.A]\ntype=\"stdio\"\ncommand=\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servers.A"), "{err}");
+        let err = load("relay_url = \"wss://x\"\n[servers.a]\ntype=\"stdio\"\ncommand=\"x\"\nenv={T=\"${env:NOPE}\"}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("servers.a.env.T") && err.contains("NOPE"),
+            "{err}"
+        );
+        let err = load("relay_url = \"wss://x\"\n[servers.a]\ntype=\"ftp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servers.a"), "{err}");
+    }
+}

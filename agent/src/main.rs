@@ -1,0 +1,121 @@
+//! The `outpost-agent` binary: parses flags, sets up logging, loads configuration (exit
+//! code 64 when it is invalid, before any connection is made), and runs the agent until
+//! SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use outpost_agent::Agent;
+use outpost_agent::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Outpost agent: makes MCP servers inside this network reachable through an Outpost
+/// relay, dialing out on TLS 1.3 port 443 only. Opens no inbound port.
+///
+/// The agent key comes from OUTPOST_AGENT_KEY or the config's key_file, never from a flag.
+#[derive(Debug, Parser)]
+#[command(name = "outpost-agent", version)]
+struct Cli {
+    /// Configuration file (TOML). Keys may also come from OUTPOST_* variables, e.g.
+    /// OUTPOST_RELAY_URL.
+    #[arg(long, short, global = true, env = "OUTPOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OUTPOST_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the relay and serve (the default).
+    Run,
+    /// Validate the configuration and exit.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if matches!(cli.command, Some(Command::Check)) {
+        println!(
+            "configuration valid: relay {}, servers: {}",
+            config.relay_url,
+            config
+                .servers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let agent = match Agent::new(config) {
+            Ok(agent) => agent,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(forward_signals(shutdown.clone()));
+        agent.run(shutdown).await;
+        signals.abort();
+        ExitCode::SUCCESS
+    })
+}
+
+async fn forward_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Exit code for an invalid configuration.
+const EX_CONFIG: u8 = 64;

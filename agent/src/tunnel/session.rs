@@ -1,0 +1,190 @@
+//! One tunnel session, from hello to close: sends the hello, reads the welcome or reject,
+//! runs the multiplexer, serves each opened stream with its upstream, and on shutdown
+//! drains: tells the relay, finishes in-flight calls within the grace period, then closes.
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_protocol::{
+    AgentFrame, CloseCode, Frame, Hello, PROTOCOL_VERSION, RejectCode, RelayFrame,
+    ServerAnnouncement, Welcome,
+};
+use outpost_tunnel::{Tunnel, TunnelConfig, TunnelEvent, TunnelExit};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::dial::{self, DialError, TunnelSocket};
+use crate::upstream::{self, InFlight, UpstreamContext};
+use crate::{AgentInner, Status, policy};
+
+/// How a session ended.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// The agent was asked to stop and has drained.
+    Shutdown,
+    /// The tunnel ended; reconnect.
+    Lost(TunnelExit),
+}
+
+/// Why a session could not be established.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("the relay rejected the hello ({code:?}): {message}")]
+    Rejected { code: RejectCode, message: String },
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+}
+
+/// Dials, handshakes and serves one tunnel until it ends or `shutdown` fires.
+pub(crate) async fn run(
+    agent: &AgentInner,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, SessionError> {
+    let config = &agent.config;
+    let mut socket = tokio::select! {
+        socket = dial::dial(&config.relay_url, &config.key, agent.tls.clone(), config.tunnel.connect_timeout) => socket?,
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+    };
+    let welcome =
+        tokio::time::timeout(config.tunnel.connect_timeout, handshake(agent, &mut socket))
+            .await
+            .map_err(|_| SessionError::Handshake("no welcome in time".into()))??;
+    let limits = welcome.limits;
+    let tunnel_config = TunnelConfig {
+        heartbeat_interval: std::time::Duration::from_millis(u64::from(
+            welcome.heartbeat_interval_ms.max(100),
+        )),
+        chunk_len: CHUNK_LEN
+            .min((limits.max_frame_len as usize).saturating_sub(FRAME_HEADER))
+            .max(1),
+        max_message_len: limits.max_message_len as usize,
+        initial_window: limits.initial_window,
+        max_streams: (limits.max_streams as usize).min(config.tunnel.max_streams),
+    };
+    let session_token = CancellationToken::new();
+    let (tunnel, mut events, driver) =
+        Tunnel::<AgentFrame>::start::<_, RelayFrame>(socket, tunnel_config, session_token.clone());
+    tracing::info!(agent = %welcome.agent_name, agent_id = %welcome.agent_id, "tunnel established");
+    agent.status.send_replace(Status::Connected {
+        agent_name: welcome.agent_name.clone(),
+    });
+
+    let in_flight = InFlight::new();
+    let context = UpstreamContext {
+        in_flight: in_flight.clone(),
+        http: agent.http.clone(),
+        max_message_len: tunnel_config.max_message_len,
+        cancel: session_token.clone(),
+    };
+    let streams = TaskTracker::new();
+    let mut draining = false;
+    let drain = drain(&in_flight, config.tunnel.shutdown_grace);
+    tokio::pin!(driver, drain);
+    let end = loop {
+        tokio::select! {
+            exit = &mut driver => {
+                break if draining { SessionEnd::Shutdown } else { SessionEnd::Lost(exit) };
+            }
+            Some(event) = events.recv() => match event {
+                TunnelEvent::Open { stream, server, meta } => {
+                    let Some(server_config) = config.servers.get(&server) else {
+                        stream.sender.close(CloseCode::UnknownServer, format!("no server named {server:?}")).await;
+                        continue;
+                    };
+                    if draining {
+                        stream.sender.close(CloseCode::ShuttingDown, "the agent is shutting down").await;
+                        continue;
+                    }
+                    let span = tracing::info_span!("stream", server = %server, stream = %stream.id);
+                    let context = context.clone();
+                    let agent_config = agent.config.clone();
+                    streams.spawn(async move {
+                        if let Some(server_config) = agent_config.servers.get(&server) {
+                            upstream::serve(server_config, stream, meta, context).await;
+                        }
+                    }.instrument(span));
+                    let _ = server_config;
+                }
+                other => tracing::warn!(?other, "unexpected event from the relay ignored"),
+            },
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                agent.status.send_replace(Status::Draining);
+                tracing::info!(in_flight = in_flight.get(), "draining: finishing in-flight calls");
+                let _ = tunnel.send_control(AgentFrame::Draining);
+            }
+            _ = &mut drain, if draining => {
+                tracing::info!(unfinished = in_flight.get(), "drained; closing the tunnel");
+                tunnel.close();
+            }
+        }
+    };
+    session_token.cancel();
+    streams.close();
+    streams.wait().await;
+    agent.status.send_replace(Status::Disconnected);
+    Ok(end)
+}
+
+/// Sends the hello and reads the welcome.
+async fn handshake(agent: &AgentInner, socket: &mut TunnelSocket) -> Result<Welcome, SessionError> {
+    let hello = AgentFrame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        servers: agent
+            .config
+            .servers
+            .values()
+            .map(|server| ServerAnnouncement {
+                name: server.name.clone(),
+                policy_digest: policy::digest(server),
+            })
+            .collect(),
+    });
+    socket
+        .send(Message::Binary(hello.to_bytes()))
+        .await
+        .map_err(|e| SessionError::Handshake(e.to_string()))?;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Binary(bytes))) => {
+                return match RelayFrame::decode_message(&bytes) {
+                    Ok(RelayFrame::Welcome(welcome)) => Ok(welcome),
+                    Ok(RelayFrame::Reject(reject)) => Err(SessionError::Rejected {
+                        code: reject.code,
+                        message: reject.message,
+                    }),
+                    Ok(_) => Err(SessionError::Handshake("expected a welcome".into())),
+                    Err(err) => Err(SessionError::Handshake(format!("invalid welcome: {err}"))),
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(frame))) => {
+                return Err(SessionError::Handshake(format!(
+                    "the relay closed the connection: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                )));
+            }
+            Some(Ok(_)) => return Err(SessionError::Handshake("expected a binary welcome".into())),
+            Some(Err(err)) => return Err(SessionError::Handshake(err.to_string())),
+            None => {
+                return Err(SessionError::Handshake(
+                    "connection closed before the welcome".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Resolves when no call is in flight or the grace period is over. Only polled once
+/// draining has begun.
+async fn drain(in_flight: &InFlight, grace: std::time::Duration) {
+    let _ = tokio::time::timeout(grace, in_flight.idle()).await;
+}
+
+/// Largest payload per data frame the agent sends.
+const CHUNK_LEN: usize = 64 * 1024;
+/// Bytes of a data frame that are not payload (length, type, stream, flags), rounded up.
+const FRAME_HEADER: usize = 16;

@@ -1,0 +1,387 @@
+//! A Streamable HTTP upstream: one MCP session with the local server per stream. Each
+//! client message becomes a POST, sent in order (the next waits for the previous one's
+//! response headers); response bodies, JSON or SSE, are relayed concurrently so a long
+//! call never holds up the next. After `notifications/initialized` a GET stream carries
+//! server-initiated messages. The session is DELETEd when the stream ends.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use outpost_protocol::CloseCode;
+use outpost_tunnel::{Stream, StreamSender};
+use secrecy::ExposeSecret;
+use tokio_util::task::TaskTracker;
+
+use super::{Calls, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward};
+use crate::config::HttpConfig;
+
+/// The upstream session's state, shared by the POST and GET tasks.
+struct Session {
+    url: url::Url,
+    /// Configured headers plus the session id and protocol version, once known.
+    headers: Mutex<HeaderMap>,
+    http: reqwest::Client,
+    max_message_len: usize,
+}
+
+pub(super) async fn serve(
+    name: &str,
+    config: &HttpConfig,
+    stream: Stream,
+    meta: Vec<(String, String)>,
+    ctx: UpstreamContext,
+) {
+    let Stream {
+        sender,
+        mut receiver,
+        ..
+    } = stream;
+    let mut headers = HeaderMap::new();
+    for (header_name, value) in &config.headers {
+        if let Ok(mut value) = HeaderValue::from_str(value.expose_secret()) {
+            value.set_sensitive(true);
+            headers.insert(header_name.clone(), value);
+        }
+    }
+    for (meta_name, value) in &meta {
+        if let (Ok(meta_name), Ok(value)) = (
+            http::HeaderName::try_from(meta_name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(meta_name, value);
+        }
+    }
+    let session = Arc::new(Session {
+        url: config.url.clone(),
+        headers: Mutex::new(headers),
+        http: ctx.http.clone(),
+        max_message_len: ctx.max_message_len,
+    });
+    let calls = Arc::new(Calls::new(ctx.in_flight.clone()));
+    // Body and GET tasks stop with the stream, or with the whole session.
+    let bodies = TaskTracker::new();
+    let stop_bodies = ctx.cancel.child_token();
+    let mut get_started = false;
+
+    let outcome = loop {
+        let message = tokio::select! {
+            _ = ctx.cancel.cancelled() => break Ok(()),
+            message = receiver.recv() => match message {
+                Ok(message) => message,
+                Err(_) => break Ok(()),
+            },
+        };
+        calls.from_client(&message);
+        let request_id = super::calls::peek(&message)
+            .filter(|(_, is_request)| *is_request)
+            .map(|(id, _)| id);
+        let initialized = is_initialized_notification(&message);
+        match session.post(message).await {
+            Ok(response)
+                if response.status() == StatusCode::NOT_FOUND && session.has_session_id() =>
+            {
+                break Err("the upstream session expired".to_owned());
+            }
+            Ok(response) if response.status().is_success() => {
+                if initialized && !get_started {
+                    get_started = true;
+                    let (session, sender, calls) = (session.clone(), sender.clone(), calls.clone());
+                    let cancel = stop_bodies.clone();
+                    bodies.spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = session.listen(&sender, &calls) => {}
+                        }
+                    });
+                }
+                let (session, sender, calls) = (session.clone(), sender.clone(), calls.clone());
+                let cancel = stop_bodies.clone();
+                bodies.spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = session.relay_body(response, request_id, &sender, &calls) => {}
+                    }
+                });
+            }
+            Ok(response) => {
+                let status = response.status();
+                tracing::warn!(server = name, %status, "upstream refused a message");
+                if let Some(id) = request_id {
+                    let text = format!("the upstream server answered HTTP {}", status.as_u16());
+                    if answer_with_error(&sender, &calls, &id, ERROR_UPSTREAM, &text)
+                        .await
+                        .is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(server = name, err = %err.without_url(), "upstream unreachable");
+                if let Some(id) = request_id {
+                    let text = "the upstream server is unreachable";
+                    if answer_with_error(&sender, &calls, &id, ERROR_UPSTREAM, text)
+                        .await
+                        .is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+            }
+        }
+    };
+    // Stop relaying bodies, then end the upstream session.
+    stop_bodies.cancel();
+    bodies.close();
+    bodies.wait().await;
+    session.delete().await;
+    match outcome {
+        Ok(()) => sender.close(CloseCode::Normal, "stream ended").await,
+        Err(reason) => {
+            tracing::warn!(server = name, reason, "upstream session ended");
+            sender.close(CloseCode::UpstreamExited, reason).await;
+        }
+    }
+}
+
+impl Session {
+    async fn post(&self, message: Bytes) -> Result<reqwest::Response, reqwest::Error> {
+        let headers = self.headers();
+        self.http
+            .post(self.url.clone())
+            .headers(headers)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(message)
+            .send()
+            .await
+    }
+
+    /// Relays a POST's response body: one JSON message or batch, or an SSE stream.
+    async fn relay_body(
+        &self,
+        response: reqwest::Response,
+        request_id: Option<String>,
+        sender: &StreamSender,
+        calls: &Calls,
+    ) {
+        if let Some(id) = response.headers().get(SESSION_HEADER).cloned() {
+            self.lock().insert(SESSION_HEADER, id);
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if response.status() == StatusCode::ACCEPTED
+            || request_id.is_none() && !content_type.starts_with("text/event-stream")
+        {
+            return;
+        }
+        let complete = if content_type.starts_with("text/event-stream") {
+            self.relay_events(response, sender, calls).await
+        } else {
+            match read_limited(response, self.max_message_len).await {
+                Ok(body) => {
+                    for message in split_json(body) {
+                        self.learn_protocol_version(&message);
+                        if forward(sender, calls, message).await.is_err() {
+                            return;
+                        }
+                    }
+                    true
+                }
+                Err(reason) => {
+                    tracing::warn!(reason, "upstream response unusable");
+                    false
+                }
+            }
+        };
+        // A body that ended without answering its request still owes the client an answer.
+        if let Some(id) = request_id
+            && calls.is_open(&id)
+        {
+            let text = if complete {
+                "the upstream server ended its response without an answer"
+            } else {
+                "the upstream server's response could not be read"
+            };
+            let _ = answer_with_error(sender, calls, &id, ERROR_UPSTREAM, text).await;
+        }
+    }
+
+    /// Relays SSE `message` events; `false` if the stream broke.
+    async fn relay_events(
+        &self,
+        response: reqwest::Response,
+        sender: &StreamSender,
+        calls: &Calls,
+    ) -> bool {
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) if event.event.is_empty() || event.event == "message" => {
+                    if event.data.is_empty() {
+                        continue;
+                    }
+                    if event.data.len() > self.max_message_len {
+                        tracing::warn!(
+                            len = event.data.len(),
+                            "upstream event over the tunnel limit dropped"
+                        );
+                        continue;
+                    }
+                    let message = Bytes::from(event.data);
+                    self.learn_protocol_version(&message);
+                    if forward(sender, calls, message).await.is_err() {
+                        return true;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "upstream event stream broke");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Holds the session's GET stream open for server-initiated messages, reopening it
+    /// after a drop, until the server says it has none (405) or the session ends.
+    async fn listen(&self, sender: &StreamSender, calls: &Calls) {
+        loop {
+            let response = self
+                .http
+                .get(self.url.clone())
+                .headers(self.headers())
+                .header(header::ACCEPT, "text/event-stream")
+                .send()
+                .await;
+            match response {
+                Ok(response) if response.status().is_success() => {
+                    self.relay_events(response, sender, calls).await;
+                }
+                Ok(response) if response.status() == StatusCode::METHOD_NOT_ALLOWED => return,
+                Ok(response) => {
+                    tracing::debug!(status = %response.status(), "upstream GET stream refused");
+                    return;
+                }
+                Err(err) => tracing::debug!(err = %err.without_url(), "upstream GET stream failed"),
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(GET_RETRY).await;
+        }
+    }
+
+    async fn delete(&self) {
+        if !self.has_session_id() {
+            return;
+        }
+        let request = self
+            .http
+            .delete(self.url.clone())
+            .headers(self.headers())
+            .send();
+        match tokio::time::timeout(DELETE_TIMEOUT, request).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::debug!(err = %err.without_url(), "upstream DELETE failed"),
+            Err(_) => tracing::debug!("upstream DELETE timed out"),
+        }
+    }
+
+    /// Takes the negotiated version from an initialize result, for later requests' header.
+    fn learn_protocol_version(&self, message: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Initialized {
+            result: Option<InitializeResult>,
+        }
+        #[derive(serde::Deserialize)]
+        struct InitializeResult {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        let Ok(Initialized {
+            result:
+                Some(InitializeResult {
+                    protocol_version: Some(version),
+                }),
+        }) = serde_json::from_slice(message)
+        else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::from_str(&version) {
+            self.lock().insert(PROTOCOL_VERSION_HEADER, value);
+        }
+    }
+
+    fn has_session_id(&self) -> bool {
+        self.lock().contains_key(SESSION_HEADER)
+    }
+
+    fn headers(&self) -> HeaderMap {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeaderMap> {
+        // Header inserts leave the map consistent: a poisoned lock is still usable.
+        self.headers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn is_initialized_notification(message: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Method<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Method<'_>>(message)
+        .ok()
+        .and_then(|m| m.method)
+        .is_some_and(|m| m == "notifications/initialized")
+}
+
+/// Reads a body up to `max` bytes.
+async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, &'static str> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err("response over the tunnel limit");
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| "response body broke off")?;
+        if body.len() + chunk.len() > max {
+            return Err("response over the tunnel limit");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// One JSON message, or each message of a batch.
+fn split_json(body: Bytes) -> Vec<Bytes> {
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
+    if trimmed.is_some_and(|at| body[at] == b'[')
+        && let Ok(batch) = serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&body)
+    {
+        return batch
+            .into_iter()
+            .map(|m| Bytes::copy_from_slice(m.get().as_bytes()))
+            .collect();
+    }
+    vec![body]
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,0 +1,107 @@
+//! Bridges one tunnel stream to one local MCP server: a child process per stream for
+//! stdio servers, an MCP session per stream for Streamable HTTP servers. Owns the
+//! upstream side of each stream; does not own the tunnel (see `tunnel/`).
+
+mod calls;
+mod http;
+mod stdio;
+
+use bytes::Bytes;
+use outpost_tunnel::{Stream, StreamError, StreamSender};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use calls::{Calls, InFlight};
+
+use crate::config::{ServerConfig, Transport};
+
+/// What every upstream bridge shares.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamContext {
+    /// Calls in flight over the whole agent, for draining on shutdown.
+    pub(crate) in_flight: InFlight,
+    /// HTTP client for Streamable HTTP servers, shared for its connection pool.
+    pub(crate) http: reqwest::Client,
+    /// Largest message the tunnel carries.
+    pub(crate) max_message_len: usize,
+    /// Fires when the tunnel session ends: children are stopped, requests abandoned.
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Serves one stream until the relay closes it, the upstream goes away or the session ends.
+pub(crate) async fn serve(
+    server: &ServerConfig,
+    stream: Stream,
+    meta: Vec<(String, String)>,
+    ctx: UpstreamContext,
+) {
+    match &server.transport {
+        Transport::Stdio(config) => stdio::serve(&server.name, config, stream, ctx).await,
+        Transport::Http(config) => http::serve(&server.name, config, stream, meta, ctx).await,
+    }
+}
+
+/// Sends an upstream message to the relay. A message over the tunnel's limit is replaced
+/// by an error response to the request it answers, so the client is not left waiting.
+/// `Err` means the stream is gone.
+pub(crate) async fn forward(
+    sender: &StreamSender,
+    calls: &Calls,
+    message: Bytes,
+) -> Result<(), ()> {
+    calls.from_upstream(&message);
+    match sender.send(message.clone()).await {
+        Ok(()) => Ok(()),
+        Err(StreamError::TooLarge { len, max }) => {
+            let id = calls::peek(&message)
+                .filter(|(_, is_request)| !is_request)
+                .map(|(id, _)| id);
+            tracing::warn!(
+                len,
+                max,
+                "upstream message over the tunnel limit replaced by an error"
+            );
+            match id {
+                Some(id) => {
+                    answer_with_error(
+                        sender,
+                        calls,
+                        &id,
+                        ERROR_TOO_LARGE,
+                        &format!(
+                            "the result of {len} bytes exceeds the tunnel's limit of {max} bytes"
+                        ),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// Answers request `id` (canonical JSON text) with a JSON-RPC error on the upstream's behalf.
+pub(crate) async fn answer_with_error(
+    sender: &StreamSender,
+    calls: &Calls,
+    id: &str,
+    code: i64,
+    message: &str,
+) -> Result<(), ()> {
+    calls.answered(id);
+    let id: serde_json::Value = serde_json::from_str(id).unwrap_or(serde_json::Value::Null);
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": code, "message": message },
+    });
+    sender
+        .send(Bytes::from(body.to_string()))
+        .await
+        .map_err(|_| ())
+}
+
+/// JSON-RPC code: the upstream server could not be reached or failed the request.
+pub(crate) const ERROR_UPSTREAM: i64 = -32012;
+/// JSON-RPC code: a message exceeded a size limit.
+pub(crate) const ERROR_TOO_LARGE: i64 = -32015;

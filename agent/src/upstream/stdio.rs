@@ -1,0 +1,418 @@
+//! A stdio upstream: one child process per stream, newline-delimited JSON-RPC on its
+//! stdin and stdout, stderr to the log at a bounded rate. The child gets only the
+//! environment its config names. Stopping it: close stdin, wait, then SIGTERM and SIGKILL
+//! to its whole process group, and always reap it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use outpost_protocol::CloseCode;
+use outpost_tunnel::{Stream, StreamError};
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::Instant;
+
+use super::{Calls, UpstreamContext, answer_with_error, forward};
+use crate::config::StdioConfig;
+
+pub(super) async fn serve(name: &str, config: &StdioConfig, stream: Stream, ctx: UpstreamContext) {
+    let Stream {
+        sender,
+        mut receiver,
+        ..
+    } = stream;
+    let mut command = Command::new(&config.command);
+    command
+        .args(&config.args)
+        .env_clear()
+        .envs(config.env.iter().map(|(k, v)| (k, v.expose_secret())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    if let Some(cwd) = &config.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            tracing::warn!(server = name, command = %config.command, %err, "cannot start stdio server");
+            sender
+                .close(
+                    CloseCode::UpstreamUnavailable,
+                    format!("cannot start the server: {err}"),
+                )
+                .await;
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(server = name, pid, "stdio server started");
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        // Unreachable: all three were configured as pipes above.
+        sender
+            .close(CloseCode::UpstreamUnavailable, "no pipes to the server")
+            .await;
+        return;
+    };
+    let stderr_task = tokio::spawn(log_stderr(name.to_owned(), stderr));
+    let calls = Calls::new(ctx.in_flight.clone());
+    let stdout = BufReader::with_capacity(64 * 1024, stdout);
+
+    // The two directions run concurrently and never wait on each other: a server that
+    // writes before it reads cannot deadlock against a relay that does the same.
+    let to_child = async {
+        loop {
+            match receiver.recv().await {
+                Ok(message) => {
+                    calls.from_client(&message);
+                    if let Err(err) = write_line(&mut stdin, message).await {
+                        tracing::warn!(server = name, %err, "cannot write to the server's stdin");
+                        return Outcome::Exited;
+                    }
+                }
+                Err(StreamError::TooLarge { len, max }) => {
+                    tracing::warn!(
+                        server = name,
+                        len,
+                        max,
+                        "client message over the tunnel limit"
+                    );
+                    return Outcome::RelayClosed;
+                }
+                Err(_) => return Outcome::RelayClosed,
+            }
+        }
+    };
+    let from_child = relay_stdout(name, stdout, &sender, &calls, ctx.max_message_len);
+    let outcome = tokio::select! {
+        outcome = to_child => outcome,
+        outcome = from_child => outcome,
+        _ = ctx.cancel.cancelled() => Outcome::Cancelled,
+    };
+    drop(stdin);
+    let status = stop(&mut child, outcome).await;
+    stderr_task.abort();
+    match outcome {
+        Outcome::Exited => {
+            tracing::warn!(server = name, pid, %status, "stdio server exited");
+            sender
+                .close(
+                    CloseCode::UpstreamExited,
+                    format!("the server exited ({status})"),
+                )
+                .await;
+        }
+        Outcome::RelayClosed | Outcome::Cancelled => {
+            tracing::info!(server = name, pid, %status, "stdio server stopped");
+            sender.close(CloseCode::Normal, "stream ended").await;
+        }
+    }
+}
+
+/// Forwards the server's stdout to the relay, line by line.
+async fn relay_stdout<R: AsyncBufRead + Unpin>(
+    name: &str,
+    mut stdout: R,
+    sender: &outpost_tunnel::StreamSender,
+    calls: &Calls,
+    max: usize,
+) -> Outcome {
+    let mut line = BytesMut::new();
+    loop {
+        match read_line(&mut stdout, &mut line, max).await {
+            Ok(Line::Message) => {
+                let message = line.split().freeze();
+                if message.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if forward(sender, calls, message).await.is_err() {
+                    return Outcome::RelayClosed;
+                }
+            }
+            Ok(Line::TooLong { len, id }) => {
+                tracing::warn!(
+                    server = name,
+                    len,
+                    "server wrote a message over the tunnel limit"
+                );
+                if let Some(id) = id {
+                    let text = format!(
+                        "the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes"
+                    );
+                    if answer_with_error(sender, calls, &id, super::ERROR_TOO_LARGE, &text)
+                        .await
+                        .is_err()
+                    {
+                        return Outcome::RelayClosed;
+                    }
+                }
+            }
+            Ok(Line::Eof) => return Outcome::Exited,
+            Err(err) => {
+                tracing::warn!(server = name, %err, "cannot read the server's stdout");
+                return Outcome::Exited;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// The server closed stdout or exited.
+    Exited,
+    /// The relay ended the stream (client session deleted, or the tunnel dropped).
+    RelayClosed,
+    /// The agent is stopping.
+    Cancelled,
+}
+
+/// Writes one message as one line. JSON text can hold a line break only as whitespace, so
+/// replacing breaks with spaces keeps the message and the framing intact.
+async fn write_line(stdin: &mut ChildStdin, message: Bytes) -> std::io::Result<()> {
+    if message.contains(&b'\n') || message.contains(&b'\r') {
+        let flat: Vec<u8> = message
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+            .collect();
+        stdin.write_all(&flat).await?;
+    } else {
+        stdin.write_all(&message).await?;
+    }
+    stdin.write_all(b"\n").await?;
+    stdin.flush().await
+}
+
+enum Line {
+    /// `line` holds a message, without its line break.
+    Message,
+    /// The line exceeded the limit and was skipped; `id` is the request it seems to answer.
+    TooLong {
+        len: usize,
+        id: Option<String>,
+    },
+    Eof,
+}
+
+/// Reads one line into `line`, never holding more than `max` bytes of it: an oversized line
+/// is skipped, keeping only its two ends to find the id of the request it answers.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<Line> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Message
+            });
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..end], end + 1),
+            None => (available, available.len()),
+        };
+        let complete = done > chunk.len();
+        if line.len() + chunk.len() > max {
+            // Keep the head and a rolling tail to find the id; drop the middle.
+            let head_len = line.len().min(SNIFF);
+            let mut head = line[..head_len].to_vec();
+            let mut tail: Vec<u8> = line[line.len().saturating_sub(SNIFF)..].to_vec();
+            let mut len = line.len();
+            line.clear();
+            let mut pending = (chunk.to_vec(), complete, done);
+            loop {
+                let (bytes, complete, consumed) = pending;
+                len += bytes.len();
+                if head.len() < SNIFF {
+                    head.extend_from_slice(&bytes[..bytes.len().min(SNIFF - head.len())]);
+                }
+                tail.extend_from_slice(&bytes);
+                let excess = tail.len().saturating_sub(SNIFF);
+                tail.drain(..excess);
+                reader.consume(consumed);
+                if complete {
+                    return Ok(Line::TooLong {
+                        len,
+                        id: sniff_id(&tail).or_else(|| sniff_id(&head)),
+                    });
+                }
+                let available = reader.fill_buf().await?;
+                if available.is_empty() {
+                    return Ok(Line::Eof);
+                }
+                pending = match available.iter().position(|&b| b == b'\n') {
+                    Some(end) => (available[..end].to_vec(), true, end + 1),
+                    None => (available.to_vec(), false, available.len()),
+                };
+            }
+        }
+        line.extend_from_slice(chunk);
+        reader.consume(done);
+        if complete {
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            return Ok(Line::Message);
+        }
+    }
+}
+
+/// Finds a top-level-looking `"id":` value in a fragment of JSON: a number or a string.
+fn sniff_id(fragment: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(fragment);
+    let at = text.rfind("\"id\":")?;
+    let rest = text[at + 5..].trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let end = quoted.find('"')?;
+        Some(format!("\"{}\"", &quoted[..end]))
+    } else {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| rest[..end].to_owned())
+    }
+}
+
+/// Stops the child: it exited already, or stdin is closed and it gets a moment, then
+/// SIGTERM to its process group, then SIGKILL. Always reaps it.
+async fn stop(child: &mut Child, outcome: Outcome) -> String {
+    let patience = match outcome {
+        Outcome::Exited => EXIT_WAIT,
+        Outcome::RelayClosed | Outcome::Cancelled => STOP_WAIT,
+    };
+    if let Ok(Ok(status)) = tokio::time::timeout(patience, child.wait()).await {
+        signal_group(child, nix::sys::signal::Signal::SIGKILL);
+        return status.to_string();
+    }
+    signal_group(child, nix::sys::signal::Signal::SIGTERM);
+    if let Ok(Ok(status)) = tokio::time::timeout(TERM_WAIT, child.wait()).await {
+        signal_group(child, nix::sys::signal::Signal::SIGKILL);
+        return status.to_string();
+    }
+    signal_group(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.start_kill();
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(err) => format!("could not be reaped: {err}"),
+    }
+}
+
+/// Signals the child's process group, so helpers it started (npx → node) stop with it.
+fn signal_group(child: &Child, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// Copies the child's stderr to the log: lines cut to a length, at most a burst of lines
+/// and then a steady rate, with a count of what was suppressed.
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = BufReader::new(stderr).split(b'\n');
+    let mut tokens = STDERR_BURST;
+    let mut refilled = Instant::now();
+    let mut suppressed = 0u64;
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let now = Instant::now();
+        let earned = (now - refilled).as_secs_f64() * STDERR_PER_SECOND;
+        if earned >= 1.0 {
+            tokens = (tokens + earned as u32).min(STDERR_BURST);
+            refilled = now;
+        }
+        if tokens == 0 {
+            suppressed += 1;
+            continue;
+        }
+        tokens -= 1;
+        if suppressed > 0 {
+            tracing::warn!(
+                server,
+                suppressed,
+                "stderr lines suppressed by the rate limit"
+            );
+            suppressed = 0;
+        }
+        let text = String::from_utf8_lossy(&line[..line.len().min(STDERR_LINE)]);
+        tracing::info!(server, stderr = %text.trim_end(), "server stderr");
+    }
+}
+
+/// How long a server that closed stdout has to exit before it is signalled.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long a server whose stdin was closed has to exit before SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+/// How long after SIGTERM before SIGKILL.
+const TERM_WAIT: Duration = Duration::from_secs(3);
+/// Bytes kept from each end of an oversized line to find its id.
+const SNIFF: usize = 4096;
+const STDERR_BURST: u32 = 50;
+const STDERR_PER_SECOND: f64 = 10.0;
+const STDERR_LINE: usize = 2048;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut line = BytesMut::new();
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut reader, &mut line, max).await.unwrap() {
+                Line::Message => out.push(String::from_utf8(line.split().to_vec()).unwrap()),
+                Line::TooLong { len, id } => out.push(format!("too long {len} {id:?}")),
+                Line::Eof => return out,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        assert_eq!(
+            lines(b"{\"a\":1}\n{\"b\":2}\r\n", 100).await,
+            vec!["{\"a\":1}", "{\"b\":2}"]
+        );
+        let long = format!(
+            "{{\"result\":\"{}\",\"jsonrpc\":\"2.0\",\"id\":42}}\n{{}}\n",
+            "x".repeat(10_000)
+        );
+        assert_eq!(
+            lines(long.as_bytes(), 1000).await,
+            vec![
+                format!("too long {} Some(\"42\")", long.len() - 4),
+                "{}".to_owned()
+            ]
+        );
+        let long = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":\"req-1\",\"result\":\"{}\"}}\n",
+            "x".repeat(10_000)
+        );
+        assert_eq!(
+            lines(long.as_bytes(), 1000).await,
+            vec![format!(
+                "too long {} Some(\"\\\"req-1\\\"\")",
+                long.len() - 1
+            )]
+        );
+    }
+
+    #[test]
+    fn ids_are_sniffed_from_fragments() {
+        assert_eq!(
+            sniff_id(b"...\"jsonrpc\":\"2.0\",\"id\": 7}"),
+            Some("7".into())
+        );
+        assert_eq!(
+            sniff_id(b"{\"id\":\"abc\",\"result\""),
+            Some("\"abc\"".into())
+        );
+        assert_eq!(sniff_id(b"no id here"), None);
+    }
+}
