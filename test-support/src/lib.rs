@@ -1,0 +1,589 @@
+//! Starts real Outpost parts on 127.0.0.1 with ephemeral ports for tests: a relay
+//! ([`relay`]), agents ([`agent`]), an rmcp Streamable HTTP server ([`HttpMcpServer`]),
+//! paths to the real MCP servers and clients installed by `scripts/setup-tools.sh`, and a
+//! small MCP-over-HTTP client ([`McpClient`]) for asserting on the wire. Not published.
+
+mod certs;
+mod client;
+mod mcp_server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_agent::config::{
+    Config as AgentConfig, ServerConfig, StdioConfig, Transport, TunnelSettings,
+};
+use outpost_agent::{Agent, Status};
+use outpost_relay::Relay;
+use outpost_relay::auth::{self, Environment, KeyKind, Pepper};
+use outpost_relay::config::{
+    Config as RelayConfig, Limits, TlsFiles, TunnelSettings as RelayTunnel, UsageSettings,
+};
+use outpost_relay::store::{NewKey, SqliteStore, Store, UsageEvent};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use certs::Certs;
+pub use client::{McpClient, McpResponse};
+pub use mcp_server::HttpMcpServer;
+
+// === relay ===
+
+/// Starts building a relay.
+pub fn relay() -> RelayBuilder {
+    RelayBuilder::default()
+}
+
+/// Settings for a test relay; defaults suit most tests.
+#[derive(Debug, Clone)]
+pub struct RelayBuilder {
+    limits: Limits,
+    tunnel: RelayTunnel,
+    listen: Option<SocketAddr>,
+    reuse: Option<Arc<RelayState>>,
+}
+
+impl Default for RelayBuilder {
+    fn default() -> Self {
+        let tunnel = RelayTunnel {
+            heartbeat_interval: Duration::from_secs(5),
+            ..RelayTunnel::default()
+        };
+        Self {
+            limits: Limits {
+                shutdown_grace: Duration::from_secs(5),
+                ..Limits::default()
+            },
+            tunnel,
+            listen: None,
+            reuse: None,
+        }
+    }
+}
+
+/// A relay's lasting state: certificates, data directory, pepper, organisation. Shared by
+/// a relay and its restart.
+#[derive(Debug)]
+pub struct RelayState {
+    /// TLS material.
+    pub certs: Certs,
+    data: TempDir,
+    pepper_file: PathBuf,
+    /// The organisation the keys belong to.
+    pub org_id: String,
+}
+
+/// A running relay.
+pub struct TestRelay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Lasting state, for [`RelayBuilder::restart_of`].
+    pub state: Arc<RelayState>,
+    store: SqliteStore,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RelayBuilder {
+    /// Sets the call timeout.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the request body limit.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.limits.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets the tunnel heartbeat interval.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.tunnel.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets the SSE keep-alive interval.
+    pub fn sse_keepalive(mut self, interval: Duration) -> Self {
+        self.limits.sse_keepalive = interval;
+        self
+    }
+
+    /// Reuses another relay's address and state: a restart.
+    pub fn restart_of(mut self, relay: &TestRelay) -> Self {
+        self.listen = Some(relay.addr);
+        self.reuse = Some(relay.state.clone());
+        self
+    }
+
+    /// Starts the relay and returns once it listens.
+    pub async fn spawn(self) -> anyhow::Result<TestRelay> {
+        let state = match self.reuse {
+            Some(state) => state,
+            None => Arc::new(new_state().await?),
+        };
+        let config = RelayConfig {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            public_url: None,
+            environment: Environment::Live,
+            data_dir: state.data.path().to_owned(),
+            pepper_file: state.pepper_file.clone(),
+            tls: TlsFiles {
+                cert_file: state.certs.cert.clone(),
+                key_file: state.certs.key.clone(),
+            },
+            limits: self.limits,
+            tunnel: self.tunnel,
+            usage: UsageSettings {
+                flush_interval: Duration::from_millis(20),
+                ..UsageSettings::default()
+            },
+        };
+        let bound = Relay::bind(config.clone()).await?;
+        let addr = bound.local_addr();
+        let store = SqliteStore::open(&config.database_path()).await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(bound.run(stop.clone()));
+        Ok(TestRelay {
+            addr,
+            state,
+            store,
+            stop,
+            task,
+        })
+    }
+}
+
+async fn new_state() -> anyhow::Result<RelayState> {
+    let certs = Certs::generate()?;
+    let data = tempfile::tempdir()?;
+    let pepper_file = data.path().join("pepper");
+    std::fs::write(&pepper_file, Pepper::generate_hex().expose_secret())?;
+    let store = SqliteStore::open(&data.path().join(outpost_relay::config::DATABASE_FILE)).await?;
+    let org = store.create_organisation("acme").await?;
+    store.close().await;
+    Ok(RelayState {
+        certs,
+        data,
+        pepper_file,
+        org_id: org.id,
+    })
+}
+
+impl TestRelay {
+    /// `wss://localhost:PORT`, for agents.
+    pub fn tunnel_url(&self) -> String {
+        format!("wss://localhost:{}", self.addr.port())
+    }
+
+    /// `https://localhost:PORT`, for clients.
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The MCP endpoint of one server of one agent.
+    pub fn mcp_url(&self, agent: &str, server: &str) -> String {
+        format!("{}/mcp/{agent}/{server}", self.base_url())
+    }
+
+    /// The data directory (SQLite files).
+    pub fn data_dir(&self) -> &Path {
+        self.state.data.path()
+    }
+
+    /// Issues a client key with the member role.
+    pub async fn client_key(&self) -> anyhow::Result<String> {
+        self.issue(KeyKind::Client, None, "member", None).await
+    }
+
+    /// Issues a client key that expires at `expires_at` (ms since the epoch).
+    pub async fn expiring_client_key(&self, expires_at: i64) -> anyhow::Result<String> {
+        self.issue(KeyKind::Client, None, "member", Some(expires_at))
+            .await
+    }
+
+    /// Issues an agent key bound to `agent`.
+    pub async fn agent_key(&self, agent: &str) -> anyhow::Result<String> {
+        let record = self.store.ensure_agent(&self.state.org_id, agent).await?;
+        self.issue(KeyKind::Agent, Some(record.id), "agent", None)
+            .await
+    }
+
+    /// Revokes a key given in full.
+    pub async fn revoke(&self, key: &str) -> anyhow::Result<()> {
+        let kind = if key.starts_with("ak_") {
+            KeyKind::Agent
+        } else {
+            KeyKind::Client
+        };
+        let id = auth::parse(key, kind, Environment::Live)?;
+        self.store
+            .revoke_key(&self.state.org_id, &id.0, auth::now_ms())
+            .await?;
+        Ok(())
+    }
+
+    async fn issue(
+        &self,
+        kind: KeyKind,
+        agent_id: Option<String>,
+        role: &str,
+        expires_at: Option<i64>,
+    ) -> anyhow::Result<String> {
+        let key = issue_key(&self.store, &self.state, kind, agent_id, role, expires_at).await?;
+        Ok(key.expose_secret().to_owned())
+    }
+
+    /// Usage recorded so far.
+    pub async fn usage(&self) -> anyhow::Result<Vec<UsageEvent>> {
+        Ok(self.store.usage_since(&self.state.org_id, 0).await?)
+    }
+
+    /// Waits until at least `count` usage events are stored, or fails after a while.
+    pub async fn wait_for_usage(&self, count: usize) -> anyhow::Result<Vec<UsageEvent>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let usage = self.usage().await?;
+            if usage.len() >= count {
+                return Ok(usage);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("expected {count} usage events, found {}", usage.len());
+            }
+            // The writer flushes every 20 ms in tests; poll at that pace.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An HTTP client that trusts the relay's test CA.
+    pub fn http_client(&self) -> reqwest::Client {
+        http_client(&self.state.certs)
+    }
+
+    /// A client for one server's MCP endpoint.
+    pub fn mcp_client(&self, key: &str, agent: &str, server: &str) -> McpClient {
+        McpClient::new(self.http_client(), self.mcp_url(agent, server), key)
+    }
+
+    /// Stops the relay (graceful) and waits for it.
+    pub async fn stop(self) -> Arc<RelayState> {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        self.store.close().await;
+        self.state
+    }
+}
+
+/// A reqwest client trusting the CA of `certs`, TLS 1.3 only.
+pub fn http_client(certs: &Certs) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::pem::PemObject::pem_file_iter(&certs.ca).expect("test CA readable")
+    {
+        roots
+            .add(cert.expect("test CA parses"))
+            .expect("test CA accepted");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3 is supported")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .build()
+        .expect("reqwest client builds")
+}
+
+// === agent ===
+
+/// Starts building an agent for `relay`.
+pub fn agent(relay: &TestRelay, name: &str) -> AgentBuilder {
+    AgentBuilder {
+        relay_url: relay.tunnel_url(),
+        ca: relay.state.certs.ca.clone(),
+        store: relay.store.clone(),
+        state: relay.state.clone(),
+        name: name.to_owned(),
+        servers: BTreeMap::new(),
+        tunnel: TunnelSettings {
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+            ..TunnelSettings::default()
+        },
+    }
+}
+
+/// Settings for a test agent.
+pub struct AgentBuilder {
+    relay_url: String,
+    ca: PathBuf,
+    store: SqliteStore,
+    state: Arc<RelayState>,
+    name: String,
+    servers: BTreeMap<String, ServerConfig>,
+    tunnel: TunnelSettings,
+}
+
+/// A running agent.
+pub struct TestAgent {
+    /// Its status.
+    pub status: watch::Receiver<Status>,
+    /// Its key.
+    pub key: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AgentBuilder {
+    /// Adds a stdio server.
+    pub fn stdio(mut self, name: &str, command: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut vars: Vec<(String, SecretString)> = vec![(
+            "PATH".into(),
+            SecretString::from(std::env::var("PATH").unwrap_or_default()),
+        )];
+        vars.extend(
+            env.iter()
+                .map(|(k, v)| ((*k).to_owned(), SecretString::from((*v).to_owned()))),
+        );
+        self.servers.insert(
+            name.to_owned(),
+            ServerConfig {
+                name: name.to_owned(),
+                transport: Transport::Stdio(StdioConfig {
+                    command: command.to_owned(),
+                    args: args.iter().map(|a| (*a).to_owned()).collect(),
+                    env: vars,
+                    cwd: None,
+                }),
+            },
+        );
+        self
+    }
+
+    /// Adds `@modelcontextprotocol/server-everything` over stdio.
+    pub fn server_everything(self, name: &str) -> Self {
+        let (node, script) = server_everything();
+        let script = script.to_string_lossy().into_owned();
+        let node = node.to_string_lossy().into_owned();
+        self.stdio(name, &node, &[&script, "stdio"], &[])
+    }
+
+    /// Adds a Streamable HTTP server.
+    pub fn http(mut self, name: &str, url: &str) -> Self {
+        self.servers.insert(
+            name.to_owned(),
+            ServerConfig {
+                name: name.to_owned(),
+                transport: Transport::Http(outpost_agent::config::HttpConfig {
+                    url: url.parse().expect("test server URL parses"),
+                    headers: Vec::new(),
+                }),
+            },
+        );
+        self
+    }
+
+    /// Sets the drain grace period.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.tunnel.shutdown_grace = grace;
+        self
+    }
+
+    /// Starts the agent and waits until its tunnel is registered.
+    pub async fn spawn(self) -> anyhow::Result<TestAgent> {
+        let record = self
+            .store
+            .ensure_agent(&self.state.org_id, &self.name)
+            .await?;
+        let key = issue_key(
+            &self.store,
+            &self.state,
+            KeyKind::Agent,
+            Some(record.id),
+            "agent",
+            None,
+        )
+        .await?;
+        let config = AgentConfig {
+            relay_url: self.relay_url.parse()?,
+            key,
+            ca_file: Some(self.ca),
+            tunnel: self.tunnel,
+            servers: self.servers,
+        };
+        let key = config.key.expose_secret().to_owned();
+        let agent = Agent::new(config)?;
+        let mut status = agent.status();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent.run(stop.clone()));
+        let test_agent = TestAgent {
+            status: status.clone(),
+            key,
+            stop,
+            task,
+        };
+        tokio::time::timeout(
+            READY_TIMEOUT,
+            status.wait_for(|s| matches!(s, Status::Connected { .. })),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("agent did not connect within {READY_TIMEOUT:?}"))??;
+        Ok(test_agent)
+    }
+}
+
+impl TestAgent {
+    /// Waits until the agent reports `Connected` again (after a relay restart).
+    pub async fn wait_connected(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            READY_TIMEOUT,
+            self.status
+                .wait_for(|s| matches!(s, Status::Connected { .. })),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("agent did not reconnect within {READY_TIMEOUT:?}"))??;
+        Ok(())
+    }
+
+    /// Waits until the agent reports anything but `Connected`.
+    pub async fn wait_disconnected(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            READY_TIMEOUT,
+            self.status
+                .wait_for(|s| !matches!(s, Status::Connected { .. })),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("agent stayed connected"))??;
+        Ok(())
+    }
+
+    /// Begins a graceful stop (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    /// Ends the agent at once, as a crash would: no drain, no close frame.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Issues a key straight into the relay's store, as `outpost-relay keys create` does.
+async fn issue_key(
+    store: &SqliteStore,
+    state: &RelayState,
+    kind: KeyKind,
+    agent_id: Option<String>,
+    role: &str,
+    expires_at: Option<i64>,
+) -> anyhow::Result<SecretString> {
+    let pepper_text = std::fs::read(&state.pepper_file)?;
+    let pepper = Pepper::new(SecretBox::new(
+        pepper_text.trim_ascii_end().to_vec().into_boxed_slice(),
+    ))?;
+    let key = auth::generate(kind, Environment::Live, &pepper);
+    store
+        .insert_key(NewKey {
+            id: key.key_id.0.clone(),
+            org_id: state.org_id.clone(),
+            kind: kind.as_str(),
+            environment: "live",
+            name: format!("test {}", kind.as_str()),
+            role: role.to_owned(),
+            agent_id,
+            hash: key.hash,
+            expires_at,
+        })
+        .await?;
+    Ok(key.secret)
+}
+
+// === installed tools ===
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support lives in the workspace")
+        .to_owned()
+}
+
+/// Where `scripts/setup-tools.sh` installs npm packages and the Python virtualenv.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("OUTPOST_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".tools"))
+}
+
+/// `node` and the server-everything script.
+pub fn server_everything() -> (PathBuf, PathBuf) {
+    let script =
+        tools_dir().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        script.exists(),
+        "{} is missing: run scripts/setup-tools.sh (the README's test command does)",
+        script.display()
+    );
+    (find_program("node"), script)
+}
+
+/// The virtualenv's Python, with the `mcp` SDK installed.
+pub fn python() -> PathBuf {
+    let python = tools_dir().join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-tools.sh (the README's test command does)",
+        python.display()
+    );
+    python
+}
+
+/// A built binary of this workspace (`outpost-relay`, `outpost-agent`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/test-xxxx → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`; the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// An absolute path for a program on PATH.
+pub fn find_program(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
+}
+
+/// How long an agent may take to connect in tests.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);

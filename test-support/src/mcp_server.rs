@@ -1,0 +1,134 @@
+//! A real MCP server speaking Streamable HTTP on 127.0.0.1:0, built with rmcp, for the
+//! agent's HTTP upstream path. Its tools: `echo`, `fortune` (returns a configured string),
+//! `big` (returns N bytes) and `slow` (sleeps, reporting progress).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ProgressNotificationParam, RequestMetaObject, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running HTTP MCP server.
+#[derive(Debug)]
+pub struct HttpMcpServer {
+    /// Its MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub url: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HttpMcpServer {
+    /// Starts a server whose `fortune` tool returns `fortune`.
+    pub async fn spawn(fortune: &str) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let tools = TestTools {
+            fortune: Arc::new(fortune.to_owned()),
+        };
+        let service = StreamableHttpService::new(
+            move || Ok(tools.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+        );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+        });
+        Ok(Self {
+            url: format!("http://{addr}/mcp"),
+            addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TestTools {
+    fortune: Arc<String>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    /// Text to echo.
+    message: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct BigArgs {
+    /// Size of the result text in bytes.
+    bytes: usize,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SlowArgs {
+    /// Total duration in milliseconds.
+    millis: u64,
+    /// Progress notifications to send along the way.
+    steps: u32,
+}
+
+#[tool_router]
+impl TestTools {
+    #[tool(description = "Echoes the message back")]
+    fn echo(&self, Parameters(EchoArgs { message }): Parameters<EchoArgs>) -> String {
+        format!("Echo: {message}")
+    }
+
+    #[tool(description = "Returns today's fortune")]
+    fn fortune(&self) -> String {
+        self.fortune.as_str().to_owned()
+    }
+
+    #[tool(description = "Returns a text of the given size")]
+    fn big(&self, Parameters(BigArgs { bytes }): Parameters<BigArgs>) -> String {
+        "x".repeat(bytes)
+    }
+
+    #[tool(description = "Sleeps, reporting progress at each step")]
+    async fn slow(
+        &self,
+        Parameters(SlowArgs { millis, steps }): Parameters<SlowArgs>,
+        meta: RequestMetaObject,
+        client: Peer<RoleServer>,
+    ) -> Result<String, ErrorData> {
+        let steps = steps.max(1);
+        for step in 1..=steps {
+            tokio::time::sleep(Duration::from_millis(millis / u64::from(steps))).await;
+            if let Some(token) = meta.get_progress_token() {
+                let _ = client
+                    .notify_progress(
+                        ProgressNotificationParam::new(token.clone(), f64::from(step))
+                            .with_total(f64::from(steps)),
+                    )
+                    .await;
+            }
+        }
+        Ok(format!("slept {millis} ms"))
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for TestTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
