@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the real MCP servers and clients the quickstart and tests use, into .tools/
+# (or $OUTPOST_TOOLS_DIR): npm packages from tools/npm-packages.txt and a Python
+# virtualenv from tools/requirements.txt. Idempotent: does nothing when up to date.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="${OUTPOST_TOOLS_DIR:-$root/.tools}"
+mkdir -p "$tools"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup-tools: $1 is required but not installed" >&2; exit 1; }; }
+need node
+need npm
+need python3
+
+stamp() { sha256sum "$1" | cut -d' ' -f1; }
+
+npm_list="$root/tools/npm-packages.txt"
+if [ "$(cat "$tools/.npm-stamp" 2>/dev/null)" != "$(stamp "$npm_list")" ]; then
+  echo "setup-tools: installing npm packages into $tools"
+  mapfile -t packages < <(grep -v '^\s*#' "$npm_list" | grep -v '^\s*$')
+  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "${packages[@]}" >/dev/null
+  stamp "$npm_list" >"$tools/.npm-stamp"
+fi
+
+requirements="$root/tools/requirements.txt"
+if [ "$(cat "$tools/.pip-stamp" 2>/dev/null)" != "$(stamp "$requirements")" ] || [ ! -x "$tools/venv/bin/python" ]; then
+  echo "setup-tools: installing Python packages into $tools/venv"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  stamp "$requirements" >"$tools/.pip-stamp"
+fi
