@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ProgressNotificationParam, RequestMetaObject, ServerCapabilities, ServerConfig};
+use rmcp::model::{ProgressNotificationParam, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,14 +25,17 @@ pub struct HttpMcpServer {
     pub addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    slow_calls: watch::Receiver<usize>,
 }
 
 impl HttpMcpServer {
     /// Starts a server whose `fortune` tool returns `fortune`.
     pub async fn spawn(fortune: &str) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
+        let (slow_tx, slow_calls) = watch::channel(0);
         let tools = TestTools {
             fortune: Arc::new(fortune.to_owned()),
+            slow_calls: Arc::new(slow_tx),
         };
         let service = StreamableHttpService::new(
             move || Ok(tools.clone()),
@@ -51,7 +56,20 @@ impl HttpMcpServer {
             addr,
             stop,
             task,
+            slow_calls,
         })
+    }
+
+    /// Waits until at least `count` calls of `slow` are running.
+    pub async fn wait_for_slow_calls(&self, count: usize) {
+        let mut calls = self.slow_calls.clone();
+        let _ = calls.wait_for(|n| *n >= count).await;
+    }
+
+    /// Waits until no call of `slow` is running (finished or cancelled).
+    pub async fn wait_for_no_slow_calls(&self) {
+        let mut calls = self.slow_calls.clone();
+        let _ = calls.wait_for(|n| *n == 0).await;
     }
 
     /// Stops the server and waits for it.
@@ -64,6 +82,17 @@ impl HttpMcpServer {
 #[derive(Debug, Clone)]
 struct TestTools {
     fortune: Arc<String>,
+    /// Calls of `slow` running now, so tests can act while one is in flight.
+    slow_calls: Arc<watch::Sender<usize>>,
+}
+
+/// Counts a running `slow` call until dropped (also when the call is cancelled).
+struct Running(Arc<watch::Sender<usize>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -103,18 +132,23 @@ impl TestTools {
         "x".repeat(bytes)
     }
 
-    #[tool(description = "Sleeps, reporting progress at each step")]
+    #[tool(description = "Sleeps, reporting progress at each step; stops when cancelled")]
     async fn slow(
         &self,
         Parameters(SlowArgs { millis, steps }): Parameters<SlowArgs>,
-        meta: RequestMetaObject,
-        client: Peer<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<String, ErrorData> {
+        self.slow_calls.send_modify(|n| *n += 1);
+        let _running = Running(self.slow_calls.clone());
         let steps = steps.max(1);
         for step in 1..=steps {
-            tokio::time::sleep(Duration::from_millis(millis / u64::from(steps))).await;
-            if let Some(token) = meta.get_progress_token() {
-                let _ = client
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(millis / u64::from(steps))) => {}
+                _ = context.ct.cancelled() => return Err(ErrorData::internal_error("cancelled", None)),
+            }
+            if let Some(token) = context.meta.get_progress_token() {
+                let _ = context
+                    .peer
                     .notify_progress(
                         ProgressNotificationParam::new(token.clone(), f64::from(step))
                             .with_total(f64::from(steps)),

@@ -1,0 +1,180 @@
+//! Every request gets exactly one answer within a bounded time: the upstream's, or a
+//! JSON-RPC error saying why (agent offline, unknown server, upstream failed to start or
+//! exited, tunnel dropped, call timed out). Errors carry a correlation id.
+
+use std::time::Duration;
+
+use outpost_test_support::{HttpMcpServer, agent, relay};
+use serde_json::json;
+
+/// Answers `initialize`, then exits with status 3 on the first request after it.
+const DIES_ON_CALL: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"dying","version":"1"}}}'
+read line
+read line
+exit 3"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_agent_is_named_in_a_jsonrpc_error() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "ghost", "erp");
+    let response = client.request("initialize", json!({})).await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.error_code(), Some(-32010));
+    let message = response.answer()?["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("agent 'ghost' is not connected"),
+        "{message}"
+    );
+    let correlation = response.headers["x-correlation-id"].to_str()?;
+    assert!(
+        message.contains(correlation),
+        "the message carries the correlation id of the response header"
+    );
+    assert_eq!(response.answer()?["id"], 1);
+    relay.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_server_is_an_error_not_a_hang() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("cat", "/bin/cat", &[], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let response = relay
+        .mcp_client(&key, "laptop", "nope")
+        .request("initialize", json!({}))
+        .await?;
+    assert_eq!(response.error_code(), Some(-32011));
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_start_fails_the_request() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("broken", "/nonexistent/mcp-server", &[], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let response = relay
+        .mcp_client(&key, "laptop", "broken")
+        .request("initialize", json!({}))
+        .await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32012),
+        "{:?}",
+        response.messages
+    );
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_exiting_mid_call_fails_the_call_and_ends_the_session() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("dying", "/bin/sh", &["-c", DIES_ON_CALL], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "dying");
+    client.initialize().await?;
+    let response = client.call_tool("anything", json!({})).await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32012),
+        "{:?}",
+        response.messages
+    );
+    // The session is gone with its upstream; clients learn it from a 404 and start over.
+    let after = client.call_tool("anything", json!({})).await?;
+    assert_eq!(after.status, 404);
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_dropped_mid_call_fails_the_call_at_once() -> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let call = tokio::spawn(async move {
+        client
+            .call_tool("slow", json!({"millis": 60_000, "steps": 1}))
+            .await
+    });
+    upstream.wait_for_slow_calls(1).await;
+    agent.kill().await;
+    let response = tokio::time::timeout(Duration::from_secs(10), call).await???;
+    assert_eq!(
+        response.error_code(),
+        Some(-32013),
+        "{:?}",
+        response.messages
+    );
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_timeout_gets_a_timeout_error_and_the_session_lives_on()
+-> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay()
+        .call_timeout(Duration::from_millis(500))
+        .spawn()
+        .await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let response = client
+        .call_tool("slow", json!({"millis": 60_000, "steps": 1}))
+        .await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32014),
+        "{:?}",
+        response.messages
+    );
+    // The relay told the upstream to cancel: the minute-long call stops now.
+    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_no_slow_calls()).await?;
+    let echo = client
+        .call_tool("echo", json!({"message": "still here"}))
+        .await?;
+    assert_eq!(echo.result()?["content"][0]["text"], "Echo: still here");
+    // initialize, the timed-out call, echo.
+    let usage = relay.wait_for_usage(3).await?;
+    assert!(
+        usage
+            .iter()
+            .any(|u| u.tool.as_deref() == Some("slow") && u.status.as_str() == "timeout")
+    );
+    agent.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
