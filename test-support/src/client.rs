@@ -89,26 +89,31 @@ impl McpClient {
         self.post_raw(body.to_string().into_bytes(), &[]).await
     }
 
-    /// POSTs raw bytes with extra headers.
+    /// POSTs raw bytes; `headers` replace the defaults of the same name.
     pub async fn post_raw(
         &self,
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<McpResponse> {
-        let mut request = self
+        let mut map = reqwest::header::HeaderMap::new();
+        map.insert("content-type", "application/json".parse()?);
+        map.insert("accept", "application/json, text/event-stream".parse()?);
+        if let Some(session) = &self.session {
+            map.insert("mcp-session-id", session.parse()?);
+        }
+        for (name, value) in headers {
+            map.insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+                value.parse()?,
+            );
+        }
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(&self.key)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
+            .headers(map)
             .timeout(REQUEST_TIMEOUT)
             .body(body);
-        if let Some(session) = &self.session {
-            request = request.header("mcp-session-id", session);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
         McpResponse::read(request.send().await?).await
     }
 

@@ -263,6 +263,33 @@ impl TestRelay {
         }
     }
 
+    /// Sends `head` (request line and headers, without the blank line) and `body` over
+    /// a fresh TLS connection, exactly as given: no URL normalisation on the way. Returns
+    /// the status and the raw response.
+    pub async fn raw_request(&self, head: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = tls_client_config(&self.state.certs);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let mut stream = connector.connect(name, tcp).await?;
+        let request = format!(
+            "{head}\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
+        Ok((status, text))
+    }
+
     /// An HTTP client that trusts the relay's test CA.
     pub fn http_client(&self) -> reqwest::Client {
         http_client(&self.state.certs)
@@ -282,8 +309,8 @@ impl TestRelay {
     }
 }
 
-/// A reqwest client trusting the CA of `certs`, TLS 1.3 only.
-pub fn http_client(certs: &Certs) -> reqwest::Client {
+/// A rustls client configuration trusting the CA of `certs`, TLS 1.3 only.
+pub fn tls_client_config(certs: &Certs) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in
         rustls_pki_types::pem::PemObject::pem_file_iter(&certs.ca).expect("test CA readable")
@@ -292,15 +319,17 @@ pub fn http_client(certs: &Certs) -> reqwest::Client {
             .add(cert.expect("test CA parses"))
             .expect("test CA accepted");
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("TLS 1.3 is supported")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// A reqwest client trusting the CA of `certs`, TLS 1.3 only.
+pub fn http_client(certs: &Certs) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(tls_client_config(certs))
         .no_proxy()
         .build()
         .expect("reqwest client builds")
