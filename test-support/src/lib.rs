@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 mod mcp_server;
+mod process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use certs::Certs;
 pub use client::{McpClient, McpResponse};
 pub use mcp_server::HttpMcpServer;
+pub use process::Process;
 
 // === relay ===
 

@@ -80,6 +80,7 @@ pub(crate) async fn run(
     };
     let streams = TaskTracker::new();
     let mut draining = false;
+    let mut drained = false;
     let drain = drain(&in_flight, config.tunnel.shutdown_grace);
     tokio::pin!(driver, drain);
     let end = loop {
@@ -115,7 +116,8 @@ pub(crate) async fn run(
                 tracing::info!(in_flight = in_flight.get(), "draining: finishing in-flight calls");
                 let _ = tunnel.send_control(AgentFrame::Draining);
             }
-            _ = &mut drain, if draining => {
+            _ = &mut drain, if draining && !drained => {
+                drained = true;
                 tracing::info!(unfinished = in_flight.get(), "drained; closing the tunnel");
                 tunnel.close();
             }

@@ -1,0 +1,122 @@
+//! Runs the real `outpost-relay` and `outpost-agent` binaries for tests that need what
+//! only a process has: its own log output, signals, exit codes. Output is collected line
+//! by line so tests wait for a line instead of sleeping. Processes are killed on drop.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// A running binary with its stdout and stderr collected.
+pub struct Process {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    changed: watch::Receiver<usize>,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and extra environment `env`.
+    pub fn spawn(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, changed) = watch::channel(0);
+        let tx = Arc::new(tx);
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(collect(stdout, output.clone(), tx.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(collect(stderr, output.clone(), tx));
+        }
+        Ok(Self {
+            child,
+            output,
+            changed,
+        })
+    }
+
+    /// Waits until the output contains `needle`, and returns the line holding it.
+    pub async fn wait_for(&mut self, needle: &str) -> anyhow::Result<String> {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(line) = self.output().lines().find(|l| l.contains(needle)) {
+                    return Ok(line.to_owned());
+                }
+                if self.changed.changed().await.is_err() {
+                    anyhow::bail!("the process ended without printing {needle:?}");
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!(
+                "no {needle:?} within {WAIT:?}; output so far:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Everything printed so far, stdout and stderr interleaved by line.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        if let Some(pid) = self.child.id() {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        }
+        self.wait().await
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(&mut self) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await??;
+        // Let the collectors drain what the process wrote last.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.changed.changed().await.is_ok() {}
+        })
+        .await;
+        Ok(status.code())
+    }
+}
+
+async fn collect(
+    stream: impl AsyncRead + Unpin,
+    output: Arc<Mutex<String>>,
+    changed: Arc<watch::Sender<usize>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut text = output.lock().unwrap_or_else(PoisonError::into_inner);
+        text.push_str(&line);
+        text.push('\n');
+        drop(text);
+        changed.send_modify(|n| *n += 1);
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
