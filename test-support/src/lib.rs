@@ -39,7 +39,19 @@ pub use process::Process;
 
 /// Starts building a relay.
 pub fn relay() -> RelayBuilder {
+    init_logging();
     RelayBuilder::default()
+}
+
+/// Logs to stderr when `OUTPOST_TEST_LOG` holds a filter (e.g. `debug`), for debugging a
+/// test; silent otherwise.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("OUTPOST_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// Settings for a test relay; defaults suit most tests.
@@ -424,6 +436,13 @@ impl AgentBuilder {
                 }),
             },
         );
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
+        self.tunnel.reconnect_min = min;
+        self.tunnel.reconnect_max = max;
         self
     }
 

@@ -297,13 +297,9 @@ async fn write_loop<S, Out>(
         let mut result = sink.feed(Message::Binary(first)).await;
         let mut batched = 0;
         while result.is_ok() && batched < MAX_BATCH {
-            let next = lanes
-                .owner
-                .try_recv()
-                .map(|frame| frame.to_bytes())
-                .or_else(|_| lanes.credit.try_recv().map(|f| encode::<Out>(f, &mut buf)))
-                .or_else(|_| lanes.data.try_recv().map(|f| encode::<Out>(f, &mut buf)));
-            let Ok(next) = next else { break };
+            let Some(next) = next_queued(&mut lanes, &mut buf) else {
+                break;
+            };
             result = sink.feed(Message::Binary(next)).await;
             batched += 1;
         }
@@ -323,10 +319,32 @@ async fn write_loop<S, Out>(
         reason: reason.into(),
     }));
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        // Frames queued before the close still go out: a draining side's last answers.
+        if !matches!(
+            current_exit(&core, &exit),
+            TunnelExit::Io(_) | TunnelExit::PeerSilent
+        ) {
+            while let Some(frame) = next_queued(&mut lanes, &mut buf) {
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
         let _ = sink.send(close).await;
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// The next frame already waiting in a lane, by priority.
+fn next_queued<Out: Frame>(lanes: &mut Lanes<Out>, buf: &mut BytesMut) -> Option<bytes::Bytes> {
+    lanes
+        .owner
+        .try_recv()
+        .map(|frame| frame.to_bytes())
+        .or_else(|_| lanes.credit.try_recv().map(|f| encode::<Out>(f, buf)))
+        .or_else(|_| lanes.data.try_recv().map(|f| encode::<Out>(f, buf)))
+        .ok()
 }
 
 fn encode<Out: Frame>(frame: StreamFrame, buf: &mut BytesMut) -> bytes::Bytes {

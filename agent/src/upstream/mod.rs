@@ -48,8 +48,11 @@ pub(crate) async fn forward(
     calls: &Calls,
     message: Bytes,
 ) -> Result<(), ()> {
+    // The call counts as in flight until its answer is on its way to the relay, so a
+    // draining agent never closes the tunnel under it.
+    let result = sender.send(message.clone()).await;
     calls.from_upstream(&message);
-    match sender.send(message.clone()).await {
+    match result {
         Ok(()) => Ok(()),
         Err(StreamError::TooLarge { len, max }) => {
             let id = calls::peek(&message)
