@@ -304,6 +304,36 @@ impl TestRelay {
         Ok((status, text))
     }
 
+    /// Opens a raw tunnel WebSocket, as an agent would, without the agent's protocol.
+    pub async fn raw_tunnel(
+        &self,
+        key: Option<&str>,
+    ) -> anyhow::Result<
+        Result<
+            tokio_tungstenite::WebSocketStream<
+                tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            >,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(&self.state.certs)));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let tls = connector
+            .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let mut request = format!("{}/tunnel/v1", self.tunnel_url()).into_client_request()?;
+        if let Some(key) = key {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse()?);
+        }
+        Ok(tokio_tungstenite::client_async(request, tls)
+            .await
+            .map(|(socket, _)| socket))
+    }
+
     /// An HTTP client that trusts the relay's test CA.
     pub fn http_client(&self) -> reqwest::Client {
         http_client(&self.state.certs)
