@@ -107,7 +107,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -395,18 +395,6 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 // === defaults ===
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        Self {
-            relay_url: None,
-            key_file: None,
-            ca_file: None,
-            tunnel: TunnelSettings::default(),
-            servers: BTreeMap::new(),
-        }
-    }
-}
 
 impl Default for TunnelSettings {
     fn default() -> Self {

@@ -402,31 +402,25 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
         if let Some(message) = s.initial.pop_front() {
             return Some((Ok::<_, std::convert::Infallible>(sse_event(&message)), s));
         }
-        loop {
-            let deadline = s.deadline.map(|(at, _)| at);
-            tokio::select! {
-                biased;
-                message = s.messages.recv() => {
-                    return message.map(|m| (Ok(sse_event(&m)), s));
-                }
-                _ = sleep_until_opt(deadline) => {
-                    if let Some((_, post)) = s.deadline.take() {
-                        s.initial.extend(s.session.expire_post(post).await);
-                        // The POST's channel is closed now; what is queued follows the errors.
-                        while let Ok(message) = s.messages.try_recv() {
-                            s.initial.push_back(message);
-                        }
-                        s.messages.close();
+        let deadline = s.deadline.map(|(at, _)| at);
+        tokio::select! {
+            biased;
+            message = s.messages.recv() => message.map(|m| (Ok(sse_event(&m)), s)),
+            _ = sleep_until_opt(deadline) => {
+                if let Some((_, post)) = s.deadline.take() {
+                    s.initial.extend(s.session.expire_post(post).await);
+                    // The POST's channel is closed now; what is queued follows the errors.
+                    while let Ok(message) = s.messages.try_recv() {
+                        s.initial.push_back(message);
                     }
-                    let message = s.initial.pop_front()?;
-                    return Some((Ok(sse_event(&message)), s));
+                    s.messages.close();
                 }
-                _ = s.keepalive.tick() => {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s));
-                }
-                _ = s.stop.cancelled() => return None,
-                _ = s.session.closed(), if s.deadline.is_none() => return None,
+                let message = s.initial.pop_front()?;
+                Some((Ok(sse_event(&message)), s))
             }
+            _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
+            _ = s.stop.cancelled() => None,
+            _ = s.session.closed(), if s.deadline.is_none() => None,
         }
     });
     let mut response = Response::new(Body::from_stream(body));

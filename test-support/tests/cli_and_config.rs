@@ -39,7 +39,8 @@ async fn invalid_relay_configuration_exits_64_naming_the_key() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let certs = Certs::generate()?;
     relay_init(dir.path()).await?;
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("listen = \"127.0.0.1:0\"\nlisen = 1", vec![], "lisen"),
         ("listen = \"not an address\"", vec![], "listen"),
         (

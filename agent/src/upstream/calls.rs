@@ -62,7 +62,7 @@ impl Calls {
     }
 
     /// Notes a message from the client: a request opens a call.
-    pub(crate) fn from_client(&self, message: &[u8]) {
+    pub(crate) fn on_client_message(&self, message: &[u8]) {
         if let Some((id, true)) = peek(message)
             && self.lock().insert(id)
         {
@@ -71,7 +71,7 @@ impl Calls {
     }
 
     /// Notes a message from the upstream: a response closes a call.
-    pub(crate) fn from_upstream(&self, message: &[u8]) {
+    pub(crate) fn on_upstream_message(&self, message: &[u8]) {
         if let Some((id, false)) = peek(message) {
             self.answered(&id);
         }
@@ -117,14 +117,14 @@ mod tests {
     fn requests_open_calls_and_responses_close_them() {
         let total = InFlight::new();
         let calls = Calls::new(total.clone());
-        calls.from_client(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
-        calls.from_client(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        calls.from_client(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#);
+        calls.on_client_message(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
+        calls.on_client_message(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        calls.on_client_message(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#);
         assert_eq!(total.get(), 2);
         // A server-to-client request with the same id is not an answer.
-        calls.from_upstream(br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#);
+        calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#);
         assert_eq!(total.get(), 2);
-        calls.from_upstream(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
         assert_eq!(total.get(), 1);
         drop(calls);
         assert_eq!(total.get(), 0);

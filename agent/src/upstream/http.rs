@@ -74,7 +74,7 @@ pub(super) async fn serve(
                 Err(_) => break Ok(()),
             },
         };
-        calls.from_client(&message);
+        calls.on_client_message(&message);
         let request_id = super::calls::peek(&message)
             .filter(|(_, is_request)| *is_request)
             .map(|(id, _)| id);

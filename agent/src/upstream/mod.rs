@@ -51,7 +51,7 @@ pub(crate) async fn forward(
     // The call counts as in flight until its answer is on its way to the relay, so a
     // draining agent never closes the tunnel under it.
     let result = sender.send(message.clone()).await;
-    calls.from_upstream(&message);
+    calls.on_upstream_message(&message);
     match result {
         Ok(()) => Ok(()),
         Err(StreamError::TooLarge { len, max }) => {

@@ -70,7 +70,7 @@ pub(super) async fn serve(name: &str, config: &StdioConfig, stream: Stream, ctx:
         loop {
             match receiver.recv().await {
                 Ok(message) => {
-                    calls.from_client(&message);
+                    calls.on_client_message(&message);
                     if let Err(err) = write_line(&mut stdin, message).await {
                         tracing::warn!(server = name, %err, "cannot write to the server's stdin");
                         return Outcome::Exited;
