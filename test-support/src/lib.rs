@@ -117,6 +117,13 @@ impl RelayBuilder {
         self
     }
 
+    /// Sets the largest message through the tunnel (and lowers the body limit to match).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.limits.max_message_bytes = bytes;
+        self.limits.max_body_bytes = self.limits.max_body_bytes.min(bytes);
+        self
+    }
+
     /// Sets the tunnel heartbeat interval.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.tunnel.heartbeat_interval = interval;

@@ -14,6 +14,16 @@ read line
 read line
 exit 3"#;
 
+/// Answers `initialize`, then answers the next request with a 2 MiB line.
+const WRITES_A_HUGE_LINE: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"huge","version":"1"}}}'
+read line
+read line
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 2097152 /dev/zero | tr '\0' x
+printf '"}]}}\n'
+read line"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_agent_is_named_in_a_jsonrpc_error() -> anyhow::Result<()> {
     let relay = relay().spawn().await?;
@@ -176,5 +186,69 @@ async fn a_call_over_the_timeout_gets_a_timeout_error_and_the_session_lives_on()
     agent.stop().await;
     relay.stop().await;
     upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_message_limit_becomes_an_error_for_that_call_only() -> anyhow::Result<()>
+{
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay().max_message(1024 * 1024).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let response = client
+        .call_tool("big", json!({"bytes": 2 * 1024 * 1024}))
+        .await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32015),
+        "{:?}",
+        response.messages
+    );
+    let message = response.answer()?["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("exceeds"), "{message}");
+    // Just under the limit passes, and the session lives on.
+    let fits = client
+        .call_tool("big", json!({"bytes": 1000 * 1024}))
+        .await?;
+    assert_eq!(
+        fits.result()?["content"][0]["text"].as_str().unwrap().len(),
+        1000 * 1024
+    );
+    agent.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_line_from_a_stdio_server_becomes_an_error_for_its_request()
+-> anyhow::Result<()> {
+    let relay = relay().max_message(1024 * 1024).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("huge", "/bin/sh", &["-c", WRITES_A_HUGE_LINE], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "huge");
+    client.initialize().await?;
+    let response = client.call_tool("anything", json!({})).await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32015),
+        "{:?}",
+        response.messages
+    );
+    assert_eq!(response.answer()?["id"], 2);
+    agent.stop().await;
+    relay.stop().await;
     Ok(())
 }

@@ -15,7 +15,7 @@ use outpost_tunnel::{Stream, StreamSender};
 use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
-use super::{Calls, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward};
+use super::{Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward};
 use crate::config::HttpConfig;
 
 /// The upstream session's state, shared by the POST and GET tasks.
@@ -182,7 +182,7 @@ impl Session {
         {
             return;
         }
-        let complete = if content_type.starts_with("text/event-stream") {
+        let outcome = if content_type.starts_with("text/event-stream") {
             self.relay_events(response, sender, calls).await
         } else {
             match read_limited(response, self.max_message_len).await {
@@ -193,62 +193,85 @@ impl Session {
                             return;
                         }
                     }
-                    true
+                    BodyEnd::Complete
                 }
-                Err(reason) => {
-                    tracing::warn!(reason, "upstream response unusable");
-                    false
-                }
+                Err(end) => end,
             }
         };
         // A body that ended without answering its request still owes the client an answer.
         if let Some(id) = request_id
             && calls.is_open(&id)
         {
-            let text = if complete {
-                "the upstream server ended its response without an answer"
-            } else {
-                "the upstream server's response could not be read"
+            let (code, text) = match outcome {
+                BodyEnd::Complete => (
+                    ERROR_UPSTREAM,
+                    "the upstream server ended its response without an answer".to_owned(),
+                ),
+                BodyEnd::Broken => (
+                    ERROR_UPSTREAM,
+                    "the upstream server's response broke off".to_owned(),
+                ),
+                BodyEnd::TooLarge => (
+                    ERROR_TOO_LARGE,
+                    format!(
+                        "the upstream server's response exceeds the tunnel's limit of {} bytes",
+                        self.max_message_len
+                    ),
+                ),
             };
-            let _ = answer_with_error(sender, calls, &id, ERROR_UPSTREAM, text).await;
+            tracing::warn!(?outcome, "upstream response ended without an answer");
+            let _ = answer_with_error(sender, calls, &id, code, &text).await;
         }
     }
 
-    /// Relays SSE `message` events; `false` if the stream broke.
+    /// Relays SSE `message` events until the stream ends.
     async fn relay_events(
         &self,
         response: reqwest::Response,
         sender: &StreamSender,
         calls: &Calls,
-    ) -> bool {
-        let mut events = response.bytes_stream().eventsource();
+    ) -> BodyEnd {
+        let limit = self.max_message_len + SSE_OVERHEAD;
+        let mut since_boundary = 0usize;
+        // The SSE parser buffers a whole event; refuse to let one grow past the limit.
+        let bytes = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk?;
+            since_boundary = match chunk.windows(2).rposition(|w| w == b"\n\n") {
+                Some(at) => chunk.len() - at - 2,
+                None => since_boundary + chunk.len(),
+            };
+            if since_boundary > limit {
+                return Err(EventTooLarge.into());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
+        });
+        let mut events = bytes.eventsource();
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) if event.event.is_empty() || event.event == "message" => {
                     if event.data.is_empty() {
                         continue;
                     }
-                    if event.data.len() > self.max_message_len {
-                        tracing::warn!(
-                            len = event.data.len(),
-                            "upstream event over the tunnel limit dropped"
-                        );
-                        continue;
-                    }
                     let message = Bytes::from(event.data);
                     self.learn_protocol_version(&message);
+                    // `forward` answers an over-limit result with an error for its request.
                     if forward(sender, calls, message).await.is_err() {
-                        return true;
+                        return BodyEnd::Complete;
                     }
                 }
                 Ok(_) => {}
+                Err(eventsource_stream::EventStreamError::Transport(err))
+                    if err.is::<EventTooLarge>() =>
+                {
+                    return BodyEnd::TooLarge;
+                }
                 Err(err) => {
                     tracing::warn!(%err, "upstream event stream broke");
-                    return false;
+                    return BodyEnd::Broken;
                 }
             }
         }
-        true
+        BodyEnd::Complete
     }
 
     /// Holds the session's GET stream open for server-initiated messages, reopening it
@@ -347,20 +370,36 @@ fn is_initialized_notification(message: &[u8]) -> bool {
         .is_some_and(|m| m == "notifications/initialized")
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy)]
+enum BodyEnd {
+    /// It was read to its end.
+    Complete,
+    /// The connection failed or the body was malformed.
+    Broken,
+    /// It grew past the tunnel's message limit and was abandoned.
+    TooLarge,
+}
+
+/// One SSE event grew past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("an upstream event exceeds the tunnel's message limit")]
+struct EventTooLarge;
+
 /// Reads a body up to `max` bytes.
-async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, &'static str> {
+async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, BodyEnd> {
     if response
         .content_length()
         .is_some_and(|len| len > max as u64)
     {
-        return Err("response over the tunnel limit");
+        return Err(BodyEnd::TooLarge);
     }
     let mut body = bytes::BytesMut::new();
     let mut chunks = response.bytes_stream();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| "response body broke off")?;
+        let chunk = chunk.map_err(|_| BodyEnd::Broken)?;
         if body.len() + chunk.len() > max {
-            return Err("response over the tunnel limit");
+            return Err(BodyEnd::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
@@ -384,4 +423,6 @@ fn split_json(body: Bytes) -> Vec<Bytes> {
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes of SSE framing (`event:`, `id:`, `data:` prefixes) allowed beyond a message.
+const SSE_OVERHEAD: usize = 64 * 1024;
 const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
