@@ -1,6 +1,6 @@
-//! The agent's life around its tunnel: it drains on shutdown (in-flight calls finish, new
-//! sessions are refused), it reconnects when the relay restarts, and a relay that replaces
-//! a tunnel closes the old one.
+//! The life of agents and relays around the tunnel: each drains on shutdown (in-flight
+//! calls finish, new work is refused), the agent reconnects when the relay restarts, a
+//! newer tunnel replaces an older one, and a large result does not hold up small calls.
 
 use std::time::Duration;
 
@@ -148,6 +148,37 @@ async fn a_ten_mebibyte_result_arrives_intact_while_small_calls_keep_answering()
     assert!(text.bytes().all(|b| b == b'x'));
     agent.stop().await;
     relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_shutdown_finishes_in_flight_calls_and_stops_accepting() -> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let call = tokio::spawn(async move {
+        client
+            .call_tool("slow", json!({"millis": 1500, "steps": 1}))
+            .await
+    });
+    upstream.wait_for_slow_calls(1).await;
+    let addr = relay.addr;
+    let stopping = tokio::spawn(relay.stop());
+    let response = tokio::time::timeout(Duration::from_secs(20), call).await???;
+    assert_eq!(response.result()?["content"][0]["text"], "slept 1500 ms");
+    tokio::time::timeout(Duration::from_secs(20), stopping).await??;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+    agent.stop().await;
     upstream.stop().await;
     Ok(())
 }

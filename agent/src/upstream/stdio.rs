@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Calls, UpstreamContext, answer_with_error, forward};
 use crate::config::StdioConfig;
@@ -60,7 +61,8 @@ pub(super) async fn serve(name: &str, config: &StdioConfig, stream: Stream, ctx:
             .await;
         return;
     };
-    let stderr_task = tokio::spawn(log_stderr(name.to_owned(), stderr));
+    let stderr_task =
+        tokio::spawn(log_stderr(name.to_owned(), stderr).instrument(tracing::Span::current()));
     let calls = Calls::new(ctx.in_flight.clone());
     let stdout = BufReader::with_capacity(64 * 1024, stdout);
 
