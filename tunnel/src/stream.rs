@@ -51,6 +51,9 @@ pub enum StreamError {
     /// The stream has ended; nothing more will pass.
     #[error("stream {0}")]
     Ended(StreamEnd),
+    /// Empty messages are not sent: a JSON-RPC message is never empty.
+    #[error("empty message")]
+    Empty,
     /// The message exceeds the tunnel's message limit. On receive, the stream was closed.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
@@ -81,6 +84,9 @@ struct State {
     window: usize,
     /// Why the stream ended, once it has.
     end: Mutex<Option<StreamEnd>>,
+    /// Held for the whole of one message's pieces: senders are cloneable, and pieces of two
+    /// messages on one stream must never interleave.
+    send_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -125,6 +131,7 @@ pub(crate) fn pair(id: StreamId, core: Arc<Core>) -> (StreamShared, Stream) {
         uncredited: AtomicUsize::new(0),
         window,
         end: Mutex::new(None),
+        send_lock: tokio::sync::Mutex::new(()),
     });
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
     let guard = Arc::new(CloseOnDrop {
@@ -159,8 +166,12 @@ pub(crate) fn pair(id: StreamId, core: Arc<Core>) -> (StreamShared, Stream) {
 // === impl StreamShared ===
 
 impl StreamShared {
-    /// Queues a received piece. `Err` means the peer sent past its credit.
+    /// Queues a received piece. `Err` means the peer broke flow control: it sent past its
+    /// credit, or sent an empty piece (which would cost no credit and so be unbounded).
     pub(crate) fn deliver(&self, fin: bool, payload: Bytes) -> Result<(), ()> {
+        if payload.is_empty() {
+            return Err(());
+        }
         // Credit is symmetric: each side grants the peer the same initial window.
         let window = self.state.window;
         let len = payload.len();
@@ -210,9 +221,14 @@ impl StreamSender {
     }
 
     /// Sends one whole message. Waits while the stream has no credit, without holding up
-    /// other streams.
+    /// other streams. Concurrent sends on clones of one sender go one message at a time.
+    /// Dropping the future part-way through a message closes the stream, since the peer
+    /// could not tell the rest of that message from the next one.
     pub async fn send(&self, message: Bytes) -> Result<(), StreamError> {
         let config = &self.core.config;
+        if message.is_empty() {
+            return Err(StreamError::Empty);
+        }
         if message.len() > config.max_message_len {
             return Err(StreamError::TooLarge {
                 len: message.len(),
@@ -220,6 +236,12 @@ impl StreamSender {
             });
         }
         let piece_len = config.chunk_len.min(config.initial_window as usize).max(1);
+        let _one_message_at_a_time = self.state.send_lock.lock().await;
+        let mut torn = TornMessageGuard {
+            core: &self.core,
+            id: self.state.id,
+            armed: false,
+        };
         let mut rest = message;
         loop {
             let take = rest.len().min(piece_len);
@@ -239,8 +261,10 @@ impl StreamSender {
                 return Err(StreamError::Ended(StreamEnd::TunnelClosed));
             }
             if fin {
+                torn.armed = false;
                 return Ok(());
             }
+            torn.armed = true;
         }
     }
 
@@ -261,17 +285,15 @@ impl StreamSender {
         }
     }
 
+    /// Closes the stream without waiting: behind the data already queued if there is room,
+    /// else at once. For code that must not await (a loop that also drives the tunnel).
+    pub fn close_now(&self, code: CloseCode, message: impl Into<String>) {
+        close_now(&self.core, self.state.id, code, message.into());
+    }
+
     /// Whether the stream has ended.
     pub fn is_closed(&self) -> bool {
         self.state.credit.is_closed()
-    }
-
-    /// Resolves when the stream has ended, by either side or with the tunnel.
-    pub async fn closed(&self) -> StreamEnd {
-        // The semaphore is closed exactly when the stream ends; waiting for more permits
-        // than can ever exist therefore waits for the end.
-        let _ = self.state.credit.acquire_many(u32::MAX).await;
-        self.state.ended()
     }
 }
 
@@ -307,13 +329,19 @@ impl StreamReceiver {
                 self.partial.extend_from_slice(&piece.payload);
                 piece.fin.then(|| self.partial.split().freeze())
             };
-            if message.is_some() || self.pending_credit >= self.core.config.chunk_len {
+            if message.is_some() || self.pending_credit >= self.credit_batch() {
                 self.flush_credit();
             }
             if let Some(message) = message {
                 return Ok(message);
             }
         }
+    }
+
+    /// Credit goes back in batches, but never so large that a peer with a small window
+    /// would wait for credit this side is holding back.
+    fn credit_batch(&self) -> usize {
+        self.core.config.chunk_len.min(self.state.window / 2).max(1)
     }
 
     fn flush_credit(&mut self) {
@@ -330,6 +358,26 @@ impl StreamReceiver {
 
     fn close(&self, code: CloseCode, message: String) {
         close_now(&self.core, self.state.id, code, message);
+    }
+}
+
+/// Closes the stream if a send is abandoned between two pieces of one message.
+struct TornMessageGuard<'a> {
+    core: &'a Core,
+    id: StreamId,
+    armed: bool,
+}
+
+impl Drop for TornMessageGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            close_now(
+                self.core,
+                self.id,
+                CloseCode::ProtocolViolation,
+                "a message was abandoned part-way".to_owned(),
+            );
+        }
     }
 }
 

@@ -383,3 +383,151 @@ async fn a_peer_sending_past_its_credit_loses_the_stream() {
     ));
     assert_eq!(agent.open_streams(), 0);
 }
+
+#[tokio::test]
+async fn concurrent_senders_on_one_stream_never_interleave_messages() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    // Multi-piece messages from several clones of one sender, at once.
+    let mut sends = Vec::new();
+    for sender_index in 0..4u8 {
+        let sender = relay_side.sender.clone();
+        sends.push(tokio::spawn(async move {
+            for round in 0..3u8 {
+                let message = Bytes::from(vec![b'a' + sender_index * 3 + round; 100 * 1024]);
+                sender.send(message).await.unwrap();
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        let message = agent_side.receiver.recv().await.unwrap();
+        assert_eq!(message.len(), 100 * 1024);
+        assert!(
+            message.iter().all(|&b| b == message[0]),
+            "pieces of two messages mixed"
+        );
+        seen.push(message[0]);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).map(|i| b'a' + i).collect::<Vec<_>>());
+    for send in sends {
+        send.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_window_smaller_than_the_peers_chunk_still_flows() {
+    // The relay sends with small pieces and a small window; the agent's own chunk length
+    // is larger than that window. Credit must still come back before the message ends.
+    let relay_config = TunnelConfig {
+        chunk_len: 4 * 1024,
+        initial_window: 8 * 1024,
+        ..config()
+    };
+    let agent_config = TunnelConfig {
+        chunk_len: 64 * 1024,
+        initial_window: 8 * 1024,
+        ..config()
+    };
+    let (relay_socket, agent_socket) = sockets().await;
+    let (relay, _re, relay_driver) = Tunnel::<RelayFrame>::start::<_, AgentFrame>(
+        relay_socket,
+        relay_config,
+        CancellationToken::new(),
+    );
+    let (_agent, mut agent_events, agent_driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        agent_config,
+        CancellationToken::new(),
+    );
+    tokio::spawn(relay_driver);
+    tokio::spawn(agent_driver);
+    let stream = relay.open_stream("s", vec![]).unwrap();
+    let big = Bytes::from(vec![7u8; 40 * 1024]);
+    let sent = big.clone();
+    let sending = tokio::spawn(async move { stream.sender.send(sent).await });
+    let (mut agent_side, _) = accept(&mut agent_events).await;
+    let received = tokio::time::timeout(Duration::from_secs(5), agent_side.receiver.recv())
+        .await
+        .expect("no credit deadlock")
+        .unwrap();
+    assert_eq!(received, big);
+    sending.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn empty_messages_are_refused_and_empty_pieces_break_flow_control() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    assert_eq!(
+        relay_side.sender.send(Bytes::new()).await,
+        Err(StreamError::Empty)
+    );
+    drop(relay_side);
+    let _ = accept(&mut p.agent_events).await;
+
+    let (mut raw_relay, agent_socket) = sockets().await;
+    let (_agent, mut events, driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        config(),
+        CancellationToken::new(),
+    );
+    tokio::spawn(driver);
+    let open = RelayFrame::Open(outpost_protocol::Open {
+        stream: StreamId(1),
+        server: "erp".into(),
+        meta: vec![],
+    });
+    raw_relay
+        .send(Message::Binary(open.to_bytes()))
+        .await
+        .unwrap();
+    let (mut stream, _) = accept(&mut events).await;
+    let empty = RelayFrame::Stream(StreamFrame::Data {
+        stream: StreamId(1),
+        fin: false,
+        payload: Bytes::new(),
+    });
+    raw_relay
+        .send(Message::Binary(empty.to_bytes()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.receiver.recv().await,
+        Err(StreamError::Ended(StreamEnd::Closed {
+            code: CloseCode::ProtocolViolation,
+            ..
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn a_send_abandoned_mid_message_closes_the_stream() {
+    let mut p = pair(TunnelConfig {
+        initial_window: 16 * 1024,
+        ..config()
+    })
+    .await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    // Larger than the window and nobody reads yet: the send stops after the first pieces.
+    let sending = relay_side.sender.send(Bytes::from(vec![1u8; 64 * 1024]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), sending)
+            .await
+            .is_err()
+    );
+    let next = agent_side.receiver.recv().await;
+    assert!(
+        matches!(
+            next,
+            Err(StreamError::Ended(StreamEnd::Closed {
+                code: CloseCode::ProtocolViolation,
+                ..
+            }))
+        ),
+        "{next:?}"
+    );
+}
