@@ -241,11 +241,12 @@ async fn refuse_keys_in_url(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Closes idle client sessions now and then.
+/// Now and then: times out calls whose clients went away, and closes idle sessions.
 async fn sweep_idle_sessions(app: Arc<App>) {
     let idle = app.config.limits.session_idle_timeout;
-    let period = (idle / 4).clamp(
-        std::time::Duration::from_secs(1),
+    let shortest = idle.min(app.config.limits.call_timeout);
+    let period = (shortest / 4).clamp(
+        std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(60),
     );
     let mut tick = tokio::time::interval(period);
@@ -253,6 +254,10 @@ async fn sweep_idle_sessions(app: Arc<App>) {
         tokio::select! {
             _ = app.close.cancelled() => return,
             _ = tick.tick() => {
+                let abandoned = app.sessions.expire_abandoned_calls();
+                if abandoned > 0 {
+                    tracing::info!(abandoned, "timed out calls whose clients went away");
+                }
                 let closed = app.sessions.expire_idle(idle).await;
                 if closed > 0 {
                     tracing::info!(closed, open = app.sessions.len(), "closed idle client sessions");

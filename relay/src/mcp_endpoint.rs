@@ -66,6 +66,7 @@ pub(crate) async fn get(
             deadline: None,
             session: session.clone(),
             stop: app.shutdown.clone(),
+            get_stream: true,
         };
         Ok(sse_response(stream, None))
     }
@@ -177,6 +178,7 @@ async fn handle_post(
             deadline: Some((deadline, post)),
             session,
             stop: CancellationToken::new(),
+            get_stream: false,
         };
         Ok(sse_response(stream, session_header))
     } else {
@@ -187,7 +189,14 @@ async fn handle_post(
                 Ok(Some(message)) => answers.push(message),
                 Ok(None) => break,
                 Err(_) => {
-                    answers.extend(session.expire_post(submission.post).await);
+                    answers.extend(session.expire_post(submission.post));
+                    // An answer that raced the deadline is already in the channel, which
+                    // closes now that the POST is gone: take it too.
+                    while let Ok(Some(message)) =
+                        tokio::time::timeout(LATE_ANSWER_WAIT, messages.recv()).await
+                    {
+                        answers.push(message);
+                    }
                     break;
                 }
             }
@@ -241,6 +250,7 @@ fn open_session(
         app.usage.clone(),
         &app.tasks,
         &app.close,
+        app.config.limits.call_timeout,
     )
 }
 
@@ -395,6 +405,8 @@ struct SseStream {
     session: Arc<ClientSession>,
     /// Ends the stream on relay shutdown (GET streams only; POSTs finish their calls).
     stop: CancellationToken,
+    /// A GET stream ends with its session; a POST's ends with its answers.
+    get_stream: bool,
 }
 
 fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
@@ -408,19 +420,16 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
             message = s.messages.recv() => message.map(|m| (Ok(sse_event(&m)), s)),
             _ = sleep_until_opt(deadline) => {
                 if let Some((_, post)) = s.deadline.take() {
-                    s.initial.extend(s.session.expire_post(post).await);
-                    // The POST's channel is closed now; what is queued follows the errors.
-                    while let Ok(message) = s.messages.try_recv() {
-                        s.initial.push_back(message);
-                    }
-                    s.messages.close();
+                    // The POST is gone from the session, so its channel closes once any
+                    // answer that raced the deadline has been read: the stream ends then.
+                    s.initial.extend(s.session.expire_post(post));
                 }
                 let message = s.initial.pop_front()?;
                 Some((Ok(sse_event(&message)), s))
             }
             _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
             _ = s.stop.cancelled() => None,
-            _ = s.session.closed(), if s.deadline.is_none() => None,
+            _ = s.session.closed(), if s.get_stream => None,
         }
     });
     let mut response = Response::new(Body::from_stream(body));
@@ -496,6 +505,8 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
     })
 }
 
+/// How long a JSON answer waits, after a timeout, for an answer that raced it.
+const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The session header of MCP Streamable HTTP.
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
 /// Request headers the upstream should see as a direct client would send them.

@@ -51,6 +51,10 @@ pub(crate) struct ClientSession {
     /// Fires when the session ends.
     closed: CancellationToken,
     usage: UsageRecorder,
+    /// Where the session's side tasks (upstream cancellations) run.
+    tasks: TaskTracker,
+    /// How long a call may take.
+    call_timeout: std::time::Duration,
 }
 
 /// A message from the upstream for the client, as one SSE event's data.
@@ -104,6 +108,9 @@ struct Post {
     streaming: bool,
     /// Requests of this POST still unanswered.
     open: usize,
+    /// When its requests time out. The POST's response enforces this while the client
+    /// listens; the sweeper enforces it for clients that went away.
+    deadline: Instant,
 }
 
 /// Why a session's stream ended, kept to answer later requests.
@@ -139,6 +146,7 @@ impl SessionRegistry {
         usage: UsageRecorder,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
+        call_timeout: std::time::Duration,
     ) -> Result<Arc<ClientSession>, RelayError> {
         let mut sessions = self.lock();
         if sessions.len() >= self.max {
@@ -158,6 +166,8 @@ impl SessionRegistry {
             created: Instant::now(),
             closed: shutdown.child_token(),
             usage,
+            tasks: tasks.clone(),
+            call_timeout,
         });
         sessions.insert(session.id.clone(), session.clone());
         drop(sessions);
@@ -214,6 +224,12 @@ impl SessionRegistry {
         expired.len()
     }
 
+    /// Times out calls whose clients went away; see [`ClientSession::expire_abandoned`].
+    pub(crate) fn expire_abandoned_calls(&self) -> usize {
+        let sessions: Vec<_> = self.lock().values().cloned().collect();
+        sessions.iter().map(|s| s.expire_abandoned()).sum()
+    }
+
     fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -235,28 +251,36 @@ impl ClientSession {
         streaming: bool,
     ) -> Result<Option<Submission>, RelayError> {
         self.touch();
-        let submission = {
+        let (submission, messages) = {
             let mut state = self.lock();
             if let Some(reason) = state.ended {
                 return Err(reason.into());
             }
-            let requests: Vec<_> = messages
-                .iter()
-                .filter_map(|(raw, kind)| match kind {
-                    Kind::Request { id, .. } if !state.pending.contains_key(id) => {
-                        Some((raw.len(), kind))
+            // A request whose id is already in flight (or twice in this batch) cannot be
+            // told apart from the other when its answer comes: refuse it here, once.
+            let mut forward = Vec::with_capacity(messages.len());
+            let mut refused = Vec::new();
+            let mut fresh = Vec::new();
+            for (raw, kind) in messages {
+                if let Kind::Request { id, .. } = &kind {
+                    if state.pending.contains_key(id)
+                        || fresh.iter().any(|(_, k)| request_id(k) == Some(id))
+                    {
+                        refused.push(duplicate_id_error(id));
+                        continue;
                     }
-                    _ => None,
-                })
-                .collect();
-            if requests.is_empty() {
-                None
+                    fresh.push((raw.len(), kind.clone()));
+                }
+                forward.push((raw, kind));
+            }
+            if fresh.is_empty() && refused.is_empty() {
+                (None, forward)
             } else {
                 let post = state.next_post;
                 state.next_post += 1;
                 let (tx, rx) = mpsc::channel(POST_DEPTH);
                 let now = Instant::now();
-                for (bytes_in, kind) in &requests {
+                for (bytes_in, kind) in &fresh {
                     let Kind::Request {
                         id,
                         method,
@@ -283,19 +307,24 @@ impl ClientSession {
                         },
                     );
                 }
-                state.posts.insert(
+                // With nothing to wait for, the channel closes at once (its sender drops).
+                if !fresh.is_empty() {
+                    state.posts.insert(
+                        post,
+                        Post {
+                            tx,
+                            streaming,
+                            open: fresh.len(),
+                            deadline: now + self.call_timeout,
+                        },
+                    );
+                }
+                let submission = Submission {
                     post,
-                    Post {
-                        tx,
-                        streaming,
-                        open: requests.len(),
-                    },
-                );
-                Some(Submission {
-                    post,
-                    initial: Vec::new(),
+                    initial: refused,
                     messages: rx,
-                })
+                };
+                (Some(submission), forward)
             }
         };
         let mut submission = submission;
@@ -326,17 +355,51 @@ impl ClientSession {
 
     /// Fails a POST's unanswered requests with a timeout, tells the upstream to cancel
     /// them, and returns the error responses for the caller to deliver.
-    pub(crate) async fn expire_post(&self, post: u64) -> Vec<Bytes> {
+    pub(crate) fn expire_post(&self, post: u64) -> Vec<Bytes> {
         let failed = self.fail_post(post, &RelayError::Timeout, CallStatus::Timeout);
-        for (id, _) in &failed {
-            let cancel = serde_json::json!({
-                "jsonrpc": "2.0",
-                "method": "notifications/cancelled",
-                "params": { "requestId": id, "reason": "timed out at the relay" },
-            });
-            let _ = self.sender.send(Bytes::from(cancel.to_string())).await;
-        }
+        self.cancel_upstream(failed.iter().map(|(id, _)| id.clone()).collect());
         failed.into_iter().map(|(_, body)| body).collect()
+    }
+
+    /// Times out the requests of POSTs whose client went away and whose deadline passed;
+    /// nobody else would. Returns how many requests it failed.
+    fn expire_abandoned(&self) -> usize {
+        let now = Instant::now();
+        let overdue: Vec<u64> = self
+            .lock()
+            .posts
+            .iter()
+            .filter(|(_, post)| post.tx.is_closed() && post.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        overdue
+            .into_iter()
+            .map(|post| self.expire_post(post).len())
+            .sum()
+    }
+
+    /// Sends `notifications/cancelled` upstream for each id, without making the caller
+    /// wait on the stream's credit (an upstream that stopped reading must not delay the
+    /// client's timeout error).
+    fn cancel_upstream(&self, ids: Vec<Value>) {
+        if ids.is_empty() {
+            return;
+        }
+        let sender = self.sender.clone();
+        let closed = self.closed.clone();
+        self.tasks.spawn(async move {
+            for id in ids {
+                let cancel = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": { "requestId": id, "reason": "timed out at the relay" },
+                });
+                tokio::select! {
+                    _ = closed.cancelled() => return,
+                    sent = sender.send(Bytes::from(cancel.to_string())) => if sent.is_err() { return },
+                }
+            }
+        });
     }
 
     /// Attaches the client's GET stream. Queued messages are delivered first.
@@ -550,6 +613,23 @@ impl ClientSession {
         // Critical sections do no I/O and leave the state consistent between statements.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn request_id(kind: &Kind) -> Option<&String> {
+    match kind {
+        Kind::Request { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
+fn duplicate_id_error(id: &str) -> Bytes {
+    let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": -32600, "message": "invalid request: this request id is already in flight" },
+    });
+    Bytes::from(body.to_string())
 }
 
 /// Picks a stream for a message unrelated to any POST: the GET stream, else the newest

@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -76,7 +74,8 @@ pub(crate) async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Tracks live connections apart from the relay's other tasks, to drain them alone.
+    let connections = TaskTracker::new();
     loop {
         // Take a permit before accepting, so a full relay leaves connections in the backlog.
         let permit = tokio::select! {
@@ -101,7 +100,8 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let watcher = graceful.watcher();
+        let live = connections.token();
+        let stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
         let span = tracing::debug_span!("conn", client.addr = %peer);
         tasks.spawn(
@@ -120,10 +120,28 @@ pub(crate) async fn serve(
                     }
                 };
                 let service = TowerToHyperService::new(router);
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                let connection = watcher.watch(connection.into_owned());
-                if let Err(err) = connection.await {
+                // HTTP/1.1 only (the ALPN offer): hyper-util's auto builder would first wait
+                // for a protocol preface with no timeout. With a timer, hyper closes a
+                // connection whose request headers do not arrive in time, so a client that
+                // completes TLS and sends nothing cannot hold a connection permit forever.
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(handshake_timeout);
+                let connection = builder
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades();
+                let _live = live;
+                let mut connection = std::pin::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = stop.cancelled() => {
+                        // Finish the request in flight, take no new one on this connection.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(err) = result {
                     tracing::debug!(%err, "connection ended with an error");
                 }
             }
@@ -132,7 +150,8 @@ pub(crate) async fn serve(
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
         .await
         .is_err()
     {

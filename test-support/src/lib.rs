@@ -111,6 +111,12 @@ impl RelayBuilder {
         self
     }
 
+    /// Sets the TLS handshake and request-header timeout.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
+    }
+
     /// Sets the request body limit.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.limits.max_body_bytes = bytes;

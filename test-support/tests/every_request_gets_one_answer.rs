@@ -252,3 +252,118 @@ async fn an_oversized_line_from_a_stdio_server_becomes_an_error_for_its_request(
     relay.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_is_refused_at_once_and_the_first_call_still_answers()
+-> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let slow = json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {"millis": 500, "steps": 1}}});
+    let first = tokio::spawn({
+        let client = client.clone();
+        let slow = slow.clone();
+        async move { client.post(slow).await }
+    });
+    upstream.wait_for_slow_calls(1).await;
+    let again = client.post(slow).await?;
+    assert_eq!(again.error_code(), Some(-32600), "{:?}", again.messages);
+    let first = first.await??;
+    assert_eq!(first.result()?["content"][0]["text"], "slept 500 ms");
+    // Twice in one batch: the second is refused, the first answered.
+    let echo = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "b"}}})
+    };
+    let batch = client.post(json!([echo(5), echo(5)])).await?;
+    let codes: Vec<_> = batch
+        .messages
+        .iter()
+        .map(|m| m["error"]["code"].as_i64())
+        .collect();
+    assert_eq!(batch.messages.len(), 2, "{:?}", batch.messages);
+    assert!(
+        codes.contains(&Some(-32600)) && codes.contains(&None),
+        "{codes:?}"
+    );
+    agent.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_a_client_that_went_away_still_time_out_and_are_cancelled() -> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay()
+        .call_timeout(Duration::from_millis(500))
+        .spawn()
+        .await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let call = tokio::spawn(async move {
+        client
+            .call_tool("slow", json!({"millis": 60_000, "steps": 1}))
+            .await
+    });
+    upstream.wait_for_slow_calls(1).await;
+    call.abort(); // the client disconnects mid-call
+    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_no_slow_calls()).await?;
+    let usage = relay.wait_for_usage(2).await?;
+    assert!(
+        usage
+            .iter()
+            .any(|u| u.tool.as_deref() == Some("slow") && u.status.as_str() == "timeout")
+    );
+    agent.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_one_session_to_an_http_server_run_concurrently() -> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .http("rmcp", &upstream.url)
+        .shutdown_grace(Duration::from_millis(100))
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
+    client.initialize().await?;
+    let mut calls = Vec::new();
+    for id in 100..103 {
+        let client = client.clone();
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"millis": 30_000, "steps": 1}}});
+        calls.push(tokio::spawn(async move { client.post(call).await }));
+    }
+    // All three are running at the upstream at once, and a fourth call still answers.
+    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_slow_calls(3)).await?;
+    let mut other = client.clone();
+    let echo = other
+        .call_tool("echo", json!({"message": "meanwhile"}))
+        .await?;
+    assert_eq!(echo.result()?["content"][0]["text"], "Echo: meanwhile");
+    for call in calls {
+        call.abort();
+    }
+    agent.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
+    Ok(())
+}

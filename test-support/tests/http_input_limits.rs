@@ -206,3 +206,25 @@ async fn server_messages_without_an_open_stream_wait_for_the_get_stream() -> any
     relay.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let relay = relay()
+        .handshake_timeout(std::time::Duration::from_millis(300))
+        .spawn()
+        .await?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        outpost_test_support::tls_client_config(&relay.state.certs),
+    ));
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await?;
+    let mut tls = connector
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let mut buf = [0u8; 64];
+    // TLS done, no request: the relay closes the connection instead of holding it.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    relay.stop().await;
+    Ok(())
+}

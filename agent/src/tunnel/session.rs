@@ -90,12 +90,13 @@ pub(crate) async fn run(
             }
             Some(event) = events.recv() => match event {
                 TunnelEvent::Open { stream, server, meta } => {
-                    let Some(server_config) = config.servers.get(&server) else {
-                        stream.sender.close(CloseCode::UnknownServer, format!("no server named {server:?}")).await;
+                    // This loop also drives the tunnel: it must not wait on the tunnel here.
+                    if !config.servers.contains_key(&server) {
+                        stream.sender.close_now(CloseCode::UnknownServer, format!("no server named {server:?}"));
                         continue;
-                    };
+                    }
                     if draining {
-                        stream.sender.close(CloseCode::ShuttingDown, "the agent is shutting down").await;
+                        stream.sender.close_now(CloseCode::ShuttingDown, "the agent is shutting down");
                         continue;
                     }
                     let span = tracing::info_span!("stream", server = %server, stream = %stream.id);
@@ -106,7 +107,6 @@ pub(crate) async fn run(
                             upstream::serve(server_config, stream, meta, context).await;
                         }
                     }.instrument(span));
-                    let _ = server_config;
                 }
                 other => tracing::warn!(?other, "unexpected event from the relay ignored"),
             },
@@ -125,7 +125,12 @@ pub(crate) async fn run(
     };
     session_token.cancel();
     streams.close();
-    streams.wait().await;
+    if tokio::time::timeout(STREAM_STOP_GRACE, streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some upstreams did not stop in time");
+    }
     agent.status.send_replace(Status::Disconnected);
     Ok(end)
 }
@@ -186,6 +191,8 @@ async fn drain(in_flight: &InFlight, grace: std::time::Duration) {
     let _ = tokio::time::timeout(grace, in_flight.idle()).await;
 }
 
+/// How long upstreams get to stop (children reaped, HTTP sessions deleted) after a session.
+const STREAM_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest payload per data frame the agent sends.
 const CHUNK_LEN: usize = 64 * 1024;
 /// Bytes of a data frame that are not payload (length, type, stream, flags), rounded up.

@@ -26,6 +26,14 @@ struct Peek<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CancelledParams<'a> {
+    #[serde(borrow, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
 }
 
 impl InFlight {
@@ -61,9 +69,12 @@ impl Calls {
         }
     }
 
-    /// Notes a message from the client: a request opens a call.
+    /// Notes a message from the client: a request opens a call; a cancellation closes
+    /// one, since a server does not answer a cancelled request.
     pub(crate) fn on_client_message(&self, message: &[u8]) {
-        if let Some((id, true)) = peek(message)
+        if let Some(id) = cancelled_request(message) {
+            self.answered(&id);
+        } else if let Some((id, true)) = peek(message)
             && self.lock().insert(id)
         {
             self.total.add(1);
@@ -102,6 +113,16 @@ impl Drop for Calls {
     }
 }
 
+/// The request a `notifications/cancelled` names, as canonical JSON text.
+fn cancelled_request(message: &[u8]) -> Option<String> {
+    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
+    if peek.id.is_some() || peek.method?.get() != "\"notifications/cancelled\"" {
+        return None;
+    }
+    let params: CancelledParams<'_> = serde_json::from_str(peek.params?.get()).ok()?;
+    Some(params.request_id?.get().to_owned())
+}
+
 /// The message's id (canonical JSON text) and whether it has a method.
 pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
     let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
@@ -125,6 +146,13 @@ mod tests {
         calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#);
         assert_eq!(total.get(), 2);
         calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        assert_eq!(total.get(), 1);
+        // A cancelled request will not be answered: it no longer counts.
+        calls.on_client_message(
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a"}}"#,
+        );
+        assert_eq!(total.get(), 0);
+        calls.on_client_message(br#"{"jsonrpc":"2.0","id":"b","method":"ping"}"#);
         assert_eq!(total.get(), 1);
         drop(calls);
         assert_eq!(total.get(), 0);

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use outpost_protocol::CloseCode;
 use outpost_tunnel::{Stream, StreamSender};
 use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward};
@@ -54,95 +55,136 @@ pub(super) async fn serve(
             headers.insert(meta_name, value);
         }
     }
-    let session = Arc::new(Session {
+    let session = Session {
         url: config.url.clone(),
         headers: Mutex::new(headers),
         http: ctx.http.clone(),
         max_message_len: ctx.max_message_len,
+    };
+    let bridge = Arc::new(Bridge {
+        name: name.to_owned(),
+        session,
+        sender: sender.clone(),
+        calls: Calls::new(ctx.in_flight.clone()),
+        tasks: TaskTracker::new(),
+        stop: ctx.cancel.child_token(),
+        expired: std::sync::OnceLock::new(),
+        listening: std::sync::atomic::AtomicBool::new(false),
+        posts: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS)),
     });
-    let calls = Arc::new(Calls::new(ctx.in_flight.clone()));
-    // Body and GET tasks stop with the stream, or with the whole session.
-    let bodies = TaskTracker::new();
-    let stop_bodies = ctx.cancel.child_token();
-    let mut get_started = false;
 
-    let outcome = loop {
+    loop {
         let message = tokio::select! {
-            _ = ctx.cancel.cancelled() => break Ok(()),
+            _ = bridge.stop.cancelled() => break,
             message = receiver.recv() => match message {
                 Ok(message) => message,
-                Err(_) => break Ok(()),
+                Err(_) => break,
             },
         };
-        calls.on_client_message(&message);
+        bridge.calls.on_client_message(&message);
+        if !bridge.session.has_session_id() {
+            // Until the server has named the session (initialize), one message at a time,
+            // so every later request carries the session id.
+            bridge.clone().exchange(message).await;
+            continue;
+        }
+        // Afterwards, requests run concurrently: a long call must not hold up the next,
+        // nor a cancellation of it. The semaphore bounds what one session may have open.
+        let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
+            break;
+        };
+        let task = bridge.clone();
+        bridge.tasks.spawn(async move {
+            let _permit = permit;
+            task.exchange(message).await;
+        });
+    }
+    bridge.stop.cancel();
+    bridge.tasks.close();
+    bridge.tasks.wait().await;
+    bridge.session.delete().await;
+    match bridge.expired.get() {
+        None => sender.close(CloseCode::Normal, "stream ended").await,
+        Some(reason) => {
+            tracing::warn!(server = name, reason, "upstream session ended");
+            sender
+                .close(CloseCode::UpstreamExited, reason.clone())
+                .await;
+        }
+    }
+}
+
+/// One stream's bridge to its HTTP upstream, shared by the tasks of its requests.
+struct Bridge {
+    name: String,
+    session: Session,
+    sender: StreamSender,
+    calls: Calls,
+    /// Request and GET-stream tasks; stopped with `stop` when the stream ends.
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    /// Set when the upstream session is gone (404): the stream ends with this reason.
+    expired: std::sync::OnceLock<String>,
+    listening: std::sync::atomic::AtomicBool,
+    posts: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bridge {
+    /// POSTs one client message and relays what comes back, answering a request with an
+    /// error if the upstream cannot.
+    async fn exchange(self: Arc<Self>, message: Bytes) {
         let request_id = super::calls::peek(&message)
             .filter(|(_, is_request)| *is_request)
             .map(|(id, _)| id);
         let initialized = is_initialized_notification(&message);
-        match session.post(message).await {
+        let response = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            response = self.session.post(message) => response,
+        };
+        match response {
             Ok(response)
-                if response.status() == StatusCode::NOT_FOUND && session.has_session_id() =>
+                if response.status() == StatusCode::NOT_FOUND && self.session.has_session_id() =>
             {
-                break Err("the upstream session expired".to_owned());
+                let _ = self.expired.set("the upstream session expired".to_owned());
+                self.stop.cancel();
             }
             Ok(response) if response.status().is_success() => {
-                if initialized && !get_started {
-                    get_started = true;
-                    let (session, sender, calls) = (session.clone(), sender.clone(), calls.clone());
-                    let cancel = stop_bodies.clone();
-                    bodies.spawn(async move {
+                if initialized
+                    && !self
+                        .listening
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    let bridge = self.clone();
+                    self.tasks.spawn(async move {
                         tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = session.listen(&sender, &calls) => {}
+                            _ = bridge.stop.cancelled() => {}
+                            _ = bridge.session.listen(&bridge.sender, &bridge.calls) => {}
                         }
                     });
                 }
-                let (session, sender, calls) = (session.clone(), sender.clone(), calls.clone());
-                let cancel = stop_bodies.clone();
-                bodies.spawn(async move {
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = session.relay_body(response, request_id, &sender, &calls) => {}
-                    }
-                });
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    _ = self.session.relay_body(response, request_id, &self.sender, &self.calls) => {}
+                }
             }
             Ok(response) => {
                 let status = response.status();
-                tracing::warn!(server = name, %status, "upstream refused a message");
+                tracing::warn!(server = %self.name, %status, "upstream refused a message");
                 if let Some(id) = request_id {
                     let text = format!("the upstream server answered HTTP {}", status.as_u16());
-                    if answer_with_error(&sender, &calls, &id, ERROR_UPSTREAM, &text)
-                        .await
-                        .is_err()
-                    {
-                        break Ok(());
-                    }
+                    let _ =
+                        answer_with_error(&self.sender, &self.calls, &id, ERROR_UPSTREAM, &text)
+                            .await;
                 }
             }
             Err(err) => {
-                tracing::warn!(server = name, err = %err.without_url(), "upstream unreachable");
+                tracing::warn!(server = %self.name, err = %err.without_url(), "upstream unreachable");
                 if let Some(id) = request_id {
                     let text = "the upstream server is unreachable";
-                    if answer_with_error(&sender, &calls, &id, ERROR_UPSTREAM, text)
-                        .await
-                        .is_err()
-                    {
-                        break Ok(());
-                    }
+                    let _ = answer_with_error(&self.sender, &self.calls, &id, ERROR_UPSTREAM, text)
+                        .await;
                 }
             }
-        }
-    };
-    // Stop relaying bodies, then end the upstream session.
-    stop_bodies.cancel();
-    bodies.close();
-    bodies.wait().await;
-    session.delete().await;
-    match outcome {
-        Ok(()) => sender.close(CloseCode::Normal, "stream ended").await,
-        Err(reason) => {
-            tracing::warn!(server = name, reason, "upstream session ended");
-            sender.close(CloseCode::UpstreamExited, reason).await;
         }
     }
 }
@@ -425,4 +467,6 @@ const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes of SSE framing (`event:`, `id:`, `data:` prefixes) allowed beyond a message.
 const SSE_OVERHEAD: usize = 64 * 1024;
+/// Requests one session may have open at its upstream at once.
+const MAX_CONCURRENT_POSTS: usize = 64;
 const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
