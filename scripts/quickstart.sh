@@ -19,6 +19,7 @@ dir="${QUICKSTART_DIR:-$root/.quickstart}"
 echo "==> installing the example MCP server and building (first run takes a few minutes)"
 scripts/setup-tools.sh
 cargo build --bins --locked --quiet
+tools="${MCP_TOOLS_DIR:-$root/.tools}"
 relay_bin="$root/target/debug/outpost-relay"
 agent_bin="$root/target/debug/outpost-agent"
 
@@ -65,7 +66,7 @@ ca_file = "$dir/tls/ca.pem"
 [servers.everything]
 type = "stdio"
 command = "$(command -v node)"
-args = ["$root/.tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+args = ["$tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
 inherit_env = ["PATH", "HOME"]
 TOML
 
@@ -85,11 +86,11 @@ chmod 600 "$dir/client.key"
 cat <<TEXT
 
 ==> Outpost is up
-  relay:        https://localhost:$port   (log: .quickstart/relay.log)
-  agent:        laptop, serving "everything" over stdio   (log: .quickstart/agent.log)
+  relay:        https://localhost:$port   (log: $dir/relay.log)
+  agent:        laptop, serving "everything" over stdio   (log: $dir/agent.log)
   client URL:   $url
   client key:   $client_key
-  trust:        the relay's certificate is signed by .quickstart/tls/ca.pem (a development CA)
+  trust:        the relay's certificate is signed by $dir/tls/ca.pem (a development CA)
 
 Cursor (~/.cursor/mcp.json):
   { "mcpServers": { "outpost": { "url": "$url",

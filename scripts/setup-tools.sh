@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real MCP servers and clients the quickstart and tests use, into .tools/
-# (or $OUTPOST_TOOLS_DIR): npm packages from tools/npm-packages.txt and a Python
+# (or $MCP_TOOLS_DIR): npm packages from tools/npm-packages.txt and a Python
 # virtualenv from tools/requirements.txt. Idempotent: does nothing when up to date.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-tools="${OUTPOST_TOOLS_DIR:-$root/.tools}"
+tools="${MCP_TOOLS_DIR:-$root/.tools}"
 mkdir -p "$tools"
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "setup-tools: $1 is required but not installed" >&2; exit 1; }; }

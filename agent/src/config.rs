@@ -19,7 +19,7 @@ pub struct Config {
     pub relay_url: url::Url,
     /// The agent key, from `OUTPOST_AGENT_KEY` or `key_file`.
     pub key: SecretString,
-    /// Extra CA certificates (PEM) to trust instead of the system roots.
+    /// CA certificates (PEM) to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// Connection and reconnection timing.
     pub tunnel: TunnelSettings,
@@ -202,6 +202,12 @@ impl Config {
             return Err(invalid(
                 "tunnel.reconnect_max",
                 "reconnect_min must be positive and at most reconnect_max",
+            ));
+        }
+        if t.connect_timeout.is_zero() {
+            return Err(invalid(
+                "tunnel.connect_timeout",
+                "must be longer than zero",
             ));
         }
         if t.max_streams == 0 {

@@ -16,7 +16,6 @@ mod upstream;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -98,17 +97,20 @@ impl Agent {
         let settings = &agent.config.tunnel;
         let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
         loop {
-            let started = Instant::now();
             match session::run(agent, &shutdown).await {
                 Ok(SessionEnd::Shutdown) => break,
-                Ok(SessionEnd::Lost(exit)) => tracing::warn!(%exit, "tunnel lost; reconnecting"),
+                Ok(SessionEnd::Lost { exit, up_for }) => {
+                    tracing::warn!(%exit, ?up_for, "tunnel lost; reconnecting");
+                    // Only a tunnel that stayed healthy for a while starts the backoff over,
+                    // so a relay that accepts and drops at once is not hammered.
+                    if up_for >= settings.healthy_after {
+                        backoff.reset();
+                    }
+                }
                 Err(err) => tracing::error!(%err, "cannot establish the tunnel"),
             }
             if shutdown.is_cancelled() {
                 break;
-            }
-            if started.elapsed() >= settings.healthy_after {
-                backoff.reset();
             }
             let delay = backoff.next_delay();
             tracing::info!(?delay, "reconnecting after a delay");

@@ -11,7 +11,8 @@ use outpost_agent::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Outpost agent: makes MCP servers inside this network reachable through an Outpost
-/// relay, dialing out on TLS 1.3 port 443 only. Opens no inbound port.
+/// relay, dialing out over TLS 1.3 to the relay's port (443 by default). Opens no
+/// inbound port.
 ///
 /// The agent key comes from OUTPOST_AGENT_KEY or the config's key_file, never from a flag.
 #[derive(Debug, Parser)]

@@ -18,8 +18,6 @@ use crate::auth::{Environment, Pepper};
 pub struct Config {
     /// Address of the HTTPS listener (tunnels and MCP).
     pub listen: SocketAddr,
-    /// The URL clients and agents use to reach this relay, for printed instructions.
-    pub public_url: Option<String>,
     /// Which keys this relay accepts: `live` or `test`.
     pub environment: Environment,
     /// Where the SQLite store lives.
@@ -142,8 +140,6 @@ pub struct Overrides {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    public_url: Option<String>,
     environment: String,
     data_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,8 +186,11 @@ impl Config {
 
     /// Reads the pepper from `OUTPOST_PEPPER`, or else from `pepper_file`.
     pub fn pepper(&self) -> Result<Pepper, ConfigError> {
-        if let Ok(value) = std::env::var(PEPPER_ENV) {
-            return Pepper::new(SecretBox::new(value.into_bytes().into_boxed_slice()))
+        if let Ok(mut value) = std::env::var(PEPPER_ENV) {
+            // Trimmed as the file is, so a pepper moved between the two hashes alike.
+            let trimmed = value.trim_end().as_bytes().to_vec();
+            zeroize::Zeroize::zeroize(&mut value);
+            return Pepper::new(SecretBox::new(trimmed.into_boxed_slice()))
                 .map_err(|e| ConfigError::Pepper(format!("{PEPPER_ENV}: {e}")));
         }
         let bytes = std::fs::read(&self.pepper_file).map_err(|e| {
@@ -318,12 +317,22 @@ impl TryFrom<RawConfig> for Config {
             "usage",
             "queue and batch must be positive",
         )?;
+        let limits = &raw.limits;
+        for (key, value) in [
+            ("limits.call_timeout", limits.call_timeout),
+            ("limits.session_idle_timeout", limits.session_idle_timeout),
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.sse_keepalive", limits.sse_keepalive),
+            ("tunnel.hello_timeout", raw.tunnel.hello_timeout),
+            ("usage.flush_interval", raw.usage.flush_interval),
+        ] {
+            check(!value.is_zero(), key, "must be longer than zero")?;
+        }
         let pepper_file = raw
             .pepper_file
             .unwrap_or_else(|| raw.data_dir.join(PEPPER_FILE));
         Ok(Config {
             listen,
-            public_url: raw.public_url,
             environment,
             data_dir: raw.data_dir,
             pepper_file,
@@ -352,7 +361,6 @@ impl Default for RawConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.to_owned(),
-            public_url: None,
             environment: DEFAULT_ENVIRONMENT.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             pepper_file: None,

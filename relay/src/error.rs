@@ -55,9 +55,10 @@ pub enum RelayError {
     /// A GET stream is already open for this session.
     #[error("a GET stream is already open for this session")]
     StreamConflict,
-    /// The method is not served on this path.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The session ended (deleted, idle, or the relay shutting down) with the call in
+    /// flight.
+    #[error("the session was closed")]
+    SessionClosed,
     /// No agent of that name is connected for the key's organisation.
     #[error("agent '{0}' is not connected")]
     AgentOffline(String),
@@ -124,7 +125,7 @@ impl RelayError {
             | RelayError::TunnelLost
             | RelayError::Timeout
             | RelayError::AgentBusy => ErrorSource::Upstream,
-            RelayError::Internal => ErrorSource::Internal,
+            RelayError::Internal | RelayError::TooManySessions => ErrorSource::Internal,
             _ => ErrorSource::Client,
         }
     }
@@ -145,7 +146,7 @@ impl RelayError {
             }
             RelayError::SessionNotFound => StatusCode::NOT_FOUND,
             RelayError::StreamConflict => StatusCode::CONFLICT,
-            RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RelayError::SessionClosed => StatusCode::NOT_FOUND,
             RelayError::TooManySessions | RelayError::AgentBusy => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::AgentOffline(_)
             | RelayError::UnknownServer
@@ -169,6 +170,7 @@ impl RelayError {
             RelayError::Timeout => CODE_TIMEOUT,
             RelayError::MessageTooLarge | RelayError::BodyTooLarge(_) => CODE_TOO_LARGE,
             RelayError::AgentBusy | RelayError::TooManySessions => CODE_BUSY,
+            RelayError::SessionClosed => CODE_SESSION_CLOSED,
             RelayError::Internal => -32603,
             _ => -32600,
         }
@@ -247,3 +249,5 @@ pub const CODE_TIMEOUT: i64 = -32014;
 pub const CODE_TOO_LARGE: i64 = -32015;
 /// JSON-RPC code: the agent or relay is at a limit.
 pub const CODE_BUSY: i64 = -32016;
+/// JSON-RPC code: the session closed with the call in flight.
+pub const CODE_SESSION_CLOSED: i64 = -32017;

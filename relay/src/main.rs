@@ -316,6 +316,14 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 fn dev_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        if out.join(name).exists() {
+            bail!(
+                "{} exists already; remove it or choose another --out",
+                out.join(name).display()
+            );
+        }
+    }
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -406,5 +414,5 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// sysexits.h EX_CONFIG... is 78; 64 (EX_USAGE) is what this project uses for bad config.
+/// Exit code for an invalid configuration (sysexits' EX_USAGE), before anything is bound.
 const EX_CONFIG: u8 = 64;

@@ -334,15 +334,15 @@ impl ClientSession {
                 // a message too large for the tunnel fails only this POST's requests.
                 match (&err, submission.as_mut()) {
                     (StreamError::TooLarge { .. }, Some(submission)) => {
-                        submission.initial = self
-                            .fail_post(
+                        submission.initial.extend(
+                            self.fail_post(
                                 submission.post,
                                 &RelayError::MessageTooLarge,
                                 CallStatus::Error,
                             )
                             .into_iter()
-                            .map(|(_, body)| body)
-                            .collect();
+                            .map(|(_, body)| body),
+                        );
                     }
                     (_, Some(_)) => {}
                     (_, None) => return Err(RelayError::from_stream_error(&err)),
@@ -484,7 +484,11 @@ impl ClientSession {
         if pending.is_empty() {
             return;
         }
-        let error = RelayError::from(reason);
+        // Calls in flight when the session closes get "closed", not "not found".
+        let error = match reason {
+            EndReason::Closed => RelayError::SessionClosed,
+            other => RelayError::from(other),
+        };
         let correlation = CorrelationId::new();
         error.log(
             &correlation,
@@ -623,13 +627,11 @@ fn request_id(kind: &Kind) -> Option<&String> {
 }
 
 fn duplicate_id_error(id: &str) -> Bytes {
+    let error = RelayError::InvalidRequest("this request id is already in flight");
+    let correlation = CorrelationId::new();
+    error.log(&correlation, &format_args!("duplicate request id {id}"));
     let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": { "code": -32600, "message": "invalid request: this request id is already in flight" },
-    });
-    Bytes::from(body.to_string())
+    Bytes::from(error.to_jsonrpc(Some(&id), &correlation).to_string())
 }
 
 /// Picks a stream for a message unrelated to any POST: the GET stream, else the newest

@@ -43,10 +43,10 @@ pub fn relay() -> RelayBuilder {
     RelayBuilder::default()
 }
 
-/// Logs to stderr when `OUTPOST_TEST_LOG` holds a filter (e.g. `debug`), for debugging a
+/// Logs to stderr when `TEST_LOG` holds a filter (e.g. `debug`), for debugging a
 /// test; silent otherwise.
 pub fn init_logging() {
-    if let Ok(filter) = std::env::var("OUTPOST_TEST_LOG") {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
@@ -159,7 +159,6 @@ impl RelayBuilder {
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            public_url: None,
             environment: Environment::Live,
             data_dir: state.data.path().to_owned(),
             pepper_file: state.pepper_file.clone(),
@@ -623,7 +622,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where `scripts/setup-tools.sh` installs npm packages and the Python virtualenv.
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("OUTPOST_TOOLS_DIR")
+    std::env::var_os("MCP_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".tools"))
 }

@@ -1,6 +1,7 @@
 //! Runs the real `outpost-relay` and `outpost-agent` binaries for tests that need what
 //! only a process has: its own log output, signals, exit codes. Output is collected line
-//! by line so tests wait for a line instead of sleeping. Processes are killed on drop.
+//! by line so tests wait for a line instead of sleeping. Each runs in its own process
+//! group, killed on drop, and sees none of the test run's `OUTPOST_*` variables.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -22,9 +23,16 @@ impl Process {
     /// Starts `binary` with `args` and extra environment `env`.
     pub fn spawn(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
+        // Hermetic: the test run's own OUTPOST_* variables must not configure the binary.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OUTPOST_") {
+                command.env_remove(name);
+            }
+        }
         command
             .args(args)
             .envs(env.iter().copied())
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -101,6 +109,19 @@ impl Process {
         })
         .await;
         Ok(status.code())
+    }
+}
+
+impl Drop for Process {
+    /// Kills the whole process group, so what a script started (a relay, an agent, their
+    /// children) goes with it even when its own cleanup never runs.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

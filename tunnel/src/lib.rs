@@ -273,8 +273,9 @@ impl Core {
 
 /// Log filter directives that keep message content out of logs at every level: the
 /// WebSocket library prints whole frames, payload included, at trace level. Binaries add
-/// these after the user's filter, so `LOG_LEVEL=trace` still cannot log a tool's arguments.
-pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// these after the user's filter, which pins those targets at `info` whatever the user
+/// asked for, so `LOG_LEVEL=trace` still cannot log a tool's arguments.
+pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
 
 /// Data frames that may wait in the writer's queue.
 const DATA_LANE_DEPTH: usize = 16;

@@ -22,8 +22,13 @@ use crate::{AgentInner, Status, policy};
 pub(crate) enum SessionEnd {
     /// The agent was asked to stop and has drained.
     Shutdown,
-    /// The tunnel ended; reconnect.
-    Lost(TunnelExit),
+    /// The tunnel ended after being up for a while; reconnect.
+    Lost {
+        /// Why it ended.
+        exit: TunnelExit,
+        /// How long it was up, to decide whether the backoff starts over.
+        up_for: std::time::Duration,
+    },
 }
 
 /// Why a session could not be established.
@@ -70,6 +75,7 @@ pub(crate) async fn run(
     agent.status.send_replace(Status::Connected {
         agent_name: welcome.agent_name.clone(),
     });
+    let connected_at = tokio::time::Instant::now();
 
     let in_flight = InFlight::new();
     let context = UpstreamContext {
@@ -86,7 +92,11 @@ pub(crate) async fn run(
     let end = loop {
         tokio::select! {
             exit = &mut driver => {
-                break if draining { SessionEnd::Shutdown } else { SessionEnd::Lost(exit) };
+                break if draining {
+                    SessionEnd::Shutdown
+                } else {
+                    SessionEnd::Lost { exit, up_for: connected_at.elapsed() }
+                };
             }
             Some(event) = events.recv() => match event {
                 TunnelEvent::Open { stream, server, meta } => {

@@ -95,6 +95,17 @@ impl Calls {
         }
     }
 
+    /// The one unanswered request, if exactly one is open: the only call a nameless
+    /// failure can belong to.
+    pub(crate) fn only_open(&self) -> Option<String> {
+        let open = self.lock();
+        if open.len() == 1 {
+            open.iter().next().cloned()
+        } else {
+            None
+        }
+    }
+
     /// Whether request `id` is still unanswered.
     pub(crate) fn is_open(&self, id: &str) -> bool {
         self.lock().contains(id)

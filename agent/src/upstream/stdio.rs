@@ -143,7 +143,8 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                     len,
                     "server wrote a message over the tunnel limit"
                 );
-                if let Some(id) = id {
+                // No id found at its ends: with one call open, it can only be that call's answer.
+                if let Some(id) = id.or_else(|| calls.only_open()) {
                     let text = format!(
                         "the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes"
                     );

@@ -45,9 +45,9 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
     }
     let agent = match authenticate(&app, request.headers()).await {
         Ok(agent) => agent,
-        Err(detail) => {
-            RelayError::Unauthorized.log(&correlation, &detail);
-            return RelayError::Unauthorized.into_http(&correlation);
+        Err((error, detail)) => {
+            error.log(&correlation, &detail);
+            return error.into_http(&correlation);
         }
     };
     let Some(accept_key) = request
@@ -240,8 +240,12 @@ where
     let _ = socket.close(None).await;
 }
 
-async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, String> {
-    let key = auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| e.to_string())?;
+/// The agent an upgrade request's key names. A refused key is `Unauthorized`; a store
+/// that cannot answer is `Internal`, so an outage is not reported as a bad key.
+async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, (RelayError, String)> {
+    let refused = |detail: String| (RelayError::Unauthorized, detail);
+    let key =
+        auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| refused(e.to_string()))?;
     let principal = auth::authenticate(
         app.store.as_ref(),
         &app.pepper,
@@ -250,15 +254,23 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, Str
         key,
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        auth::AuthError::Store(err) => (RelayError::Internal, err.to_string()),
+        other => refused(other.to_string()),
+    })?;
     let agent_id = principal
         .agent_id
-        .ok_or_else(|| format!("key {} is bound to no agent", principal.key_id))?;
+        .ok_or_else(|| refused(format!("key {} is bound to no agent", principal.key_id)))?;
     app.store
         .agent_by_id(&agent_id)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("agent {agent_id} of key {} not found", principal.key_id))
+        .map_err(|e| (RelayError::Internal, e.to_string()))?
+        .ok_or_else(|| {
+            refused(format!(
+                "agent {agent_id} of key {} not found",
+                principal.key_id
+            ))
+        })
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
