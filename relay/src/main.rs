@@ -118,7 +118,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    outpost_tunnel::runtime::init_logging(matches!(cli.log_format, LogFormat::Json));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -156,7 +156,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let relay = Relay::bind(config).await?;
             println!("outpost-relay listening on {}", relay.local_addr());
             let shutdown = CancellationToken::new();
-            let signals = tokio::spawn(forward_signals(shutdown.clone()));
+            let signals = tokio::spawn(outpost_tunnel::runtime::cancel_on_signal(
+                shutdown.clone(),
+                "shutting down",
+            ));
             relay.run(shutdown).await;
             signals.abort();
             Ok(())
@@ -378,40 +381,6 @@ fn restrict_dir(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", path.display()))
-}
-
-async fn forward_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
-}
-
-fn init_tracing(format: LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for directive in outpost_tunnel::CONTENT_SAFE_LOG_DIRECTIVES {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Exit code for an invalid configuration (sysexits' EX_USAGE), before anything is bound.

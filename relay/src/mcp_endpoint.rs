@@ -34,15 +34,8 @@ pub(crate) async fn post(
     request: Request,
 ) -> Response {
     let correlation = CorrelationId::new();
-    let mut response = match handle_post(&app, &agent, &server, request, &correlation).await {
-        Ok(response) => response,
-        Err(err) => {
-            err.log(&correlation, &format_args!("POST /mcp/{agent}/{server}"));
-            err.into_http(&correlation)
-        }
-    };
-    set_correlation(&mut response, &correlation);
-    response
+    let result = handle_post(&app, &agent, &server, request, &correlation).await;
+    respond(result, &correlation, "POST", &agent, &server)
 }
 
 /// `GET /mcp/{agent}/{server}`: the session's stream of server-initiated messages.
@@ -53,8 +46,7 @@ pub(crate) async fn get(
 ) -> Response {
     let correlation = CorrelationId::new();
     let result = async {
-        let (principal, session) = existing_session(&app, &agent, &server, &headers).await?;
-        let _ = principal;
+        let (_, session) = existing_session(&app, &agent, &server, &headers).await?;
         if !accepts(&headers, "text/event-stream") {
             return Err(RelayError::NotAcceptable);
         }
@@ -71,15 +63,7 @@ pub(crate) async fn get(
         Ok(sse_response(stream, None))
     }
     .await;
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => {
-            err.log(&correlation, &format_args!("GET /mcp/{agent}/{server}"));
-            err.into_http(&correlation)
-        }
-    };
-    set_correlation(&mut response, &correlation);
-    response
+    respond(result, &correlation, "GET", &agent, &server)
 }
 
 /// `DELETE /mcp/{agent}/{server}`: ends the session and its upstream.
@@ -98,14 +82,23 @@ pub(crate) async fn delete(
         }
     }
     .await;
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => {
-            err.log(&correlation, &format_args!("DELETE /mcp/{agent}/{server}"));
-            err.into_http(&correlation)
-        }
-    };
-    set_correlation(&mut response, &correlation);
+    respond(result, &correlation, "DELETE", &agent, &server)
+}
+
+/// Turns a handler's result into the response, logging an error under the correlation id,
+/// and adds the correlation header either way.
+fn respond(
+    result: Result<Response, RelayError>,
+    correlation: &CorrelationId,
+    method: &str,
+    agent: &str,
+    server: &str,
+) -> Response {
+    let mut response = result.unwrap_or_else(|err| {
+        err.log(correlation, &format_args!("{method} /mcp/{agent}/{server}"));
+        err.into_http(correlation)
+    });
+    set_correlation(&mut response, correlation);
     response
 }
 

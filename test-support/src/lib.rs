@@ -610,6 +610,61 @@ async fn issue_key(
     Ok(key.secret)
 }
 
+// === a whole stack ===
+
+/// The usual end-to-end setup: a relay, the rmcp test server as server `rmcp` of agent
+/// `laptop`, and a client key.
+pub struct HttpStack {
+    /// The rmcp server behind the agent.
+    pub upstream: HttpMcpServer,
+    /// The relay.
+    pub relay: TestRelay,
+    /// The agent.
+    pub agent: TestAgent,
+    /// A client key (member).
+    pub key: String,
+}
+
+impl HttpStack {
+    /// Starts the stack with this relay and a default agent.
+    pub async fn start(relay: RelayBuilder) -> anyhow::Result<Self> {
+        Self::start_with(relay, |agent| agent).await
+    }
+
+    /// Starts the stack, letting `configure` adjust the agent.
+    pub async fn start_with(
+        relay: RelayBuilder,
+        configure: impl FnOnce(AgentBuilder) -> AgentBuilder,
+    ) -> anyhow::Result<Self> {
+        let upstream = HttpMcpServer::spawn("fortune").await?;
+        let relay = relay.spawn().await?;
+        let agent = configure(agent(&relay, "laptop").http("rmcp", &upstream.url))
+            .spawn()
+            .await?;
+        let key = relay.client_key().await?;
+        Ok(Self {
+            upstream,
+            relay,
+            agent,
+            key,
+        })
+    }
+
+    /// A client of `/mcp/laptop/rmcp` with an initialized session.
+    pub async fn client(&self) -> anyhow::Result<McpClient> {
+        let mut client = self.relay.mcp_client(&self.key, "laptop", "rmcp");
+        client.initialize().await?;
+        Ok(client)
+    }
+
+    /// Stops agent, relay and server, in that order.
+    pub async fn stop(self) {
+        self.agent.stop().await;
+        self.relay.stop().await;
+        self.upstream.stop().await;
+    }
+}
+
 // === installed tools ===
 
 /// The workspace root.

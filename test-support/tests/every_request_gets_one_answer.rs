@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outpost_test_support::{HttpMcpServer, agent, relay};
+use outpost_test_support::{HttpMcpServer, HttpStack, agent, relay};
 use serde_json::json;
 
 /// Answers `initialize`, then exits with status 3 on the first request after it.
@@ -149,18 +149,8 @@ async fn a_tunnel_dropped_mid_call_fails_the_call_at_once() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_over_the_timeout_gets_a_timeout_error_and_the_session_lives_on()
 -> anyhow::Result<()> {
-    let upstream = HttpMcpServer::spawn("f").await?;
-    let relay = relay()
-        .call_timeout(Duration::from_millis(500))
-        .spawn()
-        .await?;
-    let agent = agent(&relay, "laptop")
-        .http("rmcp", &upstream.url)
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
-    client.initialize().await?;
+    let stack = HttpStack::start(relay().call_timeout(Duration::from_millis(500))).await?;
+    let mut client = stack.client().await?;
     let response = client
         .call_tool("slow", json!({"millis": 60_000, "steps": 1}))
         .await?;
@@ -171,36 +161,31 @@ async fn a_call_over_the_timeout_gets_a_timeout_error_and_the_session_lives_on()
         response.messages
     );
     // The relay told the upstream to cancel: the minute-long call stops now.
-    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_no_slow_calls()).await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.upstream.wait_for_no_slow_calls(),
+    )
+    .await?;
     let echo = client
         .call_tool("echo", json!({"message": "still here"}))
         .await?;
     assert_eq!(echo.result()?["content"][0]["text"], "Echo: still here");
     // initialize, the timed-out call, echo.
-    let usage = relay.wait_for_usage(3).await?;
+    let usage = stack.relay.wait_for_usage(3).await?;
     assert!(
         usage
             .iter()
             .any(|u| u.tool.as_deref() == Some("slow") && u.status.as_str() == "timeout")
     );
-    agent.stop().await;
-    relay.stop().await;
-    upstream.stop().await;
+    stack.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_over_the_message_limit_becomes_an_error_for_that_call_only() -> anyhow::Result<()>
 {
-    let upstream = HttpMcpServer::spawn("f").await?;
-    let relay = relay().max_message(1024 * 1024).spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .http("rmcp", &upstream.url)
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
-    client.initialize().await?;
+    let stack = HttpStack::start(relay().max_message(1024 * 1024)).await?;
+    let mut client = stack.client().await?;
     let response = client
         .call_tool("big", json!({"bytes": 2 * 1024 * 1024}))
         .await?;
@@ -223,9 +208,7 @@ async fn a_result_over_the_message_limit_becomes_an_error_for_that_call_only() -
         fits.result()?["content"][0]["text"].as_str().unwrap().len(),
         1000 * 1024
     );
-    agent.stop().await;
-    relay.stop().await;
-    upstream.stop().await;
+    stack.stop().await;
     Ok(())
 }
 
@@ -256,15 +239,8 @@ async fn an_oversized_line_from_a_stdio_server_becomes_an_error_for_its_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_request_id_is_refused_at_once_and_the_first_call_still_answers()
 -> anyhow::Result<()> {
-    let upstream = HttpMcpServer::spawn("f").await?;
-    let relay = relay().spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .http("rmcp", &upstream.url)
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
-    client.initialize().await?;
+    let stack = HttpStack::start(relay()).await?;
+    let client = stack.client().await?;
     let slow = json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
         "params": {"name": "slow", "arguments": {"millis": 500, "steps": 1}}});
     let first = tokio::spawn({
@@ -272,7 +248,7 @@ async fn a_reused_request_id_is_refused_at_once_and_the_first_call_still_answers
         let slow = slow.clone();
         async move { client.post(slow).await }
     });
-    upstream.wait_for_slow_calls(1).await;
+    stack.upstream.wait_for_slow_calls(1).await;
     let again = client.post(slow).await?;
     assert_eq!(again.error_code(), Some(-32600), "{:?}", again.messages);
     let first = first.await??;
@@ -293,58 +269,43 @@ async fn a_reused_request_id_is_refused_at_once_and_the_first_call_still_answers
         codes.contains(&Some(-32600)) && codes.contains(&None),
         "{codes:?}"
     );
-    agent.stop().await;
-    relay.stop().await;
-    upstream.stop().await;
+    stack.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_of_a_client_that_went_away_still_time_out_and_are_cancelled() -> anyhow::Result<()> {
-    let upstream = HttpMcpServer::spawn("f").await?;
-    let relay = relay()
-        .call_timeout(Duration::from_millis(500))
-        .spawn()
-        .await?;
-    let agent = agent(&relay, "laptop")
-        .http("rmcp", &upstream.url)
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
-    client.initialize().await?;
+    let stack = HttpStack::start(relay().call_timeout(Duration::from_millis(500))).await?;
+    let mut client = stack.client().await?;
     let call = tokio::spawn(async move {
         client
             .call_tool("slow", json!({"millis": 60_000, "steps": 1}))
             .await
     });
-    upstream.wait_for_slow_calls(1).await;
+    stack.upstream.wait_for_slow_calls(1).await;
     call.abort(); // the client disconnects mid-call
-    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_no_slow_calls()).await?;
-    let usage = relay.wait_for_usage(2).await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.upstream.wait_for_no_slow_calls(),
+    )
+    .await?;
+    let usage = stack.relay.wait_for_usage(2).await?;
     assert!(
         usage
             .iter()
             .any(|u| u.tool.as_deref() == Some("slow") && u.status.as_str() == "timeout")
     );
-    agent.stop().await;
-    relay.stop().await;
-    upstream.stop().await;
+    stack.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_session_to_an_http_server_run_concurrently() -> anyhow::Result<()> {
-    let upstream = HttpMcpServer::spawn("f").await?;
-    let relay = relay().spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .http("rmcp", &upstream.url)
-        .shutdown_grace(Duration::from_millis(100))
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "rmcp");
-    client.initialize().await?;
+    let stack = HttpStack::start_with(relay(), |agent| {
+        agent.shutdown_grace(Duration::from_millis(100))
+    })
+    .await?;
+    let client = stack.client().await?;
     let mut calls = Vec::new();
     for id in 100..103 {
         let client = client.clone();
@@ -353,7 +314,11 @@ async fn calls_on_one_session_to_an_http_server_run_concurrently() -> anyhow::Re
         calls.push(tokio::spawn(async move { client.post(call).await }));
     }
     // All three are running at the upstream at once, and a fourth call still answers.
-    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_slow_calls(3)).await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.upstream.wait_for_slow_calls(3),
+    )
+    .await?;
     let mut other = client.clone();
     let echo = other
         .call_tool("echo", json!({"message": "meanwhile"}))
@@ -362,8 +327,6 @@ async fn calls_on_one_session_to_an_http_server_run_concurrently() -> anyhow::Re
     for call in calls {
         call.abort();
     }
-    agent.stop().await;
-    relay.stop().await;
-    upstream.stop().await;
+    stack.stop().await;
     Ok(())
 }

@@ -10,6 +10,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod driver;
+pub mod runtime;
 mod stream;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use driver::{TunnelDriver, TunnelExit};
+pub use runtime::CONTENT_SAFE_LOG_DIRECTIVES;
 pub use stream::{Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
 
 use stream::StreamShared;
@@ -270,12 +272,6 @@ impl Core {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// Log filter directives that keep message content out of logs at every level: the
-/// WebSocket library prints whole frames, payload included, at trace level. Binaries add
-/// these after the user's filter, which pins those targets at `info` whatever the user
-/// asked for, so `LOG_LEVEL=trace` still cannot log a tool's arguments.
-pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
 
 /// Data frames that may wait in the writer's queue.
 const DATA_LANE_DEPTH: usize = 16;

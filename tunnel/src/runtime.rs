@@ -1,0 +1,49 @@
+//! What both binaries set up the same way: logging that cannot print message content, and
+//! the signals that start a graceful shutdown. Lives here because it is shared, and because
+//! the content rule is about the WebSocket library this crate drives.
+
+use tokio_util::sync::CancellationToken;
+
+/// Log filter directives that keep message content out of logs at every level: the
+/// WebSocket library prints whole frames, payload included, at trace level. They are added
+/// after the user's filter, which pins those targets at `info` whatever the user asked
+/// for, so `LOG_LEVEL=trace` still cannot log a tool's arguments.
+pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
+
+/// Installs the global log subscriber, writing to stderr: the filter from `LOG_LEVEL`, else
+/// `RUST_LOG`, else `info`, plus [`CONTENT_SAFE_LOG_DIRECTIVES`]; JSON lines if `json`.
+pub fn init_logging(json: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in CONTENT_SAFE_LOG_DIRECTIVES {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM (what Kubernetes and systemd send) or SIGINT.
+pub async fn cancel_on_signal(shutdown: CancellationToken, what: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: {what}"),
+        _ = int.recv() => tracing::info!("SIGINT: {what}"),
+    }
+    shutdown.cancel();
+}
