@@ -107,6 +107,17 @@ pub enum ConfigError {
     },
 }
 
+/// Overrides from command-line flags, the last layer.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--relay-url`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
+    /// `--ca-file`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -145,19 +156,21 @@ enum RawServer {
 // === impl Config ===
 
 impl Config {
-    /// Loads defaults, then `file`, then `OUTPOST_*` variables (nested keys with `__`), and
-    /// resolves references. The agent key comes from `OUTPOST_AGENT_KEY` or `key_file`.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Loads defaults, then `file`, then `OUTPOST_*` variables (nested keys with `__`), then
+    /// `overrides` (flags), and resolves references. The agent key comes from `OUTPOST_AGENT_KEY` or `key_file`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(
-            Env::prefixed("OUTPOST_")
-                .ignore(&IGNORED_ENV)
-                .split("__")
-                .lowercase(true),
-        );
+        figment = figment
+            .merge(
+                Env::prefixed("OUTPOST_")
+                    .ignore(&IGNORED_ENV)
+                    .split("__")
+                    .lowercase(true),
+            )
+            .merge(Serialized::defaults(overrides));
         let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
         let key = match std::env::var(KEY_ENV) {
             Ok(key) => SecretString::from(key),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use outpost_agent::Agent;
-use outpost_agent::config::Config;
+use outpost_agent::config::{Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
 /// Outpost agent: makes MCP servers inside this network reachable through an Outpost
@@ -22,6 +22,13 @@ struct Cli {
     /// OUTPOST_RELAY_URL.
     #[arg(long, short, global = true, env = "OUTPOST_CONFIG")]
     config: Option<PathBuf>,
+    /// The relay, wss://HOST[:PORT] (overrides `relay_url`).
+    #[arg(long, global = true)]
+    relay_url: Option<String>,
+    /// CA certificates (PEM) to trust for the relay instead of the system roots
+    /// (overrides `ca_file`).
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OUTPOST_LOG_FORMAT")]
     log_format: LogFormat,
@@ -46,7 +53,11 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     outpost_tunnel::runtime::init_logging(matches!(cli.log_format, LogFormat::Json));
-    let config = match Config::load(cli.config.as_deref()) {
+    let overrides = Overrides {
+        relay_url: cli.relay_url.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
