@@ -306,20 +306,42 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, RelayError> 
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
     if declared.is_some_and(|len| len > limit as u64) {
+        discard(&mut body).await;
         return Err(RelayError::BodyTooLarge(limit));
     }
-    let limited = http_body_util::Limited::new(request.into_body(), limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(RelayError::BodyTooLarge(limit))
-        }
-        Err(err) => {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
             tracing::info!(%err, "client body could not be read");
-            Err(RelayError::InvalidRequest("body could not be read"))
+            RelayError::InvalidRequest("body could not be read")
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                discard(&mut body).await;
+                return Err(RelayError::BodyTooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops what the client is still sending of a refused body, within a bound, so
+/// that it reads the 413 instead of finding the connection reset under its unsent bytes.
+/// Nothing is kept: the bound is on time and bytes read, not memory.
+async fn discard(body: &mut Body) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
@@ -498,6 +520,9 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
     })
 }
 
+/// How long, and how many bytes, the relay reads on of a refused body before answering.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// How long a JSON answer waits, after a timeout, for an answer that raced it.
 const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The session header of MCP Streamable HTTP.
