@@ -45,6 +45,11 @@ impl HttpMcpServer {
         let router = axum::Router::new().nest_service("/mcp", service);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small responses by
+        // about 40 ms: a benchmark against this server would measure that, not MCP.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router)
