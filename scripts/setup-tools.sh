@@ -7,10 +7,21 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${MCP_TOOLS_DIR:-$root/.tools}"
 mkdir -p "$tools"
 
-need() { command -v "$1" >/dev/null 2>&1 || { echo "setup-tools: $1 is required but not installed" >&2; exit 1; }; }
-need node
-need npm
-need python3
+# The machine image ships these; a new machine without them gets them from Debian.
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup-tools: installing $* with apt-get"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+need() {
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+  command -v "$1" >/dev/null 2>&1 || { echo "setup-tools: $1 is required but not installed" >&2; exit 1; }
+}
+need node nodejs
+need npm npm
+need python3 python3
+need curl curl
 
 stamp() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -25,7 +36,7 @@ fi
 requirements="$root/tools/requirements.txt"
 if [ "$(cat "$tools/.pip-stamp" 2>/dev/null)" != "$(stamp "$requirements")" ] || [ ! -x "$tools/venv/bin/python" ]; then
   echo "setup-tools: installing Python packages into $tools/venv"
-  python3 -m venv "$tools/venv"
+  python3 -m venv "$tools/venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$tools/venv"; }
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   stamp "$requirements" >"$tools/.pip-stamp"
 fi
