@@ -205,10 +205,11 @@ impl RelayError {
         }
     }
 
-    /// An HTTP response carrying only this error, with the given status.
-    pub fn into_response_with(self, status: StatusCode, correlation: &CorrelationId) -> Response {
+    /// An HTTP response carrying only this error, with its status, the correlation header
+    /// and, for 401, the `WWW-Authenticate` challenge.
+    pub fn into_http(self, correlation: &CorrelationId) -> Response {
         let body = self.to_jsonrpc(None, correlation);
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (self.status(), axum::Json(body)).into_response();
         set_correlation(&mut response, correlation);
         if matches!(self, RelayError::Unauthorized) {
             response.headers_mut().insert(
@@ -217,12 +218,6 @@ impl RelayError {
             );
         }
         response
-    }
-
-    /// An HTTP response carrying only this error.
-    pub fn into_http(self, correlation: &CorrelationId) -> Response {
-        let status = self.status();
-        self.into_response_with(status, correlation)
     }
 }
 
