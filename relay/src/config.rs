@@ -32,6 +32,21 @@ pub struct Config {
     pub tunnel: TunnelSettings,
     /// Usage recording.
     pub usage: UsageSettings,
+    /// Which `Host` and `Origin` values MCP requests may carry.
+    pub http: HttpSettings,
+}
+
+/// Which `Host` and `Origin` values MCP requests may carry: protection against DNS
+/// rebinding and against web pages calling the relay from a browser.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Host names (or `host:port`) the relay answers to. Empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example.com`) allowed to call MCP from a browser. A request
+    /// with any other `Origin` gets 403; requests without `Origin` (SDKs, desktop apps)
+    /// are not affected. Empty: no browser origin.
+    pub allowed_origins: Vec<String>,
 }
 
 /// PEM files for the listener.
@@ -152,6 +167,8 @@ struct RawConfig {
     tunnel: TunnelSettings,
     #[serde(default)]
     usage: UsageSettings,
+    #[serde(default)]
+    http: HttpSettings,
 }
 
 // === impl Config ===
@@ -340,6 +357,7 @@ impl TryFrom<RawConfig> for Config {
             limits: raw.limits,
             tunnel: raw.tunnel,
             usage: raw.usage,
+            http: raw.http,
         })
     }
 }
@@ -368,6 +386,7 @@ impl Default for RawConfig {
             limits: Limits::default(),
             tunnel: TunnelSettings::default(),
             usage: UsageSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }

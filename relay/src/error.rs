@@ -55,6 +55,12 @@ pub enum RelayError {
     /// A GET stream is already open for this session.
     #[error("a GET stream is already open for this session")]
     StreamConflict,
+    /// The `Host` or `Origin` header is not in the allow-list.
+    #[error("forbidden: {0} not allowed")]
+    ForbiddenOrigin(&'static str),
+    /// `MCP-Protocol-Version` names a revision this relay does not serve.
+    #[error("unsupported MCP-Protocol-Version")]
+    UnsupportedProtocolVersion,
     /// The session ended (deleted, idle, or the relay shutting down) with the call in
     /// flight.
     #[error("the session was closed")]
@@ -147,6 +153,8 @@ impl RelayError {
             RelayError::SessionNotFound => StatusCode::NOT_FOUND,
             RelayError::StreamConflict => StatusCode::CONFLICT,
             RelayError::SessionClosed => StatusCode::NOT_FOUND,
+            RelayError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            RelayError::UnsupportedProtocolVersion => StatusCode::BAD_REQUEST,
             RelayError::TooManySessions | RelayError::AgentBusy => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::AgentOffline(_)
             | RelayError::UnknownServer

@@ -110,6 +110,7 @@ async fn handle_post(
     correlation: &CorrelationId,
 ) -> Result<Response, RelayError> {
     check_names(agent, server)?;
+    check_headers(app, request.headers())?;
     let principal = authenticate(app, request.headers()).await?;
     let headers = request.headers().clone();
     if !is_json(&headers) {
@@ -254,6 +255,7 @@ async fn existing_session(
     headers: &HeaderMap,
 ) -> Result<(Principal, Arc<ClientSession>), RelayError> {
     check_names(agent, server)?;
+    check_headers(app, headers)?;
     let principal = authenticate(app, headers).await?;
     let id = session_id(headers).ok_or(RelayError::SessionRequired)?;
     let session = app
@@ -288,6 +290,49 @@ fn unauthorized(err: auth::AuthError) -> RelayError {
             RelayError::Unauthorized
         }
     }
+}
+
+/// Refuses a `Host` outside `http.allowed_hosts` (when set), an `Origin` outside
+/// `http.allowed_origins`, and an `MCP-Protocol-Version` this relay does not serve.
+fn check_headers(app: &App, headers: &HeaderMap) -> Result<(), RelayError> {
+    let allowed = &app.config.http;
+    if !allowed.allowed_hosts.is_empty() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let bare = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        if !allowed
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(bare))
+        {
+            return Err(RelayError::ForbiddenOrigin("Host"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin))
+        {
+            return Err(RelayError::ForbiddenOrigin("Origin"));
+        }
+    }
+    if let Some(version) = headers.get(PROTOCOL_VERSION_HEADER) {
+        let version = version.to_str().unwrap_or("");
+        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) {
+            return Err(RelayError::UnsupportedProtocolVersion);
+        }
+    }
+    Ok(())
 }
 
 fn check_names(agent: &str, server: &str) -> Result<(), RelayError> {
@@ -525,6 +570,11 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// How long a JSON answer waits, after a timeout, for an answer that raced it.
 const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The protocol revision header of MCP Streamable HTTP.
+const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+/// The stateful revisions the relay serves; the stateless 2026 era is not served yet.
+const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] =
+    ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// The session header of MCP Streamable HTTP.
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
 /// Request headers the upstream should see as a direct client would send them.

@@ -21,7 +21,8 @@ use outpost_agent::{Agent, Status};
 use outpost_relay::Relay;
 use outpost_relay::auth::{self, Environment, KeyKind, Pepper};
 use outpost_relay::config::{
-    Config as RelayConfig, Limits, TlsFiles, TunnelSettings as RelayTunnel, UsageSettings,
+    Config as RelayConfig, HttpSettings, Limits, TlsFiles, TunnelSettings as RelayTunnel,
+    UsageSettings,
 };
 use outpost_relay::store::{NewKey, SqliteStore, Store, UsageEvent};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
@@ -61,6 +62,7 @@ pub struct RelayBuilder {
     tunnel: RelayTunnel,
     listen: Option<SocketAddr>,
     reuse: Option<Arc<RelayState>>,
+    http: HttpSettings,
 }
 
 impl Default for RelayBuilder {
@@ -77,6 +79,7 @@ impl Default for RelayBuilder {
             tunnel,
             listen: None,
             reuse: None,
+            http: HttpSettings::default(),
         }
     }
 }
@@ -108,6 +111,13 @@ impl RelayBuilder {
     /// Sets the call timeout.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.limits.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the allowed `Host` and `Origin` values.
+    pub fn allow(mut self, hosts: &[&str], origins: &[&str]) -> Self {
+        self.http.allowed_hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        self.http.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
         self
     }
 
@@ -172,6 +182,7 @@ impl RelayBuilder {
                 flush_interval: Duration::from_millis(20),
                 ..UsageSettings::default()
             },
+            http: self.http,
         };
         let bound = Relay::bind(config.clone()).await?;
         let addr = bound.local_addr();
@@ -290,8 +301,9 @@ impl TestRelay {
     }
 
     /// Sends `head` (request line and headers, without the blank line) and `body` over
-    /// a fresh TLS connection, exactly as given: no URL normalisation on the way. Returns
-    /// the status and the raw response.
+    /// a fresh TLS connection, exactly as given: no URL normalisation on the way; `Host:
+    /// localhost` is added unless `head` has a `Host`. Returns the status and the raw
+    /// response.
     pub async fn raw_request(&self, head: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tls = tls_client_config(&self.state.certs);
@@ -299,8 +311,13 @@ impl TestRelay {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         let name = rustls_pki_types::ServerName::try_from("localhost")?;
         let mut stream = connector.connect(name, tcp).await?;
+        let host = if head.to_ascii_lowercase().contains("\r\nhost:") {
+            String::new()
+        } else {
+            "\r\nHost: localhost".to_owned()
+        };
         let request = format!(
-            "{head}\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{head}{host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(request.as_bytes()).await?;

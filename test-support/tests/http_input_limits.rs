@@ -228,3 +228,52 @@ async fn a_connection_that_sends_nothing_is_closed() -> anyhow::Result<()> {
     relay.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_origin_and_protocol_version_are_checked() -> anyhow::Result<()> {
+    let relay = relay()
+        .allow(&["localhost"], &["https://app.example.com"])
+        .spawn()
+        .await?;
+    let agent = agent(&relay, "laptop")
+        .server_everything("everything")
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#.to_vec();
+    let client = relay.mcp_client(&key, "laptop", "everything");
+
+    // A web page of another origin is refused; the allowed one is served.
+    let foreign = client
+        .post_raw(initialize.clone(), &[("origin", "https://evil.example")])
+        .await?;
+    assert_eq!(foreign.status, 403);
+    let allowed = client
+        .post_raw(initialize.clone(), &[("origin", "https://app.example.com")])
+        .await?;
+    assert_eq!(allowed.status, 200);
+    assert!(allowed.result().is_ok());
+
+    // A Host outside the list (DNS rebinding) is refused before authentication.
+    let head = format!(
+        "POST /mcp/laptop/everything HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json"
+    );
+    let (status, _) = relay.raw_request(&head, &initialize).await?;
+    assert_eq!(status, 403);
+
+    // An MCP revision the relay does not serve is a 400; a served one passes.
+    let unknown = client
+        .post_raw(
+            initialize.clone(),
+            &[("mcp-protocol-version", "1999-01-01")],
+        )
+        .await?;
+    assert_eq!(unknown.status, 400);
+    let known = client
+        .post_raw(initialize, &[("mcp-protocol-version", "2025-06-18")])
+        .await?;
+    assert_eq!(known.status, 200);
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
