@@ -182,3 +182,33 @@ async fn relay_shutdown_finishes_in_flight_calls_and_stops_accepting() -> anyhow
     upstream.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_agent_key_closes_its_live_tunnel() -> anyhow::Result<()> {
+    let relay = relay()
+        .heartbeat(Duration::from_millis(300))
+        .spawn()
+        .await?;
+    let mut agent = agent(&relay, "laptop")
+        .server_everything("everything")
+        .spawn()
+        .await?;
+    relay.revoke(&agent.key).await?;
+    // Within a heartbeat interval the relay notices and closes the tunnel; the agent's
+    // reconnects are refused from then on, so clients find the agent offline.
+    agent.wait_disconnected().await?;
+    let key = relay.client_key().await?;
+    let response = relay
+        .mcp_client(&key, "laptop", "everything")
+        .request("initialize", json!({}))
+        .await?;
+    assert_eq!(
+        response.error_code(),
+        Some(-32010),
+        "{:?}",
+        response.messages
+    );
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}

@@ -43,8 +43,8 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
         )
             .into_response();
     }
-    let agent = match authenticate(&app, request.headers()).await {
-        Ok(agent) => agent,
+    let (agent, key_id) = match authenticate(&app, request.headers()).await {
+        Ok(found) => found,
         Err((error, detail)) => {
             error.log(&correlation, &detail);
             return error.into_http(&correlation);
@@ -71,7 +71,7 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
                         Some(config),
                     )
                     .await;
-                    run_session(session_app, agent, socket).await;
+                    run_session(session_app, agent, key_id, socket).await;
                 }
                 Err(err) => tracing::warn!(%err, "tunnel upgrade failed"),
             }
@@ -89,8 +89,12 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
 }
 
 /// Runs one agent's tunnel from hello to close.
-async fn run_session<S>(app: Arc<App>, agent: AgentRecord, mut socket: WebSocketStream<S>)
-where
+async fn run_session<S>(
+    app: Arc<App>,
+    agent: AgentRecord,
+    key_id: auth::KeyId,
+    mut socket: WebSocketStream<S>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let hello = match tokio::time::timeout(app.config.tunnel.hello_timeout, read_hello(&mut socket))
@@ -172,9 +176,19 @@ where
         "agent connected"
     );
     tokio::pin!(driver);
+    // The key was checked at the upgrade; a revocation or expiry since then closes the
+    // tunnel within one heartbeat interval.
+    let mut recheck = tokio::time::interval(app.config.tunnel.heartbeat_interval);
+    recheck.reset();
     let exit = loop {
         tokio::select! {
             exit = &mut driver => break exit,
+            _ = recheck.tick() => {
+                if !key_still_valid(&app, &key_id).await {
+                    tracing::warn!(key = %key_id, "the agent's key was revoked or expired: closing its tunnel");
+                    handle.tunnel.close();
+                }
+            }
             Some(event) = events.recv() => match event {
                 TunnelEvent::Control(AgentFrame::Draining) => {
                     tracing::info!("agent is draining: no new sessions go to it");
@@ -240,9 +254,25 @@ where
     let _ = socket.close(None).await;
 }
 
+/// Whether the agent key is still neither revoked nor expired. A store that cannot answer
+/// keeps the tunnel: an outage of the store must not take every agent offline.
+async fn key_still_valid(app: &App, key_id: &auth::KeyId) -> bool {
+    match app.store.key_by_id(&key_id.0).await {
+        Ok(Some(key)) => key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now_ms()),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(%err, "cannot recheck the agent's key");
+            true
+        }
+    }
+}
+
 /// The agent an upgrade request's key names. A refused key is `Unauthorized`; a store
 /// that cannot answer is `Internal`, so an outage is not reported as a bad key.
-async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, (RelayError, String)> {
+async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<(AgentRecord, auth::KeyId), (RelayError, String)> {
     let refused = |detail: String| (RelayError::Unauthorized, detail);
     let key =
         auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| refused(e.to_string()))?;
@@ -261,7 +291,8 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, (Re
     let agent_id = principal
         .agent_id
         .ok_or_else(|| refused(format!("key {} is bound to no agent", principal.key_id)))?;
-    app.store
+    let agent = app
+        .store
         .agent_by_id(&agent_id)
         .await
         .map_err(|e| (RelayError::Internal, e.to_string()))?
@@ -270,7 +301,8 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AgentRecord, (Re
                 "agent {agent_id} of key {} not found",
                 principal.key_id
             ))
-        })
+        })?;
+    Ok((agent, principal.key_id))
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
