@@ -27,6 +27,8 @@ pub(crate) enum Kind {
         method: String,
         /// `params.progressToken` of `notifications/progress`.
         progress_token: Option<String>,
+        /// `params.requestId` of `notifications/cancelled`, as canonical JSON text.
+        cancels: Option<String>,
     },
     /// Has an id and a result or an error.
     Response {
@@ -72,6 +74,8 @@ struct Params<'a> {
     progress_token: Option<&'a RawValue>,
     #[serde(borrow, rename = "_meta")]
     meta: Option<Meta<'a>>,
+    #[serde(borrow, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -119,9 +123,14 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 .as_ref()
                 .and_then(|p| p.progress_token)
                 .map(|t| t.get().to_owned());
+            let cancels = (method == "notifications/cancelled")
+                .then(|| params.as_ref().and_then(|p| p.request_id))
+                .flatten()
+                .map(|id| id.get().to_owned());
             Ok(Kind::Notification {
                 method: method.into_owned(),
                 progress_token,
+                cancels,
             })
         }
         (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
@@ -187,7 +196,8 @@ mod tests {
             classify(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":3,"progress":1}}"#).unwrap(),
             Kind::Notification {
                 method: "notifications/progress".into(),
-                progress_token: Some("3".into())
+                progress_token: Some("3".into()),
+                cancels: None,
             }
         );
         assert_eq!(
@@ -195,6 +205,18 @@ mod tests {
             Kind::Response {
                 id: "2".into(),
                 error_code: Some(-32601)
+            }
+        );
+    }
+
+    #[test]
+    fn cancellations_name_their_request() {
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1","reason":"x"}}"#).unwrap(),
+            Kind::Notification {
+                method: "notifications/cancelled".into(),
+                progress_token: None,
+                cancels: Some("\"r1\"".into()),
             }
         );
     }

@@ -152,7 +152,15 @@ async fn handle_post(
             }
         }
     };
-    let submission = match session.submit(messages, streaming).await {
+    // Forwarding runs in a task of its own: a client that hangs up mid-request must not
+    // cut a message in half on the tunnel (which would end the session).
+    let forwarding = {
+        let session = session.clone();
+        app.tasks
+            .spawn(async move { session.submit(messages, streaming).await })
+    };
+    let submitted = forwarding.await.unwrap_or(Err(RelayError::Internal));
+    let submission = match submitted {
         Ok(Some(submission)) => submission,
         Ok(None) => return Ok(StatusCode::ACCEPTED.into_response()),
         Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
@@ -484,8 +492,11 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
                     // answer that raced the deadline has been read: the stream ends then.
                     s.initial.extend(s.session.expire_post(post));
                 }
-                let message = s.initial.pop_front()?;
-                Some((Ok(sse_event(&message)), s))
+                match s.initial.pop_front() {
+                    Some(message) => Some((Ok(sse_event(&message)), s)),
+                    // Nothing expired: the last answer is on its way through the channel.
+                    None => s.messages.recv().await.map(|m| (Ok(sse_event(&m)), s)),
+                }
             }
             _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
             _ = s.stop.cancelled() => None,

@@ -262,6 +262,12 @@ impl ClientSession {
             let mut refused = Vec::new();
             let mut fresh = Vec::new();
             for (raw, kind) in messages {
+                if let Kind::Notification {
+                    cancels: Some(id), ..
+                } = &kind
+                {
+                    self.cancel_pending(&mut state, id);
+                }
                 if let Kind::Request { id, .. } = &kind {
                     if state.pending.contains_key(id)
                         || fresh.iter().any(|(_, k)| request_id(k) == Some(id))
@@ -353,6 +359,24 @@ impl ClientSession {
         Ok(submission)
     }
 
+    /// The client cancelled request `id`: the upstream will not answer it, so it stops
+    /// being pending, and a POST left with nothing to wait for ends.
+    fn cancel_pending(&self, state: &mut State, id: &str) {
+        let Some(pending) = state.pending.remove(id) else {
+            return;
+        };
+        if let Some(token) = &pending.progress_token {
+            state.progress.remove(token);
+        }
+        self.record(&pending, CallStatus::Cancelled, None, 0);
+        if let Some(post) = state.posts.get_mut(&pending.post) {
+            post.open = post.open.saturating_sub(1);
+            if post.open == 0 {
+                state.posts.remove(&pending.post);
+            }
+        }
+    }
+
     /// Fails a POST's unanswered requests with a timeout, tells the upstream to cancel
     /// them, and returns the error responses for the caller to deliver.
     pub(crate) fn expire_post(&self, post: u64) -> Vec<Bytes> {
@@ -428,7 +452,9 @@ impl ClientSession {
 
     async fn close(&self, code: CloseCode, why: &str) {
         self.closed.cancel();
-        self.sender.close(code, why).await;
+        // Without waiting on the tunnel: the idle sweeper closes sessions of every agent,
+        // and one slow agent must not hold it up.
+        self.sender.close_now(code, why);
         self.end(EndReason::Closed).await;
     }
 

@@ -330,3 +330,42 @@ async fn calls_on_one_session_to_an_http_server_run_concurrently() -> anyhow::Re
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_stops_upstream_and_is_no_longer_pending() -> anyhow::Result<()> {
+    let stack = HttpStack::start(relay()).await?;
+    let client = stack.client().await?;
+    let slow = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {"millis": 60_000, "steps": 1}}});
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.post(slow).await }
+    });
+    stack.upstream.wait_for_slow_calls(1).await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 500, "reason": "user pressed stop"}});
+    assert_eq!(client.post(cancel).await?.status, 202);
+    // The upstream stops the call, and the POST ends without an answer, as MCP says.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.upstream.wait_for_no_slow_calls(),
+    )
+    .await?;
+    let response = tokio::time::timeout(Duration::from_secs(10), call).await???;
+    assert!(response.answer().is_err(), "{:?}", response.messages);
+    // The id is free again, and the usage says what happened.
+    let echo = json!({"jsonrpc": "2.0", "id": 500, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "again"}}});
+    assert_eq!(
+        client.post(echo).await?.result()?["content"][0]["text"],
+        "Echo: again"
+    );
+    let usage = stack.relay.wait_for_usage(3).await?;
+    assert!(
+        usage
+            .iter()
+            .any(|u| u.tool.as_deref() == Some("slow") && u.status.as_str() == "cancelled")
+    );
+    stack.stop().await;
+    Ok(())
+}

@@ -248,10 +248,10 @@ impl StreamSender {
             let payload = rest.split_to(take);
             let fin = rest.is_empty();
             let permits = u32::try_from(take).expect("pieces are at most the chunk length");
-            match self.state.credit.acquire_many(permits).await {
-                Ok(permit) => permit.forget(),
+            let permit = match self.state.credit.acquire_many(permits).await {
+                Ok(permit) => permit,
                 Err(_) => return Err(StreamError::Ended(self.state.ended())),
-            }
+            };
             let frame = StreamFrame::Data {
                 stream: self.state.id,
                 fin,
@@ -260,6 +260,9 @@ impl StreamSender {
             if self.core.data_tx.send(frame).await.is_err() {
                 return Err(StreamError::Ended(StreamEnd::TunnelClosed));
             }
+            // Spent only once the piece is queued: a send dropped while waiting for the
+            // data lane gives its credit back.
+            permit.forget();
             if fin {
                 torn.armed = false;
                 return Ok(());

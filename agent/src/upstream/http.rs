@@ -73,6 +73,7 @@ pub(super) async fn serve(
         posts: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_POSTS)),
     });
 
+    let mut initialized = false;
     loop {
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
@@ -82,22 +83,37 @@ pub(super) async fn serve(
             },
         };
         bridge.calls.on_client_message(&message);
-        if !bridge.session.has_session_id() {
-            // Until the server has named the session (initialize), one message at a time,
-            // so every later request carries the session id.
+        if !initialized {
+            // The first exchange (initialize) completes before anything else is sent, so
+            // every later message carries the session id the server may assign.
             bridge.clone().exchange(message).await;
+            initialized = true;
             continue;
         }
-        // Afterwards, requests run concurrently: a long call must not hold up the next,
-        // nor a cancellation of it. The semaphore bounds what one session may have open.
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
         };
+        let is_request = super::calls::peek(&message).is_some_and(|(_, is_request)| is_request);
         let task = bridge.clone();
-        bridge.tasks.spawn(async move {
-            let _permit = permit;
-            task.exchange(message).await;
-        });
+        if is_request {
+            // Requests run concurrently: a long call must hold up neither the next call
+            // nor its cancellation.
+            bridge.tasks.spawn(async move {
+                let _permit = permit;
+                task.exchange(message).await;
+            });
+        } else {
+            // Notifications and responses are posted in order (the server answers them at
+            // once with 202), so `initialized` precedes the requests that follow it and a
+            // cancellation follows its request.
+            let sent = task.clone().send(message).await;
+            bridge.tasks.spawn(async move {
+                let _permit = permit;
+                if let Some(sent) = sent {
+                    task.finish(sent).await;
+                }
+            });
+        }
     }
     bridge.stop.cancel();
     bridge.tasks.close();
@@ -112,6 +128,13 @@ pub(super) async fn serve(
                 .await;
         }
     }
+}
+
+/// A message posted upstream, its response headers in.
+struct Sent {
+    response: Result<reqwest::Response, reqwest::Error>,
+    request_id: Option<String>,
+    initialized: bool,
 }
 
 /// One stream's bridge to its HTTP upstream, shared by the tasks of its requests.
@@ -133,14 +156,35 @@ impl Bridge {
     /// POSTs one client message and relays what comes back, answering a request with an
     /// error if the upstream cannot.
     async fn exchange(self: Arc<Self>, message: Bytes) {
+        if let Some(sent) = self.clone().send(message).await {
+            self.finish(sent).await;
+        }
+    }
+
+    /// POSTs one message and waits for the response headers.
+    async fn send(self: Arc<Self>, message: Bytes) -> Option<Sent> {
         let request_id = super::calls::peek(&message)
             .filter(|(_, is_request)| *is_request)
             .map(|(id, _)| id);
         let initialized = is_initialized_notification(&message);
         let response = tokio::select! {
-            _ = self.stop.cancelled() => return,
+            _ = self.stop.cancelled() => return None,
             response = self.session.post(message) => response,
         };
+        Some(Sent {
+            response,
+            request_id,
+            initialized,
+        })
+    }
+
+    /// Relays what came back for one message, or answers its request with an error.
+    async fn finish(self: Arc<Self>, sent: Sent) {
+        let Sent {
+            response,
+            request_id,
+            initialized,
+        } = sent;
         match response {
             Ok(response)
                 if response.status() == StatusCode::NOT_FOUND && self.session.has_session_id() =>
@@ -273,16 +317,11 @@ impl Session {
         sender: &StreamSender,
         calls: &Calls,
     ) -> BodyEnd {
-        let limit = self.max_message_len + SSE_OVERHEAD;
-        let mut since_boundary = 0usize;
+        let mut guard = EventSizeGuard::new(self.max_message_len + SSE_OVERHEAD);
         // The SSE parser buffers a whole event; refuse to let one grow past the limit.
         let bytes = response.bytes_stream().map(move |chunk| {
             let chunk = chunk?;
-            since_boundary = match chunk.windows(2).rposition(|w| w == b"\n\n") {
-                Some(at) => chunk.len() - at - 2,
-                None => since_boundary + chunk.len(),
-            };
-            if since_boundary > limit {
+            if !guard.feed(&chunk) {
                 return Err(EventTooLarge.into());
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
@@ -423,6 +462,49 @@ enum BodyEnd {
     TooLarge,
 }
 
+/// Counts the bytes of the SSE event being received, across chunks, whatever the line
+/// endings (`\n`, `\r\n` or `\r`): an event ends at a blank line.
+struct EventSizeGuard {
+    limit: usize,
+    in_event: usize,
+    line_len: usize,
+    after_cr: bool,
+}
+
+impl EventSizeGuard {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_event: 0,
+            line_len: 0,
+            after_cr: false,
+        }
+    }
+
+    /// Takes the next chunk; `false` once the current event exceeds the limit.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        for &byte in chunk {
+            match byte {
+                // The `\n` of a `\r\n` ending was counted with its `\r`.
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    if self.line_len == 0 {
+                        self.in_event = 0;
+                    }
+                    self.line_len = 0;
+                    self.after_cr = byte == b'\r';
+                }
+                _ => {
+                    self.line_len += 1;
+                    self.in_event += 1;
+                    self.after_cr = false;
+                }
+            }
+        }
+        self.in_event <= self.limit
+    }
+}
+
 /// One SSE event grew past the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("an upstream event exceeds the tunnel's message limit")]
@@ -470,3 +552,27 @@ const SSE_OVERHEAD: usize = 64 * 1024;
 /// Requests one session may have open at its upstream at once.
 const MAX_CONCURRENT_POSTS: usize = 64;
 const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::EventSizeGuard;
+
+    #[test]
+    fn events_are_measured_across_chunks_and_line_endings() {
+        for ending in ["\n", "\r\n", "\r"] {
+            let event = format!("data: {}{ending}{ending}", "x".repeat(90));
+            let mut guard = EventSizeGuard::new(100);
+            // Many small events in chunks that split endings: never over the limit.
+            let stream = event.repeat(50);
+            for piece in stream.as_bytes().chunks(7) {
+                assert!(guard.feed(piece), "{ending:?}");
+            }
+            // One event larger than the limit, however it is chunked, is caught.
+            let big = format!("data: {}{ending}", "y".repeat(150));
+            assert!(
+                !big.as_bytes().chunks(13).all(|piece| guard.feed(piece)),
+                "{ending:?}"
+            );
+        }
+    }
+}

@@ -137,14 +137,24 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                     return Outcome::RelayClosed;
                 }
             }
-            Ok(Line::TooLong { len, id }) => {
+            Ok(Line::TooLong {
+                len,
+                id,
+                has_method,
+            }) => {
                 tracing::warn!(
                     server = name,
                     len,
                     "server wrote a message over the tunnel limit"
                 );
-                // No id found at its ends: with one call open, it can only be that call's answer.
-                if let Some(id) = id.or_else(|| calls.only_open()) {
+                // An answer with no id found at its ends: with one call open, it can only be
+                // that call's. A request or notification is answered by nobody.
+                let answered = if has_method {
+                    None
+                } else {
+                    id.or_else(|| calls.only_open())
+                };
+                if let Some(id) = answered {
                     let text = format!(
                         "the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes"
                     );
@@ -194,10 +204,12 @@ async fn write_line(stdin: &mut ChildStdin, message: Bytes) -> std::io::Result<(
 enum Line {
     /// `line` holds a message, without its line break.
     Message,
-    /// The line exceeded the limit and was skipped; `id` is the request it seems to answer.
+    /// The line exceeded the limit and was skipped; `id` is the request it seems to answer,
+    /// `has_method` whether it seems to be a request or notification instead of an answer.
     TooLong {
         len: usize,
         id: Option<String>,
+        has_method: bool,
     },
     Eof,
 }
@@ -245,6 +257,8 @@ async fn read_line<R: AsyncBufRead + Unpin>(
                     return Ok(Line::TooLong {
                         len,
                         id: sniff_id(&tail).or_else(|| sniff_id(&head)),
+                        has_method: contains(&head, b"\"method\"")
+                            || contains(&tail, b"\"method\""),
                     });
                 }
                 let available = reader.fill_buf().await?;
@@ -266,6 +280,10 @@ async fn read_line<R: AsyncBufRead + Unpin>(
             return Ok(Line::Message);
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Finds a top-level-looking `"id":` value in a fragment of JSON: a number or a string.
@@ -370,7 +388,7 @@ mod tests {
         loop {
             match read_line(&mut reader, &mut line, max).await.unwrap() {
                 Line::Message => out.push(String::from_utf8(line.split().to_vec()).unwrap()),
-                Line::TooLong { len, id } => out.push(format!("too long {len} {id:?}")),
+                Line::TooLong { len, id, .. } => out.push(format!("too long {len} {id:?}")),
                 Line::Eof => return out,
             }
         }

@@ -177,18 +177,16 @@ async fn run_session<S>(
     );
     tokio::pin!(driver);
     // The key was checked at the upgrade; a revocation or expiry since then closes the
-    // tunnel within one heartbeat interval.
-    let mut recheck = tokio::time::interval(app.config.tunnel.heartbeat_interval);
-    recheck.reset();
+    // tunnel within one heartbeat interval. In a task of its own, so that a slow store
+    // never holds up the loop that drives the tunnel.
+    app.tasks.spawn(
+        recheck_key(app.clone(), key_id, handle.tunnel.clone())
+            .instrument(tracing::Span::current()),
+    );
     let exit = loop {
         tokio::select! {
             exit = &mut driver => break exit,
-            _ = recheck.tick() => {
-                if !key_still_valid(&app, &key_id).await {
-                    tracing::warn!(key = %key_id, "the agent's key was revoked or expired: closing its tunnel");
-                    handle.tunnel.close();
-                }
-            }
+
             Some(event) = events.recv() => match event {
                 TunnelEvent::Control(AgentFrame::Draining) => {
                     tracing::info!("agent is draining: no new sessions go to it");
@@ -252,6 +250,24 @@ where
     });
     let _ = socket.send(Message::Binary(frame.to_bytes())).await;
     let _ = socket.close(None).await;
+}
+
+/// Closes `tunnel` once its agent key is revoked or expired; ends with the tunnel.
+async fn recheck_key(app: Arc<App>, key_id: auth::KeyId, tunnel: Tunnel<RelayFrame>) {
+    let mut every = tokio::time::interval(app.config.tunnel.heartbeat_interval);
+    every.reset();
+    loop {
+        tokio::select! {
+            _ = tunnel.closed() => return,
+            _ = every.tick() => {
+                if !key_still_valid(&app, &key_id).await {
+                    tracing::warn!(key = %key_id, "the agent's key was revoked or expired: closing its tunnel");
+                    tunnel.close();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Whether the agent key is still neither revoked nor expired. A store that cannot answer
