@@ -154,12 +154,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             overrides.listen = listen;
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             let relay = Relay::bind(config).await?;
-            println!("outpost-relay listening on {}", relay.local_addr());
             let shutdown = CancellationToken::new();
+            // Signals are caught from before the relay says it listens.
             let signals = tokio::spawn(outpost_tunnel::runtime::cancel_on_signal(
                 shutdown.clone(),
                 "shutting down",
             ));
+            println!("outpost-relay listening on {}", relay.local_addr());
             relay.run(shutdown).await;
             signals.abort();
             Ok(())

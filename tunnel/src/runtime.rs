@@ -31,19 +31,27 @@ pub fn init_logging(json: bool) {
     }
 }
 
-/// Cancels `shutdown` on the first SIGTERM (what Kubernetes and systemd send) or SIGINT.
-pub async fn cancel_on_signal(shutdown: CancellationToken, what: &'static str) {
+/// Registers for SIGTERM (what Kubernetes and systemd send) and SIGINT now, and returns a
+/// future that cancels `shutdown` on the first of them. Registering before the program
+/// says it is ready means no early signal can kill it without a graceful stop.
+pub fn cancel_on_signal(
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: {what}"),
-        _ = int.recv() => tracing::info!("SIGINT: {what}"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: {what}"),
+            _ = int.recv() => tracing::info!("SIGINT: {what}"),
+        }
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }
