@@ -100,9 +100,14 @@ impl Process {
         self.wait().await
     }
 
-    /// Waits for the process to exit and returns its exit code.
+    /// Waits (30 s at most) for the process to exit and returns its exit code.
     pub async fn wait(&mut self) -> anyhow::Result<Option<i32>> {
-        let status = tokio::time::timeout(WAIT, self.child.wait()).await??;
+        self.wait_within(WAIT).await
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its exit code.
+    pub async fn wait_within(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(limit, self.child.wait()).await??;
         // Let the collectors drain what the process wrote last.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while self.changed.changed().await.is_ok() {}

@@ -15,7 +15,10 @@ async fn the_quickstart_brings_up_a_working_relay_and_agent() -> anyhow::Result<
             ("QUICKSTART_DIR", state.path().to_str().unwrap()),
         ],
     )?;
-    let code = quickstart.wait().await?;
+    // It installs tools, builds (a no-op here) and starts node: slow on a loaded machine.
+    let code = quickstart
+        .wait_within(std::time::Duration::from_secs(100))
+        .await?;
     let output = quickstart.output();
     assert_eq!(code, Some(0), "{output}");
     assert!(
