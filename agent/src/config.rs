@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::ToolPolicy;
+
 /// Validated agent configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -25,6 +27,27 @@ pub struct Config {
     pub tunnel: TunnelSettings,
     /// Local servers by name, in name order.
     pub servers: BTreeMap<String, ServerConfig>,
+    /// The HTTP CONNECT proxy to reach the relay through, if any applies to it.
+    pub proxy: Option<Proxy>,
+    /// SHA-256 pins of the relay's public key (SubjectPublicKeyInfo); empty: no pinning.
+    pub relay_pins: Vec<[u8; 32]>,
+    /// Local address of the health and metrics endpoint, if enabled.
+    pub health_listen: Option<std::net::SocketAddr>,
+}
+
+/// An HTTP proxy reached with CONNECT.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Host name or address of the proxy.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Basic-auth user name.
+    pub username: Option<String>,
+    /// Basic-auth password.
+    pub password: Option<SecretString>,
+    /// Where the setting came from (`proxy` or the variable's name), for messages.
+    pub source: String,
 }
 
 /// Connection and reconnection timing.
@@ -57,6 +80,8 @@ pub struct ServerConfig {
     pub name: String,
     /// How to reach it.
     pub transport: Transport,
+    /// What it may be asked, and how much at once.
+    pub policy: crate::policy::ToolPolicy,
 }
 
 /// How a local server is reached.
@@ -77,6 +102,8 @@ pub struct StdioConfig {
     pub args: Vec<String>,
     /// Environment given to the child, resolved. The child gets nothing else.
     pub env: Vec<(String, SecretString)>,
+    /// For each entry of `env`: whether its value came from a reference, so is a secret.
+    pub env_is_secret: Vec<bool>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
 }
@@ -131,6 +158,23 @@ struct RawConfig {
     tunnel: TunnelSettings,
     #[serde(default)]
     servers: BTreeMap<String, RawServer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_proxy: Option<Vec<String>>,
+    #[serde(default)]
+    relay_spki_sha256: Vec<String>,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,11 +189,25 @@ enum RawServer {
         #[serde(default)]
         inherit_env: Vec<String>,
         cwd: Option<PathBuf>,
+        #[serde(default)]
+        allow_tools: Vec<String>,
+        #[serde(default)]
+        deny_tools: Vec<String>,
+        max_concurrent_calls: Option<usize>,
+        #[serde(default, with = "humantime_serde")]
+        call_timeout: Option<Duration>,
     },
     Http {
         url: String,
         #[serde(default)]
         headers: BTreeMap<String, String>,
+        #[serde(default)]
+        allow_tools: Vec<String>,
+        #[serde(default)]
+        deny_tools: Vec<String>,
+        max_concurrent_calls: Option<usize>,
+        #[serde(default, with = "humantime_serde")]
+        call_timeout: Option<Duration>,
     },
 }
 
@@ -237,26 +295,64 @@ impl Config {
                     "names must match [a-z0-9_-]{1,64}",
                 ));
             }
-            let transport = resolve_server(&name, server, env)?;
-            servers.insert(name.clone(), ServerConfig { name, transport });
+            let server = resolve_server(&name, server, env)?;
+            servers.insert(name, server);
         }
+        let proxy = resolve_proxy(&relay_url, raw.proxy, raw.proxy_password, raw.no_proxy, env)?;
+        let relay_pins = raw
+            .relay_spki_sha256
+            .iter()
+            .map(|pin| parse_pin(pin).map_err(|reason| invalid("relay_spki_sha256", &reason)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let health_listen = raw
+            .health
+            .listen
+            .map(|listen| {
+                listen.parse().map_err(|_| {
+                    invalid(
+                        "health.listen",
+                        &format!("`{listen}` is not an address:port such as 127.0.0.1:8081"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Config {
             relay_url,
             key: SecretString::from(key.expose_secret().trim().to_owned()),
             ca_file: raw.ca_file,
             tunnel: raw.tunnel,
             servers,
+            proxy,
+            relay_pins,
+            health_listen,
         })
     }
 
-    /// Every secret value the agent holds: the key and each resolved value. The redaction
-    /// of issue 5 searches outgoing frames for these.
-    pub fn secret_values(&self) -> Vec<&SecretString> {
-        let mut secrets = vec![&self.key];
+    /// Every secret value the agent holds: its key, the proxy password, every header of an
+    /// HTTP server, and every child variable whose value came from a `${env:}` or
+    /// `${file:}` reference. Outgoing messages are searched for these (see `redact.rs`).
+    /// Literal values and `inherit_env` variables are configuration, not secrets.
+    pub fn secret_values(&self) -> Vec<(String, &SecretString)> {
+        let mut secrets = vec![("the agent key".to_owned(), &self.key)];
+        if let Some(password) = self.proxy.as_ref().and_then(|p| p.password.as_ref()) {
+            secrets.push(("proxy_password".to_owned(), password));
+        }
         for server in self.servers.values() {
+            let name = &server.name;
             match &server.transport {
-                Transport::Stdio(stdio) => secrets.extend(stdio.env.iter().map(|(_, v)| v)),
-                Transport::Http(http) => secrets.extend(http.headers.iter().map(|(_, v)| v)),
+                Transport::Stdio(stdio) => secrets.extend(
+                    stdio
+                        .env
+                        .iter()
+                        .zip(&stdio.env_is_secret)
+                        .filter(|(_, secret)| **secret)
+                        .map(|((var, value), _)| (format!("servers.{name}.env.{var}"), value)),
+                ),
+                Transport::Http(http) => secrets.extend(
+                    http.headers
+                        .iter()
+                        .map(|(header, value)| (format!("servers.{name}.headers.{header}"), value)),
+                ),
             }
         }
         secrets
@@ -267,39 +363,60 @@ fn resolve_server(
     name: &str,
     server: RawServer,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Transport, ConfigError> {
-    match server {
+) -> Result<ServerConfig, ConfigError> {
+    let (transport, allow_tools, deny_tools, max_concurrent_calls, call_timeout) = match server {
         RawServer::Stdio {
             command,
             args,
             env: vars,
             inherit_env,
             cwd,
+            allow_tools,
+            deny_tools,
+            max_concurrent_calls,
+            call_timeout,
         } => {
             if command.is_empty() {
                 return Err(invalid(&format!("servers.{name}.command"), "is empty"));
             }
-            let mut resolved = Vec::new();
+            let mut resolved: Vec<(String, SecretString, bool)> = Vec::new();
             for var in inherit_env {
                 if let Some(value) = env(&var) {
-                    resolved.push((var, SecretString::from(value)));
+                    resolved.push((var, SecretString::from(value), false));
                 }
             }
             for (var, value) in vars {
                 let key = format!("servers.{name}.env.{var}");
+                let is_secret = value.replace("$${", "").contains("${");
                 let value =
                     resolve_references(&value, env).map_err(|reason| invalid(&key, &reason))?;
-                resolved.retain(|(existing, _)| existing != &var);
-                resolved.push((var, value));
+                resolved.retain(|(existing, _, _)| existing != &var);
+                resolved.push((var, value, is_secret));
             }
-            Ok(Transport::Stdio(StdioConfig {
+            let env_is_secret = resolved.iter().map(|(_, _, secret)| *secret).collect();
+            let transport = Transport::Stdio(StdioConfig {
                 command,
                 args,
-                env: resolved,
+                env: resolved.into_iter().map(|(k, v, _)| (k, v)).collect(),
+                env_is_secret,
                 cwd,
-            }))
+            });
+            (
+                transport,
+                allow_tools,
+                deny_tools,
+                max_concurrent_calls,
+                call_timeout,
+            )
         }
-        RawServer::Http { url, headers } => {
+        RawServer::Http {
+            url,
+            headers,
+            allow_tools,
+            deny_tools,
+            max_concurrent_calls,
+            call_timeout,
+        } => {
             let key = format!("servers.{name}.url");
             let url = url::Url::parse(&url).map_err(|e| invalid(&key, &format!("`{url}`: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
@@ -317,12 +434,182 @@ fn resolve_server(
                 }
                 resolved.push((header_name, value));
             }
-            Ok(Transport::Http(HttpConfig {
+            let transport = Transport::Http(HttpConfig {
                 url,
                 headers: resolved,
-            }))
+            });
+            (
+                transport,
+                allow_tools,
+                deny_tools,
+                max_concurrent_calls,
+                call_timeout,
+            )
         }
+    };
+    if max_concurrent_calls == Some(0) {
+        return Err(invalid(
+            &format!("servers.{name}.max_concurrent_calls"),
+            "must be positive (leave it out for no limit)",
+        ));
     }
+    if call_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(
+            &format!("servers.{name}.call_timeout"),
+            "must be longer than zero (leave it out for no limit)",
+        ));
+    }
+    let policy = ToolPolicy::new(allow_tools, deny_tools, max_concurrent_calls, call_timeout)
+        .map_err(|e| {
+            invalid(
+                &format!("servers.{name}.allow_tools/deny_tools"),
+                &e.to_string(),
+            )
+        })?;
+    Ok(ServerConfig {
+        name: name.to_owned(),
+        transport,
+        policy,
+    })
+}
+
+/// The proxy for the relay: the `proxy` key, else `HTTPS_PROXY`/`https_proxy`; none when
+/// the relay's host matches `no_proxy` (else `NO_PROXY`/`no_proxy`), or `proxy` is "".
+fn resolve_proxy(
+    relay_url: &url::Url,
+    proxy: Option<String>,
+    password: Option<String>,
+    no_proxy: Option<Vec<String>>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Proxy>, ConfigError> {
+    let (value, source) = match proxy {
+        Some(value) => (value, "proxy".to_owned()),
+        None => match ["HTTPS_PROXY", "https_proxy"]
+            .into_iter()
+            .find_map(|var| env(var).map(|v| (v, var.to_owned())))
+        {
+            Some(found) => found,
+            None => return Ok(None),
+        },
+    };
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let key = if source == "proxy" {
+        "proxy"
+    } else {
+        source.as_str()
+    };
+    let no_proxy = match no_proxy {
+        Some(list) => list,
+        None => ["NO_PROXY", "no_proxy"]
+            .into_iter()
+            .find_map(env)
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+            .unwrap_or_default(),
+    };
+    let relay_host = relay_url.host_str().unwrap_or_default();
+    if no_proxy
+        .iter()
+        .any(|rule| no_proxy_matches(rule, relay_host))
+    {
+        return Ok(None);
+    }
+    // A bare host:port, as HTTPS_PROXY often holds, means an http:// proxy.
+    let with_scheme = if value.contains("://") {
+        value.clone()
+    } else {
+        format!("http://{value}")
+    };
+    let url = url::Url::parse(&with_scheme)
+        .map_err(|e| invalid(key, &format!("not a proxy URL: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(invalid(
+            key,
+            "only http:// proxies are supported (the tunnel inside CONNECT is TLS 1.3 end to end)",
+        ));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid(key, "has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(DEFAULT_PROXY_PORT);
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| invalid(key, "user name or password is not UTF-8"))
+    };
+    let username = match url.username() {
+        "" => None,
+        user => Some(decode(user)?),
+    };
+    let mut password_value = match url.password() {
+        Some(inline) => Some(SecretString::from(decode(inline)?)),
+        None => None,
+    };
+    if let Some(configured) = password {
+        password_value = Some(
+            resolve_references(&configured, env)
+                .map_err(|reason| invalid("proxy_password", &reason))?,
+        );
+    }
+    if password_value.is_some() && username.is_none() {
+        return Err(invalid(
+            key,
+            "a proxy password needs a user name: http://USER@host:port",
+        ));
+    }
+    Ok(Some(Proxy {
+        host,
+        port,
+        username,
+        password: password_value,
+        source,
+    }))
+}
+
+/// Whether a `NO_PROXY` entry covers `host`: `*`, the host itself, a domain suffix
+/// (`example.com` or `.example.com` cover `relay.example.com`), an address or a CIDR block.
+fn no_proxy_matches(rule: &str, host: &str) -> bool {
+    let rule = rule.trim().trim_start_matches("*.").to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if rule.is_empty() {
+        return false;
+    }
+    if rule == "*" {
+        return true;
+    }
+    if let (Ok(net), Ok(addr)) = (
+        rule.parse::<ipnet::IpNet>(),
+        host.parse::<std::net::IpAddr>(),
+    ) {
+        return net.contains(&addr);
+    }
+    // A rule may carry a port (host:443); the tunnel's port is not compared.
+    let rule = match rule.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() && !name.contains(':') => name,
+        _ => rule.as_str(),
+    };
+    let suffix = rule.trim_start_matches('.');
+    host == suffix || host.ends_with(&format!(".{suffix}"))
+}
+
+/// Parses a pin: base64 of a SHA-256 digest, optionally prefixed `sha256/`.
+fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text = pin.trim().trim_start_matches("sha256/");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("`{pin}` is not base64: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("`{pin}` is not a SHA-256 digest (32 bytes)"))
 }
 
 /// Replaces each `${env:NAME}` and `${file:PATH}` in `value`. `$${` is a literal `${`.
@@ -438,6 +725,7 @@ const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_STREAMS: usize = 256;
+const DEFAULT_PROXY_PORT: u16 = 3128;
 
 #[cfg(test)]
 mod tests {
@@ -505,7 +793,7 @@ mod tests {
         assert_eq!(db.headers[0].1.expose_secret(), "Bearer s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{config:?}").contains("t0ken"));
-        assert_eq!(config.secret_values().len(), 5);
+        assert_eq!(config.secret_values().len(), 3);
     }
 
     #[test]

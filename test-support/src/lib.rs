@@ -17,7 +17,8 @@ use std::time::Duration;
 use outpost_agent::config::{
     Config as AgentConfig, ServerConfig, StdioConfig, Transport, TunnelSettings,
 };
-use outpost_agent::{Agent, Status};
+use outpost_agent::policy::ToolPolicy;
+use outpost_agent::{Agent, ReloadHandle, Status};
 use outpost_relay::Relay;
 use outpost_relay::auth::{self, Environment, KeyKind, Pepper};
 use outpost_relay::config::{
@@ -425,6 +426,7 @@ pub fn agent(relay: &TestRelay, name: &str) -> AgentBuilder {
             shutdown_grace: Duration::from_secs(10),
             ..TunnelSettings::default()
         },
+        health: None,
     }
 }
 
@@ -437,6 +439,7 @@ pub struct AgentBuilder {
     name: String,
     servers: BTreeMap<String, ServerConfig>,
     tunnel: TunnelSettings,
+    health: Option<SocketAddr>,
 }
 
 /// A running agent.
@@ -445,6 +448,10 @@ pub struct TestAgent {
     pub status: watch::Receiver<Status>,
     /// Its key.
     pub key: String,
+    /// Its health endpoint, if enabled.
+    pub health: Option<SocketAddr>,
+    /// Reloads its configuration.
+    pub reload: ReloadHandle,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -460,6 +467,8 @@ impl AgentBuilder {
             env.iter()
                 .map(|(k, v)| ((*k).to_owned(), SecretString::from((*v).to_owned()))),
         );
+        // Values given here stand for `${env:}` references: secrets, PATH aside.
+        let env_is_secret = vars.iter().map(|(k, _)| k != "PATH").collect();
         self.servers.insert(
             name.to_owned(),
             ServerConfig {
@@ -468,10 +477,26 @@ impl AgentBuilder {
                     command: command.to_owned(),
                     args: args.iter().map(|a| (*a).to_owned()).collect(),
                     env: vars,
+                    env_is_secret,
                     cwd: None,
                 }),
+                policy: ToolPolicy::default(),
             },
         );
+        self
+    }
+
+    /// Sets the local policy of server `name` (added before).
+    pub fn policy(mut self, name: &str, policy: ToolPolicy) -> Self {
+        if let Some(server) = self.servers.get_mut(name) {
+            server.policy = policy;
+        }
+        self
+    }
+
+    /// Serves the health endpoint on an ephemeral loopback port.
+    pub fn health(mut self) -> Self {
+        self.health = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         self
     }
 
@@ -493,6 +518,7 @@ impl AgentBuilder {
                     url: url.parse().expect("test server URL parses"),
                     headers: Vec::new(),
                 }),
+                policy: ToolPolicy::default(),
             },
         );
         self
@@ -532,15 +558,22 @@ impl AgentBuilder {
             ca_file: Some(self.ca),
             tunnel: self.tunnel,
             servers: self.servers,
+            proxy: None,
+            relay_pins: Vec::new(),
+            health_listen: self.health,
         };
         let key = config.key.expose_secret().to_owned();
         let agent = Agent::new(config)?;
         let mut status = agent.status();
+        let health = agent.health_addr();
+        let reload = agent.reload_handle();
         let stop = CancellationToken::new();
         let task = tokio::spawn(agent.run(stop.clone()));
         let test_agent = TestAgent {
             status: status.clone(),
             key,
+            health,
+            reload,
             stop,
             task,
         };

@@ -59,7 +59,10 @@ async fn a_stdio_server_gets_only_the_environment_its_config_names() -> anyhow::
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(env["GREETING"], "hello-from-the-config");
+    // The child got the variable; its value, a resolved `${env:}` reference, is a secret
+    // the agent holds, so its echo never leaves the site.
+    assert_eq!(env["GREETING"], outpost_agent::redact::MARKER, "{text}");
+    assert!(!text.contains("hello-from-the-config"), "{text}");
     assert!(
         !text.contains(&agent_key) && !text.contains(&agent_key[8..]),
         "the agent key reached the child"

@@ -175,7 +175,12 @@ async fn invalid_agent_configuration_exits_64_naming_the_key() -> anyhow::Result
     )?;
     let mut agent = Process::spawn(
         &binary("outpost-agent"),
-        &["--config", config.to_str().unwrap(), "check"],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "check",
+            "--config-only",
+        ],
         &[],
     )?;
     assert_eq!(agent.wait().await?, Some(0), "{}", agent.output());

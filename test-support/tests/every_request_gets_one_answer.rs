@@ -92,7 +92,8 @@ async fn an_upstream_that_cannot_start_fails_the_request() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_exiting_mid_call_fails_the_call_and_ends_the_session() -> anyhow::Result<()> {
+async fn an_upstream_that_keeps_exiting_fails_each_call_then_ends_the_session() -> anyhow::Result<()>
+{
     let relay = relay().spawn().await?;
     let agent = agent(&relay, "laptop")
         .stdio("dying", "/bin/sh", &["-c", DIES_ON_CALL], &[])
@@ -101,15 +102,29 @@ async fn an_upstream_exiting_mid_call_fails_the_call_and_ends_the_session() -> a
     let key = relay.client_key().await?;
     let mut client = relay.mcp_client(&key, "laptop", "dying");
     client.initialize().await?;
-    let response = client.call_tool("anything", json!({})).await?;
-    assert_eq!(
-        response.error_code(),
-        Some(-32012),
-        "{:?}",
-        response.messages
-    );
-    // The session is gone with its upstream; clients learn it from a 404 and start over.
-    let after = client.call_tool("anything", json!({})).await?;
+    // Each crash fails the call in flight; the agent restarts the server and replays the
+    // handshake, so the session survives, until the server has failed too often.
+    let mut failed = 0;
+    let after = loop {
+        let response = client.call_tool("anything", json!({})).await?;
+        if response.status == 404 {
+            break response;
+        }
+        assert_eq!(
+            response.error_code(),
+            Some(-32012),
+            "{:?}",
+            response.messages
+        );
+        failed += 1;
+        assert!(
+            failed <= 6,
+            "the crashing server was restarted without limit"
+        );
+    };
+    // The first call and five restarts; then the session is gone with its upstream and
+    // clients learn it from a 404 and start over.
+    assert_eq!(failed, 6);
     assert_eq!(after.status, 404);
     agent.stop().await;
     relay.stop().await;

@@ -47,9 +47,9 @@ pub(crate) async fn run(
     agent: &AgentInner,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, SessionError> {
-    let config = &agent.config;
+    let config = agent.config();
     let mut socket = tokio::select! {
-        socket = dial::dial(&config.relay_url, &config.key, agent.tls.clone(), config.tunnel.connect_timeout) => socket?,
+        socket = dial::dial(&config, agent.tls()) => socket?,
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
     };
     let welcome =
@@ -75,6 +75,7 @@ pub(crate) async fn run(
     agent.status.send_replace(Status::Connected {
         agent_name: welcome.agent_name.clone(),
     });
+    agent.metrics().tunnel_up.set(1);
     let connected_at = tokio::time::Instant::now();
 
     let in_flight = InFlight::new();
@@ -83,6 +84,8 @@ pub(crate) async fn run(
         http: agent.http.clone(),
         max_message_len: tunnel_config.max_message_len,
         cancel: session_token.clone(),
+        metrics: agent.metrics_arc(),
+        redactor: agent.redactor(),
     };
     let streams = TaskTracker::new();
     let mut draining = false;
@@ -101,20 +104,24 @@ pub(crate) async fn run(
             Some(event) = events.recv() => match event {
                 TunnelEvent::Open { stream, server, meta } => {
                     // This loop also drives the tunnel: it must not wait on the tunnel here.
-                    if !config.servers.contains_key(&server) {
+                    // The configuration in force now (it may have been reloaded) decides.
+                    let current = agent.config();
+                    let runtime = agent.server(&server);
+                    let (Some(_), Some(runtime)) = (current.servers.get(&server), runtime) else {
                         stream.sender.close_now(CloseCode::UnknownServer, format!("no server named {server:?}"));
                         continue;
-                    }
+                    };
                     if draining {
                         stream.sender.close_now(CloseCode::ShuttingDown, "the agent is shutting down");
                         continue;
                     }
                     let span = tracing::info_span!("stream", server = %server, stream = %stream.id);
-                    let context = context.clone();
-                    let agent_config = agent.config.clone();
+                    let mut context = context.clone();
+                    // Secrets of the configuration the upstream starts with.
+                    context.redactor = agent.redactor();
                     streams.spawn(async move {
-                        if let Some(server_config) = agent_config.servers.get(&server) {
-                            upstream::serve(server_config, stream, meta, context).await;
+                        if let Some(server_config) = current.servers.get(&server) {
+                            upstream::serve(server_config, runtime, stream, meta, context).await;
                         }
                     }.instrument(span));
                 }
@@ -142,6 +149,7 @@ pub(crate) async fn run(
         tracing::warn!("some upstreams did not stop in time");
     }
     agent.status.send_replace(Status::Disconnected);
+    agent.metrics().tunnel_up.set(0);
     Ok(end)
 }
 
@@ -151,7 +159,7 @@ async fn handshake(agent: &AgentInner, socket: &mut TunnelSocket) -> Result<Welc
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         servers: agent
-            .config
+            .config()
             .servers
             .values()
             .map(|server| ServerAnnouncement {

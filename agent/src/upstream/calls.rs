@@ -1,23 +1,77 @@
-//! Which client requests an upstream has not answered yet, per stream and in total, so that
-//! shutdown can wait for in-flight calls. Reads only `id` and `method` of each message.
+//! One stream's calls, and the local policy applied to them on the way through: which
+//! client requests the upstream has not answered yet (so shutdown can wait for them),
+//! hidden tools refused and filtered out of `tools/list`, the server's cap on concurrent
+//! calls, the per-call timeout, metrics, and the redaction of secrets in everything the
+//! upstream sends. Reads only `id`, `method`, a `tools/call`'s tool name and, for
+//! `tools/list` results when tools are hidden, the tool names.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::{CallStatus, Denial, Metrics};
+use crate::policy::ToolPolicy;
+use crate::redact::Redactor;
 
 /// The agent-wide count of calls in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct InFlight(watch::Sender<usize>);
 
-/// One stream's unanswered client requests. Dropping it releases them from the count.
+/// A server's state shared by all its streams: its policy (replaced on reload) and the
+/// calls in flight for `max_concurrent_calls`.
+#[derive(Debug)]
+pub(crate) struct ServerRuntime {
+    pub(crate) name: String,
+    policy: RwLock<Arc<ToolPolicy>>,
+    busy: AtomicUsize,
+}
+
+/// What to do with a message from the client.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Send it upstream.
+    Forward,
+    /// Do not send it; answer the client with this error instead.
+    Refuse(Bytes),
+}
+
+/// One stream's unanswered client requests. Dropping it releases them from the counts.
 /// Shared by a stream's two directions, which run concurrently.
 #[derive(Debug)]
 pub(crate) struct Calls {
-    open: Mutex<HashSet<String>>,
+    state: Mutex<State>,
     total: InFlight,
+    server: Arc<ServerRuntime>,
+    metrics: Arc<Metrics>,
+    redactor: Arc<Redactor>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: HashMap<String, OpenCall>,
+    /// Requests the agent answered itself on timeout: a late answer is dropped.
+    expired: HashSet<String>,
+    /// When a call first timed out with no word from the upstream since.
+    silent_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct OpenCall {
+    tool: Option<String>,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// Holds one of the server's `max_concurrent_calls` slots.
+    slot: bool,
+    /// A `tools/list` whose result must be filtered.
+    filter_tools: bool,
 }
 
 #[derive(Deserialize)]
@@ -25,15 +79,23 @@ struct Peek<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    method: Option<&'a RawValue>,
+    method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct CancelledParams<'a> {
     #[serde(borrow, rename = "requestId")]
     request_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 impl InFlight {
@@ -61,46 +123,289 @@ impl InFlight {
     }
 }
 
-impl Calls {
-    pub(crate) fn new(total: InFlight) -> Self {
+impl ServerRuntime {
+    pub(crate) fn new(name: String, policy: ToolPolicy) -> Self {
         Self {
-            open: Mutex::new(HashSet::new()),
-            total,
+            name,
+            policy: RwLock::new(Arc::new(policy)),
+            busy: AtomicUsize::new(0),
         }
     }
 
-    /// Notes a message from the client: a request opens a call; a cancellation closes
-    /// one, since a server does not answer a cancelled request.
-    pub(crate) fn on_client_message(&self, message: &[u8]) {
-        if let Some(id) = cancelled_request(message) {
-            self.answered(&id);
-        } else if let Some((id, true)) = peek(message)
-            && self.lock().insert(id)
-        {
+    /// The policy now in force.
+    pub(crate) fn policy(&self) -> Arc<ToolPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the policy; calls in flight keep their slots and deadlines.
+    pub(crate) fn set_policy(&self, policy: ToolPolicy) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    fn try_take_slot(&self, max: Option<usize>) -> bool {
+        let Some(max) = max else {
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            return true;
+        };
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+                (busy < max).then_some(busy + 1)
+            })
+            .is_ok()
+    }
+
+    fn release_slot(&self) {
+        let _ = self
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+                Some(busy.saturating_sub(1))
+            });
+    }
+}
+
+impl Calls {
+    pub(crate) fn new(
+        total: InFlight,
+        server: Arc<ServerRuntime>,
+        metrics: Arc<Metrics>,
+        redactor: Arc<Redactor>,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            total,
+            server,
+            metrics,
+            redactor,
+        }
+    }
+
+    /// Notes a message from the client and decides whether it goes upstream. A request
+    /// opens a call unless policy refuses it; a cancellation closes one, since a server
+    /// does not answer a cancelled request.
+    pub(crate) fn admit(&self, message: &[u8]) -> Admission {
+        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(message) else {
+            return Admission::Forward;
+        };
+        let id = peek.id.filter(|id| id.get() != "null");
+        let Some(method) = peek.method.as_deref() else {
+            return Admission::Forward;
+        };
+        let Some(id) = id else {
+            if method == "notifications/cancelled"
+                && let Some(cancelled) = peek
+                    .params
+                    .and_then(|p| serde_json::from_str::<CancelledParams<'_>>(p.get()).ok())
+                    .and_then(|p| p.request_id)
+            {
+                self.close(cancelled.get(), CallStatus::Cancelled);
+            }
+            return Admission::Forward;
+        };
+        let id = id.get().to_owned();
+        let policy = self.server.policy();
+        let tool = (method == "tools/call")
+            .then(|| {
+                peek.params
+                    .and_then(|p| serde_json::from_str::<CallParams<'_>>(p.get()).ok())
+                    .and_then(|p| p.name.map(Cow::into_owned))
+            })
+            .flatten();
+        if method == "tools/call" {
+            let permitted = tool.as_deref().is_some_and(|tool| policy.permits(tool));
+            if !permitted {
+                self.metrics.denied(&self.server.name, Denial::Tool);
+                tracing::info!(server = %self.server.name, tool = tool.as_deref().unwrap_or(""), "tool call refused by local policy");
+                let name = tool.as_deref().unwrap_or("");
+                return Admission::Refuse(error_response(
+                    &id,
+                    ERROR_INVALID_PARAMS,
+                    &format!("Unknown tool: {name}"),
+                ));
+            }
+        }
+        // The handshake and pings are not work: they neither take a slot nor time out.
+        let is_work = !matches!(method, "initialize" | "ping");
+        let slot = is_work && self.server.try_take_slot(policy.max_concurrent_calls);
+        if is_work && !slot {
+            self.metrics.denied(&self.server.name, Denial::Concurrency);
+            let max = policy.max_concurrent_calls.unwrap_or_default();
+            return Admission::Refuse(error_response(
+                &id,
+                ERROR_BUSY,
+                &format!("the server is busy: {max} calls in flight, the agent's limit for it"),
+            ));
+        }
+        let now = Instant::now();
+        let call = OpenCall {
+            tool,
+            started: now,
+            deadline: policy.call_timeout.filter(|_| is_work).map(|t| now + t),
+            slot,
+            filter_tools: method == "tools/list" && policy.filters_tools(),
+        };
+        let mut state = self.lock();
+        state.expired.remove(&id);
+        if let Some(replaced) = state.open.insert(id, call) {
+            // A client reusing an open id: the relay refuses that, so this is a bug
+            // elsewhere; keep the counts straight regardless.
+            if replaced.slot {
+                self.server.release_slot();
+            }
+        } else {
             self.total.add(1);
         }
+        Admission::Forward
     }
 
-    /// Notes a message from the upstream: a response closes a call.
-    pub(crate) fn on_upstream_message(&self, message: &[u8]) {
-        if let Some((id, false)) = peek(message) {
-            self.answered(&id);
+    /// Notes a message from the upstream on its way to the client: closes the call it
+    /// answers, filters hidden tools out of a `tools/list` result, and redacts secrets.
+    /// `None`: drop it (a late answer to a call the agent already answered).
+    pub(crate) fn outgoing(&self, message: Bytes) -> Option<Bytes> {
+        let mut message = message;
+        let answer = serde_json::from_slice::<Peek<'_>>(&message)
+            .ok()
+            .filter(|peek| peek.method.is_none())
+            .and_then(|peek| {
+                let id = peek.id.filter(|id| id.get() != "null")?;
+                Some((id.get().to_owned(), peek.error.is_some()))
+            });
+        {
+            let mut state = self.lock();
+            state.silent_since = None;
+            if let Some((id, is_error)) = &answer {
+                if state.expired.remove(id) {
+                    return None;
+                }
+                if let Some(call) = state.open.remove(id) {
+                    drop(state);
+                    self.finish(
+                        &call,
+                        if *is_error {
+                            CallStatus::Error
+                        } else {
+                            CallStatus::Ok
+                        },
+                    );
+                    if call.filter_tools {
+                        message = filter_tools(message, &self.server.policy(), id);
+                    }
+                }
+            }
         }
+        let (message, redacted) = self.redactor.redact(message);
+        if redacted > 0 {
+            self.metrics.redacted(&self.server.name, redacted);
+            tracing::warn!(server = %self.server.name, redacted, "secret values redacted from an upstream message");
+        }
+        Some(message)
+    }
+
+    /// Redacts text the agent writes itself from upstream material (error texts, logs).
+    pub(crate) fn redact_text(&self, text: &str) -> String {
+        self.redactor.redact_text(text)
     }
 
     /// Closes a call answered by the agent itself (an error in the upstream's place).
     pub(crate) fn answered(&self, id: &str) {
-        if self.lock().remove(id) {
-            self.total.sub(1);
+        self.close(id, CallStatus::Error);
+    }
+
+    fn close(&self, id: &str, status: CallStatus) {
+        let call = self.lock().open.remove(id);
+        if let Some(call) = call {
+            self.finish(&call, status);
         }
+    }
+
+    fn finish(&self, call: &OpenCall, status: CallStatus) {
+        if call.slot {
+            self.server.release_slot();
+        }
+        self.total.sub(1);
+        self.metrics.call(
+            &self.server.name,
+            call.tool.as_deref(),
+            status,
+            call.started.elapsed(),
+        );
+    }
+
+    /// The earliest deadline of an open call.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.lock().open.values().filter_map(|c| c.deadline).min()
+    }
+
+    /// Closes every call past its deadline and returns their ids, to be answered with a
+    /// timeout error and cancelled upstream.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<String> {
+        let mut state = self.lock();
+        let due: Vec<String> = state
+            .open
+            .iter()
+            .filter(|(_, call)| call.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut closed = Vec::new();
+        for id in &due {
+            if let Some(call) = state.open.remove(id) {
+                closed.push(call);
+            }
+            if state.expired.len() < MAX_EXPIRED_REMEMBERED {
+                state.expired.insert(id.clone());
+            }
+        }
+        if !due.is_empty() && state.silent_since.is_none() {
+            state.silent_since = Some(now);
+        }
+        drop(state);
+        for call in &closed {
+            if call.slot {
+                self.server.release_slot();
+            }
+            self.total.sub(1);
+            self.metrics.call(
+                &self.server.name,
+                call.tool.as_deref(),
+                CallStatus::Timeout,
+                call.started.elapsed(),
+            );
+        }
+        due
+    }
+
+    /// How long the upstream has said nothing since a call of it timed out: a stdio
+    /// server silent for long after a timeout is hung.
+    pub(crate) fn silent_for(&self, now: Instant) -> Option<Duration> {
+        self.lock().silent_since.map(|since| now - since)
+    }
+
+    /// The call timeout now in force.
+    pub(crate) fn call_timeout(&self) -> Option<Duration> {
+        self.server.policy().call_timeout
+    }
+
+    /// Every open call's id, closing them all: the upstream is gone and the agent
+    /// answers each with an error.
+    pub(crate) fn take_all(&self) -> Vec<String> {
+        let mut state = self.lock();
+        let calls: Vec<(String, OpenCall)> = state.open.drain().collect();
+        state.silent_since = None;
+        drop(state);
+        for (_, call) in &calls {
+            self.finish(call, CallStatus::Error);
+        }
+        calls.into_iter().map(|(id, _)| id).collect()
     }
 
     /// The one unanswered request, if exactly one is open: the only call a nameless
     /// failure can belong to.
     pub(crate) fn only_open(&self) -> Option<String> {
-        let open = self.lock();
-        if open.len() == 1 {
-            open.iter().next().cloned()
+        let state = self.lock();
+        if state.open.len() == 1 {
+            state.open.keys().next().cloned()
         } else {
             None
         }
@@ -108,30 +413,60 @@ impl Calls {
 
     /// Whether request `id` is still unanswered.
     pub(crate) fn is_open(&self, id: &str) -> bool {
-        self.lock().contains(id)
+        self.lock().open.contains_key(id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // One set operation per critical section: a poisoned set is still consistent.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Each critical section leaves the state consistent: a poisoned one is usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for Calls {
     fn drop(&mut self) {
-        let open = self.lock().len();
-        self.total.sub(open);
+        let open: Vec<OpenCall> = self.lock().open.drain().map(|(_, c)| c).collect();
+        for call in &open {
+            if call.slot {
+                self.server.release_slot();
+            }
+        }
+        self.total.sub(open.len());
     }
 }
 
-/// The request a `notifications/cancelled` names, as canonical JSON text.
-fn cancelled_request(message: &[u8]) -> Option<String> {
-    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
-    if peek.id.is_some() || peek.method?.get() != "\"notifications/cancelled\"" {
-        return None;
+/// Removes hidden tools from a `tools/list` result. A result that cannot be read is
+/// replaced by an error: hiding must not fail open.
+fn filter_tools(message: Bytes, policy: &ToolPolicy, id: &str) -> Bytes {
+    let filtered = serde_json::from_slice::<serde_json::Value>(&message)
+        .ok()
+        .and_then(|mut value| {
+            let tools = value.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
+            tools.retain(|tool| {
+                tool.get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|name| policy.permits(name))
+            });
+            serde_json::to_vec(&value).ok()
+        });
+    match filtered {
+        Some(bytes) => Bytes::from(bytes),
+        None => error_response(
+            id,
+            super::ERROR_UPSTREAM,
+            "the server's tools/list result could not be read",
+        ),
     }
-    let params: CancelledParams<'_> = serde_json::from_str(peek.params?.get()).ok()?;
-    Some(params.request_id?.get().to_owned())
+}
+
+/// A JSON-RPC error response to request `id` (canonical JSON text).
+pub(crate) fn error_response(id: &str, code: i64, message: &str) -> Bytes {
+    let id: serde_json::Value = serde_json::from_str(id).unwrap_or(serde_json::Value::Null);
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": code, "message": message },
+    });
+    Bytes::from(body.to_string())
 }
 
 /// The message's id (canonical JSON text) and whether it has a method.
@@ -141,31 +476,147 @@ pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
     Some((id.get().to_owned(), peek.method.is_some()))
 }
 
+/// The message's method, if it is a request or notification.
+pub(crate) fn method(message: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Peek<'_>>(message)
+        .ok()?
+        .method
+        .map(Cow::into_owned)
+}
+
+/// JSON-RPC: invalid params (MCP answers an unknown tool with it).
+const ERROR_INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC code: the server's concurrency limit is reached (the relay's "busy").
+pub(crate) const ERROR_BUSY: i64 = -32016;
+/// Timed-out ids remembered to drop their late answers.
+const MAX_EXPIRED_REMEMBERED: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn calls(policy: ToolPolicy) -> (Calls, InFlight, Arc<Metrics>) {
+        let total = InFlight::new();
+        let metrics = Arc::new(Metrics::new());
+        let server = Arc::new(ServerRuntime::new("erp".into(), policy));
+        let (redactor, _) = Redactor::new(std::iter::empty());
+        let calls = Calls::new(total.clone(), server, metrics.clone(), Arc::new(redactor));
+        (calls, total, metrics)
+    }
+
+    fn admitted(calls: &Calls, message: &[u8]) -> bool {
+        matches!(calls.admit(message), Admission::Forward)
+    }
+
     #[test]
     fn requests_open_calls_and_responses_close_them() {
-        let total = InFlight::new();
-        let calls = Calls::new(total.clone());
-        calls.on_client_message(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
-        calls.on_client_message(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        calls.on_client_message(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#);
+        let (calls, total, _) = calls(ToolPolicy::default());
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#
+        ));
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+        ));
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#
+        ));
         assert_eq!(total.get(), 2);
         // A server-to-client request with the same id is not an answer.
-        calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#);
+        calls.outgoing(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
+        ));
         assert_eq!(total.get(), 2);
-        calls.on_upstream_message(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        calls.outgoing(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        ));
         assert_eq!(total.get(), 1);
         // A cancelled request will not be answered: it no longer counts.
-        calls.on_client_message(
+        calls.admit(
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a"}}"#,
         );
         assert_eq!(total.get(), 0);
-        calls.on_client_message(br#"{"jsonrpc":"2.0","id":"b","method":"ping"}"#);
+        calls.admit(br#"{"jsonrpc":"2.0","id":"b","method":"ping"}"#);
         assert_eq!(total.get(), 1);
         drop(calls);
         assert_eq!(total.get(), 0);
+    }
+
+    #[test]
+    fn hidden_tools_are_refused_and_filtered() {
+        let policy = ToolPolicy::new(vec![], vec!["get-env".into()], None, None).unwrap();
+        let (calls, total, metrics) = calls(policy);
+        let Admission::Refuse(answer) = calls.admit(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get-env"}}"#,
+        ) else {
+            panic!("a hidden tool was forwarded")
+        };
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["id"], 7);
+        assert_eq!(answer["error"]["code"], -32602);
+        assert_eq!(total.get(), 0);
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#
+        ));
+        let out = calls
+            .outgoing(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":8,"result":{"tools":[{"name":"echo"},{"name":"get-env"}]}}"#,
+            ))
+            .unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["result"]["tools"], serde_json::json!([{"name":"echo"}]));
+        assert!(metrics.encode().contains(r#"reason="tool""#));
+    }
+
+    #[test]
+    fn the_concurrency_cap_is_per_server_and_released_on_answer() {
+        let policy = ToolPolicy::new(vec![], vec![], Some(1), None).unwrap();
+        let (calls, _, _) = calls(policy);
+        let call = |id: u32| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"x"}}}}"#
+            )
+        };
+        assert!(admitted(&calls, call(1).as_bytes()));
+        assert!(matches!(
+            calls.admit(call(2).as_bytes()),
+            Admission::Refuse(_)
+        ));
+        // Pings are not work and pass.
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#
+        ));
+        calls.outgoing(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        ));
+        assert!(admitted(&calls, call(4).as_bytes()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timed_out_calls_expire_and_their_late_answers_are_dropped() {
+        let policy = ToolPolicy::new(vec![], vec![], None, Some(Duration::from_secs(5))).unwrap();
+        let (calls, total, _) = calls(policy);
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#
+        ));
+        let deadline = calls.next_deadline().unwrap();
+        assert!(calls.expire(deadline - Duration::from_millis(1)).is_empty());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(calls.expire(Instant::now()), vec!["1".to_owned()]);
+        assert_eq!(total.get(), 0);
+        assert!(calls.silent_for(Instant::now()).is_some());
+        assert!(
+            calls
+                .outgoing(Bytes::from_static(
+                    br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+                ))
+                .is_none()
+        );
+        assert!(calls.silent_for(Instant::now()).is_none());
     }
 }

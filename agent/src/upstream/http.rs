@@ -16,7 +16,10 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward};
+use super::{
+    Admission, Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext,
+    answer_with_error, forward,
+};
 use crate::config::HttpConfig;
 
 /// The upstream session's state, shared by the POST and GET tasks.
@@ -33,6 +36,7 @@ pub(super) async fn serve(
     config: &HttpConfig,
     stream: Stream,
     meta: Vec<(String, String)>,
+    calls: Calls,
     ctx: UpstreamContext,
 ) {
     let Stream {
@@ -65,7 +69,7 @@ pub(super) async fn serve(
         name: name.to_owned(),
         session,
         sender: sender.clone(),
-        calls: Calls::new(ctx.in_flight.clone()),
+        calls,
         tasks: TaskTracker::new(),
         stop: ctx.cancel.child_token(),
         expired: std::sync::OnceLock::new(),
@@ -75,14 +79,24 @@ pub(super) async fn serve(
 
     let mut initialized = false;
     loop {
+        let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
             message = receiver.recv() => match message {
                 Ok(message) => message,
                 Err(_) => break,
             },
+            _ = sleep_until(deadline) => {
+                bridge.clone().expire_calls().await;
+                continue;
+            }
         };
-        bridge.calls.on_client_message(&message);
+        if let Admission::Refuse(answer) = bridge.calls.admit(&message) {
+            if bridge.sender.send(answer).await.is_err() {
+                break;
+            }
+            continue;
+        }
         if !initialized {
             // The first exchange (initialize) completes before anything else is sent, so
             // every later message carries the session id the server may assign.
@@ -130,6 +144,13 @@ pub(super) async fn serve(
     }
 }
 
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A message posted upstream, its response headers in.
 struct Sent {
     response: Result<reqwest::Response, reqwest::Error>,
@@ -153,6 +174,28 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// Answers every call past the agent's `call_timeout` and cancels it upstream.
+    async fn expire_calls(self: Arc<Self>) {
+        let timeout = self.calls.call_timeout().unwrap_or_default();
+        for id in self.calls.expire(tokio::time::Instant::now()) {
+            tracing::warn!(server = %self.name, ?timeout, "call timed out; cancelling it upstream");
+            let text = format!(
+                "the call exceeded the agent's call_timeout of {timeout:?}; the server was asked to cancel it"
+            );
+            let _ = self
+                .sender
+                .send(super::calls::error_response(&id, ERROR_TIMEOUT, &text))
+                .await;
+            let cancel = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"timeout"}}}}"#
+            );
+            if let Some(sent) = self.clone().send(Bytes::from(cancel)).await {
+                let bridge = self.clone();
+                self.tasks.spawn(async move { bridge.finish(sent).await });
+            }
+        }
+    }
+
     /// POSTs one client message and relays what comes back, answering a request with an
     /// error if the upstream cannot.
     async fn exchange(self: Arc<Self>, message: Bytes) {

@@ -10,9 +10,13 @@ use bytes::Bytes;
 use outpost_tunnel::{Stream, StreamError, StreamSender};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use calls::{Calls, InFlight};
+use std::sync::Arc;
+
+pub(crate) use calls::{Admission, Calls, InFlight, ServerRuntime};
 
 use crate::config::{ServerConfig, Transport};
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
 
 /// What every upstream bridge shares.
 #[derive(Debug, Clone)]
@@ -25,18 +29,38 @@ pub(crate) struct UpstreamContext {
     pub(crate) max_message_len: usize,
     /// Fires when the tunnel session ends: children are stopped, requests abandoned.
     pub(crate) cancel: CancellationToken,
+    /// The agent's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Secrets to keep out of everything sent to the relay.
+    pub(crate) redactor: Arc<Redactor>,
+}
+
+impl UpstreamContext {
+    /// The call bookkeeping and policy gate of one stream of `server`.
+    pub(crate) fn calls(&self, server: Arc<ServerRuntime>) -> Calls {
+        Calls::new(
+            self.in_flight.clone(),
+            server,
+            self.metrics.clone(),
+            self.redactor.clone(),
+        )
+    }
 }
 
 /// Serves one stream until the relay closes it, the upstream goes away or the session ends.
 pub(crate) async fn serve(
     server: &ServerConfig,
+    runtime: Arc<ServerRuntime>,
     stream: Stream,
     meta: Vec<(String, String)>,
     ctx: UpstreamContext,
 ) {
+    let calls = ctx.calls(runtime);
     match &server.transport {
-        Transport::Stdio(config) => stdio::serve(&server.name, config, stream, ctx).await,
-        Transport::Http(config) => http::serve(&server.name, config, stream, meta, ctx).await,
+        Transport::Stdio(config) => stdio::serve(&server.name, config, stream, calls, ctx).await,
+        Transport::Http(config) => {
+            http::serve(&server.name, config, stream, meta, calls, ctx).await;
+        }
     }
 }
 
@@ -50,12 +74,15 @@ pub(crate) async fn forward(
 ) -> Result<(), ()> {
     // The call counts as in flight until its answer is on its way to the relay, so a
     // draining agent never closes the tunnel under it.
-    let result = sender.send(message.clone()).await;
-    calls.on_upstream_message(&message);
-    match result {
+    let peeked = calls::peek(&message);
+    let Some(message) = calls.outgoing(message) else {
+        return Ok(());
+    };
+    let len = message.len();
+    match sender.send(message).await {
         Ok(()) => Ok(()),
-        Err(StreamError::TooLarge { len, max }) => {
-            let id = calls::peek(&message)
+        Err(StreamError::TooLarge { len: _, max }) => {
+            let id = peeked
                 .filter(|(_, is_request)| !is_request)
                 .map(|(id, _)| id);
             tracing::warn!(
@@ -92,19 +119,16 @@ pub(crate) async fn answer_with_error(
     message: &str,
 ) -> Result<(), ()> {
     calls.answered(id);
-    let id: serde_json::Value = serde_json::from_str(id).unwrap_or(serde_json::Value::Null);
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": { "code": code, "message": message },
-    });
+    let message = calls.redact_text(message);
     sender
-        .send(Bytes::from(body.to_string()))
+        .send(calls::error_response(id, code, &message))
         .await
         .map_err(|_| ())
 }
 
 /// JSON-RPC code: the upstream server could not be reached or failed the request.
 pub(crate) const ERROR_UPSTREAM: i64 = -32012;
+/// JSON-RPC code: the agent's call timeout answered the request.
+pub(crate) const ERROR_TIMEOUT: i64 = -32014;
 /// JSON-RPC code: a message exceeded a size limit.
 pub(crate) const ERROR_TOO_LARGE: i64 = -32015;

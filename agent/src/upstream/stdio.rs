@@ -1,7 +1,12 @@
 //! A stdio upstream: one child process per stream, newline-delimited JSON-RPC on its
-//! stdin and stdout, stderr to the log at a bounded rate. The child gets only the
-//! environment its config names. Stopping it: close stdin, wait, then SIGTERM and SIGKILL
-//! to its whole process group, and always reap it.
+//! stdin and stdout, stderr to the log at a bounded rate (and redacted). The child gets
+//! only the environment its config names. Stopping it: close stdin, wait, then SIGTERM and
+//! SIGKILL to its whole process group, and always reap it.
+//!
+//! Supervision: a child that exits, or stays silent for another `call_timeout` after a
+//! call timed out (hung, then killed), has its in-flight calls answered with errors and
+//! is restarted with backoff; the client's `initialize` is replayed to it so the session
+//! survives. A child that keeps failing ends the stream.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,15 +20,139 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Calls, UpstreamContext, answer_with_error, forward};
+use super::{Admission, Calls, UpstreamContext, answer_with_error, forward};
 use crate::config::StdioConfig;
 
-pub(super) async fn serve(name: &str, config: &StdioConfig, stream: Stream, ctx: UpstreamContext) {
+pub(super) async fn serve(
+    name: &str,
+    config: &StdioConfig,
+    stream: Stream,
+    calls: Calls,
+    ctx: UpstreamContext,
+) {
     let Stream {
         sender,
         mut receiver,
         ..
     } = stream;
+    let mut handshake = Handshake::default();
+    let mut restarts = RestartBudget::default();
+    let mut generation = 0u32;
+    loop {
+        let mut child = match spawn(config) {
+            Ok(child) => child,
+            Err(err) if generation == 0 => {
+                tracing::warn!(server = name, command = %config.command, %err, "cannot start stdio server");
+                sender
+                    .close(
+                        CloseCode::UpstreamUnavailable,
+                        format!("cannot start the server: {err}"),
+                    )
+                    .await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(server = name, %err, "cannot restart stdio server");
+                sender
+                    .close(
+                        CloseCode::UpstreamExited,
+                        format!("the server exited and cannot be restarted: {err}"),
+                    )
+                    .await;
+                return;
+            }
+        };
+        let pid = child.id();
+        tracing::info!(server = name, pid, generation, "stdio server started");
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            // Unreachable: all three were configured as pipes in `spawn`.
+            sender
+                .close(CloseCode::UpstreamUnavailable, "no pipes to the server")
+                .await;
+            return;
+        };
+        let stderr_task = tokio::spawn(
+            log_stderr(name.to_owned(), stderr, ctx.redactor.clone())
+                .instrument(tracing::Span::current()),
+        );
+        let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
+
+        let outcome = if generation > 0
+            && let Err(outcome) = tokio::select! {
+                replayed = replay(name, &handshake, &mut stdin, &mut stdout, &sender, &calls, ctx.max_message_len) => replayed,
+                _ = ctx.cancel.cancelled() => Err(Outcome::Cancelled),
+            } {
+            outcome
+        } else {
+            // The two directions run concurrently and never wait on each other: a server
+            // that writes before it reads cannot deadlock against a relay that does the same.
+            let to_child = to_child(
+                name,
+                &mut receiver,
+                &mut stdin,
+                &sender,
+                &calls,
+                &mut handshake,
+            );
+            let from_child = relay_stdout(name, &mut stdout, &sender, &calls, ctx.max_message_len);
+            tokio::select! {
+                outcome = to_child => outcome,
+                outcome = from_child => outcome,
+                _ = ctx.cancel.cancelled() => Outcome::Cancelled,
+            }
+        };
+        drop(stdin);
+        let status = stop(&mut child, outcome).await;
+        stderr_task.abort();
+        match outcome {
+            Outcome::RelayClosed | Outcome::Cancelled => {
+                tracing::info!(server = name, pid, %status, "stdio server stopped");
+                sender.close(CloseCode::Normal, "stream ended").await;
+                return;
+            }
+            Outcome::Exited | Outcome::Hung => {
+                let what = if matches!(outcome, Outcome::Hung) {
+                    "was killed after it stopped answering"
+                } else {
+                    "exited"
+                };
+                tracing::warn!(server = name, pid, %status, "stdio server {what}");
+                ctx.metrics.restarted(name);
+                let text = format!("the server {what} ({status}) during the call");
+                for id in calls.take_all() {
+                    let answer = super::calls::error_response(&id, super::ERROR_UPSTREAM, &text);
+                    if sender.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                let Some(delay) = restarts.next_delay() else {
+                    sender
+                        .close(
+                            CloseCode::UpstreamExited,
+                            format!(
+                                "the server {what} ({status}); it failed {RESTART_LIMIT} times within {RESTART_WINDOW:?}, so it is not restarted again"
+                            ),
+                        )
+                        .await;
+                    return;
+                };
+                tracing::info!(server = name, ?delay, "restarting the stdio server");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.cancel.cancelled() => {
+                        sender.close(CloseCode::Normal, "stream ended").await;
+                        return;
+                    }
+                }
+                generation += 1;
+            }
+        }
+    }
+}
+
+fn spawn(config: &StdioConfig) -> std::io::Result<Child> {
     let mut command = Command::new(&config.command);
     command
         .args(&config.args)
@@ -37,97 +166,213 @@ pub(super) async fn serve(name: &str, config: &StdioConfig, stream: Stream, ctx:
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            tracing::warn!(server = name, command = %config.command, %err, "cannot start stdio server");
-            sender
-                .close(
-                    CloseCode::UpstreamUnavailable,
-                    format!("cannot start the server: {err}"),
-                )
-                .await;
-            return;
-        }
-    };
-    let pid = child.id();
-    tracing::info!(server = name, pid, "stdio server started");
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        // Unreachable: all three were configured as pipes above.
-        sender
-            .close(CloseCode::UpstreamUnavailable, "no pipes to the server")
-            .await;
-        return;
-    };
-    let stderr_task =
-        tokio::spawn(log_stderr(name.to_owned(), stderr).instrument(tracing::Span::current()));
-    let calls = Calls::new(ctx.in_flight.clone());
-    let stdout = BufReader::with_capacity(64 * 1024, stdout);
+    command.spawn()
+}
 
-    // The two directions run concurrently and never wait on each other: a server that
-    // writes before it reads cannot deadlock against a relay that does the same.
-    let to_child = async {
-        loop {
-            match receiver.recv().await {
-                Ok(message) => {
-                    calls.on_client_message(&message);
-                    if let Err(err) = write_line(&mut stdin, message).await {
-                        tracing::warn!(server = name, %err, "cannot write to the server's stdin");
+/// The client's side of the MCP handshake, kept to replay to a restarted server so the
+/// client's session survives the crash.
+#[derive(Debug, Default)]
+struct Handshake {
+    initialize: Option<Bytes>,
+    initialized: Option<Bytes>,
+}
+
+/// Restarts allowed: at most [`RESTART_LIMIT`] within [`RESTART_WINDOW`], with a delay
+/// that doubles from [`RESTART_MIN_DELAY`].
+#[derive(Debug, Default)]
+struct RestartBudget {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    fn next_delay(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= RESTART_LIMIT {
+            return None;
+        }
+        let delay = RESTART_MIN_DELAY * 2u32.pow(self.recent.len() as u32);
+        self.recent.push_back(now);
+        Some(delay)
+    }
+}
+
+/// Forwards client messages to the child after the local policy admitted them; answers
+/// calls that outlive `call_timeout` and cancels them upstream; reports a child that stays
+/// silent for another `call_timeout` after a timeout as hung.
+async fn to_child(
+    name: &str,
+    receiver: &mut outpost_tunnel::StreamReceiver,
+    stdin: &mut ChildStdin,
+    sender: &outpost_tunnel::StreamSender,
+    calls: &Calls,
+    handshake: &mut Handshake,
+) -> Outcome {
+    loop {
+        let wake = next_wake(calls);
+        let message = tokio::select! {
+            message = receiver.recv() => message,
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                for id in calls.expire(now) {
+                    let timeout = calls.call_timeout().unwrap_or_default();
+                    tracing::warn!(server = name, ?timeout, "call timed out; cancelling it upstream");
+                    let text = format!("the call exceeded the agent's call_timeout of {timeout:?}; the server was asked to cancel it");
+                    if sender.send(super::calls::error_response(&id, super::ERROR_TIMEOUT, &text)).await.is_err() {
+                        return Outcome::RelayClosed;
+                    }
+                    let cancel = format!(r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"timeout"}}}}"#);
+                    if write_line(stdin, Bytes::from(cancel)).await.is_err() {
                         return Outcome::Exited;
                     }
                 }
-                Err(StreamError::TooLarge { len, max }) => {
-                    tracing::warn!(
-                        server = name,
-                        len,
-                        max,
-                        "client message over the tunnel limit"
-                    );
-                    return Outcome::RelayClosed;
+                if let (Some(silent), Some(timeout)) = (calls.silent_for(now), calls.call_timeout())
+                    && silent >= hang_grace(timeout)
+                {
+                    return Outcome::Hung;
                 }
-                Err(_) => return Outcome::RelayClosed,
+                continue;
+            }
+        };
+        match message {
+            Ok(message) => {
+                if let Admission::Refuse(answer) = calls.admit(&message) {
+                    if sender.send(answer).await.is_err() {
+                        return Outcome::RelayClosed;
+                    }
+                    continue;
+                }
+                match super::calls::method(&message).as_deref() {
+                    Some("initialize") => handshake.initialize = Some(message.clone()),
+                    Some("notifications/initialized") => {
+                        handshake.initialized = Some(message.clone());
+                    }
+                    _ => {}
+                }
+                if let Err(err) = write_line(stdin, message).await {
+                    tracing::warn!(server = name, %err, "cannot write to the server's stdin");
+                    return Outcome::Exited;
+                }
+            }
+            Err(StreamError::TooLarge { len, max }) => {
+                tracing::warn!(
+                    server = name,
+                    len,
+                    max,
+                    "client message over the tunnel limit"
+                );
+                return Outcome::RelayClosed;
+            }
+            Err(_) => return Outcome::RelayClosed,
+        }
+    }
+}
+
+/// When the stdin loop must look at the clock: the next call deadline, or the moment a
+/// silent server counts as hung.
+fn next_wake(calls: &Calls) -> Option<Instant> {
+    let now = Instant::now();
+    let hung_at = calls
+        .silent_for(now)
+        .zip(calls.call_timeout())
+        .map(|(silent, timeout)| now + hang_grace(timeout).saturating_sub(silent));
+    [calls.next_deadline(), hung_at].into_iter().flatten().min()
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a server may stay silent after a call timed out before it counts as hung.
+fn hang_grace(call_timeout: Duration) -> Duration {
+    call_timeout.max(MIN_HANG_GRACE)
+}
+
+/// Replays the client's `initialize` and `notifications/initialized` to a restarted
+/// server and swallows its answer, which the client already had from the first one.
+async fn replay<R: AsyncBufRead + Unpin>(
+    name: &str,
+    handshake: &Handshake,
+    stdin: &mut ChildStdin,
+    stdout: &mut R,
+    sender: &outpost_tunnel::StreamSender,
+    calls: &Calls,
+    max: usize,
+) -> Result<(), Outcome> {
+    let Some(initialize) = &handshake.initialize else {
+        return Ok(());
+    };
+    let id = super::calls::peek(initialize).map(|(id, _)| id);
+    write_line(stdin, initialize.clone())
+        .await
+        .map_err(|_| Outcome::Exited)?;
+    let mut line = BytesMut::new();
+    let answered = async {
+        loop {
+            match read_line(stdout, &mut line, max).await {
+                Ok(Line::Message) => {
+                    let message = line.split().freeze();
+                    match super::calls::peek(&message) {
+                        Some((answer_id, false)) if Some(&answer_id) == id.as_ref() => {
+                            return Ok(());
+                        }
+                        // Logs and notifications sent while starting up still reach the client.
+                        _ if !message.iter().all(u8::is_ascii_whitespace)
+                            && forward(sender, calls, message).await.is_err() =>
+                        {
+                            return Err(Outcome::RelayClosed);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Line::TooLong { .. }) => {}
+                Ok(Line::Eof) | Err(_) => return Err(Outcome::Exited),
             }
         }
     };
-    let from_child = relay_stdout(name, stdout, &sender, &calls, ctx.max_message_len);
-    let outcome = tokio::select! {
-        outcome = to_child => outcome,
-        outcome = from_child => outcome,
-        _ = ctx.cancel.cancelled() => Outcome::Cancelled,
-    };
-    drop(stdin);
-    let status = stop(&mut child, outcome).await;
-    stderr_task.abort();
-    match outcome {
-        Outcome::Exited => {
-            tracing::warn!(server = name, pid, %status, "stdio server exited");
-            sender
-                .close(
-                    CloseCode::UpstreamExited,
-                    format!("the server exited ({status})"),
-                )
-                .await;
-        }
-        Outcome::RelayClosed | Outcome::Cancelled => {
-            tracing::info!(server = name, pid, %status, "stdio server stopped");
-            sender.close(CloseCode::Normal, "stream ended").await;
+    match tokio::time::timeout(REPLAY_TIMEOUT, answered).await {
+        Ok(Ok(())) => {}
+        Ok(Err(outcome)) => return Err(outcome),
+        Err(_) => {
+            tracing::warn!(
+                server = name,
+                "the restarted server did not answer initialize"
+            );
+            return Err(Outcome::Hung);
         }
     }
+    if let Some(initialized) = &handshake.initialized {
+        write_line(stdin, initialized.clone())
+            .await
+            .map_err(|_| Outcome::Exited)?;
+    }
+    tracing::info!(
+        server = name,
+        "restarted server re-initialized; the session continues"
+    );
+    Ok(())
 }
 
 /// Forwards the server's stdout to the relay, line by line.
 async fn relay_stdout<R: AsyncBufRead + Unpin>(
     name: &str,
-    mut stdout: R,
+    stdout: &mut R,
     sender: &outpost_tunnel::StreamSender,
     calls: &Calls,
     max: usize,
 ) -> Outcome {
     let mut line = BytesMut::new();
     loop {
-        match read_line(&mut stdout, &mut line, max).await {
+        match read_line(stdout, &mut line, max).await {
             Ok(Line::Message) => {
                 let message = line.split().freeze();
                 if message.iter().all(u8::is_ascii_whitespace) {
@@ -183,6 +428,8 @@ enum Outcome {
     RelayClosed,
     /// The agent is stopping.
     Cancelled,
+    /// The server stopped answering after a call timed out, and was killed.
+    Hung,
 }
 
 /// Writes one message as one line. JSON text can hold a line break only as whitespace, so
@@ -308,6 +555,8 @@ async fn stop(child: &mut Child, outcome: Outcome) -> String {
     let patience = match outcome {
         Outcome::Exited => EXIT_WAIT,
         Outcome::RelayClosed | Outcome::Cancelled => STOP_WAIT,
+        // A hung server gets no patience: it is signalled at once.
+        Outcome::Hung => Duration::ZERO,
     };
     if let Ok(Ok(status)) = tokio::time::timeout(patience, child.wait()).await {
         signal_group(child, nix::sys::signal::Signal::SIGKILL);
@@ -335,7 +584,11 @@ fn signal_group(child: &Child, signal: nix::sys::signal::Signal) {
 
 /// Copies the child's stderr to the log: lines cut to a length, at most a burst of lines
 /// and then a steady rate, with a count of what was suppressed.
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
+async fn log_stderr(
+    server: String,
+    stderr: tokio::process::ChildStderr,
+    redactor: std::sync::Arc<crate::redact::Redactor>,
+) {
     let mut lines = BufReader::new(stderr).split(b'\n');
     let mut tokens = STDERR_BURST;
     let mut refilled = Instant::now();
@@ -360,7 +613,9 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
             );
             suppressed = 0;
         }
-        let text = String::from_utf8_lossy(&line[..line.len().min(STDERR_LINE)]);
+        // Redacted before cutting, so a cut cannot split a secret out of reach.
+        let text = redactor.redact_text(&String::from_utf8_lossy(&line));
+        let text: String = text.chars().take(STDERR_LINE).collect();
         tracing::info!(server, stderr = %text.trim_end(), "server stderr");
     }
 }
@@ -376,6 +631,13 @@ const SNIFF: usize = 4096;
 const STDERR_BURST: u32 = 50;
 const STDERR_PER_SECOND: f64 = 10.0;
 const STDERR_LINE: usize = 2048;
+/// Restarts of a crashing server allowed within [`RESTART_WINDOW`].
+const RESTART_LIMIT: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+const RESTART_MIN_DELAY: Duration = Duration::from_millis(100);
+/// How long a restarted server has to answer the replayed `initialize`.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_HANG_GRACE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
