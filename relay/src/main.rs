@@ -1,6 +1,8 @@
 //! The `outpost-relay` binary: parses flags, sets up logging, loads configuration (exit
 //! code 64 when it is invalid, before any port is bound), and runs a subcommand.
 
+mod healthcheck;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +55,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Exit 0 if this relay's /livez answers over its own TLS listener (for container
+    /// health checks; trusts exactly the configured certificate).
+    Healthcheck,
     /// Write a development CA and a certificate for the given names. For local use only:
     /// production relays use a certificate from a real CA.
     DevCerts {
@@ -174,6 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             keys(&config, command).await
         }
         Command::DevCerts { out, names } => dev_certs(&out, &names),
+        Command::Healthcheck => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            healthcheck::run(&config).await
+        }
     }
 }
 
