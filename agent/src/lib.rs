@@ -89,6 +89,9 @@ pub(crate) struct AgentInner {
     http: reqwest::Client,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
+    /// Set by a reload that changed the servers or their policies: the live tunnel
+    /// announces the new list.
+    announce: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -135,6 +138,7 @@ impl Agent {
                 http,
                 status: watch::Sender::new(Status::Disconnected),
                 metrics: Arc::new(Metrics::new()),
+                announce: tokio::sync::Notify::new(),
             }),
             health,
         })
@@ -258,8 +262,8 @@ impl ReloadHandle {
     /// Applies a new configuration without dropping the tunnel. Policies (allowed tools,
     /// concurrency caps, timeouts) apply to the next call; transports and secrets to the
     /// next session; connection settings (relay, key, proxy, pins, CA) to the next dial.
-    /// Servers added or removed are announced at the next connection; a removed server
-    /// takes no new session at once. Returns what changed, for the log.
+    /// Servers added or removed, and changed policies, are announced to the relay on the
+    /// live tunnel. Returns what changed, for the log.
     pub fn reload(&self, config: Config) -> Result<Vec<String>, AgentError> {
         let inner = &self.inner;
         let tls = dial::tls_config(&config)?;
@@ -277,10 +281,7 @@ impl ReloadHandle {
                         runtime.set_policy(server.policy.clone());
                     }
                     None => {
-                        changes.push(format!(
-                            "server {} added (reachable after the next reconnect)",
-                            server.name
-                        ));
+                        changes.push(format!("server {} added", server.name));
                         servers.insert(
                             server.name.clone(),
                             Arc::new(ServerRuntime::new(
@@ -315,7 +316,11 @@ impl ReloadHandle {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(redactor_for(&config));
         *inner.tls.write().unwrap_or_else(PoisonError::into_inner) = tls;
+        let servers_changed = changes.iter().any(|c| c.starts_with("server "));
         *inner.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        if servers_changed {
+            inner.announce.notify_one();
+        }
         Ok(changes)
     }
 }

@@ -54,11 +54,10 @@ impl Frame for AgentFrame {
             AgentFrame::Hello(hello) => framed(buf, TYPE_HELLO, |buf| {
                 buf.put_u16(hello.version.0);
                 put_str(buf, &hello.agent_version);
-                put_len16(buf, hello.servers.len());
-                for server in &hello.servers {
-                    put_str(buf, &server.name);
-                    put_str(buf, &server.policy_digest);
-                }
+                put_servers(buf, &hello.servers);
+            }),
+            AgentFrame::Servers(servers) => framed(buf, TYPE_SERVERS, |buf| {
+                put_servers(buf, servers);
             }),
             AgentFrame::Draining => framed(buf, TYPE_DRAINING, |_| {}),
             AgentFrame::Stream(frame) => encode_stream(frame, buf),
@@ -73,20 +72,14 @@ impl Frame for AgentFrame {
             TYPE_HELLO => {
                 let version = ProtocolVersion(body.u16("version")?);
                 let agent_version = body.string("agent_version")?;
-                let count = body.u16("servers")?;
-                let mut servers = Vec::with_capacity(usize::from(count).min(64));
-                for _ in 0..count {
-                    servers.push(ServerAnnouncement {
-                        name: body.string("server.name")?,
-                        policy_digest: body.string("server.policy_digest")?,
-                    });
-                }
+                let servers = get_servers(&mut body)?;
                 AgentFrame::Hello(Hello {
                     version,
                     agent_version,
                     servers,
                 })
             }
+            TYPE_SERVERS => AgentFrame::Servers(get_servers(&mut body)?),
             TYPE_DRAINING => AgentFrame::Draining,
             TYPE_WELCOME | TYPE_REJECT | TYPE_OPEN => return Err(DecodeError::WrongDirection(ty)),
             _ => AgentFrame::Stream(decode_stream(ty, &mut body)?),
@@ -165,7 +158,9 @@ impl Frame for RelayFrame {
                     meta,
                 })
             }
-            TYPE_HELLO | TYPE_DRAINING => return Err(DecodeError::WrongDirection(ty)),
+            TYPE_HELLO | TYPE_DRAINING | TYPE_SERVERS => {
+                return Err(DecodeError::WrongDirection(ty));
+            }
             _ => RelayFrame::Stream(decode_stream(ty, &mut body)?),
         };
         body.finish()?;
@@ -284,6 +279,27 @@ fn put_str(buf: &mut BytesMut, value: &str) {
     buf.put_slice(&value.as_bytes()[..end]);
 }
 
+fn put_servers(buf: &mut BytesMut, servers: &[ServerAnnouncement]) {
+    let servers = &servers[..servers.len().min(usize::from(u16::MAX))];
+    put_len16(buf, servers.len());
+    for server in servers {
+        put_str(buf, &server.name);
+        put_str(buf, &server.policy_digest);
+    }
+}
+
+fn get_servers(body: &mut Fields) -> Result<Vec<ServerAnnouncement>, DecodeError> {
+    let count = body.u16("servers")?;
+    let mut servers = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        servers.push(ServerAnnouncement {
+            name: body.string("server.name")?,
+            policy_digest: body.string("server.policy_digest")?,
+        });
+    }
+    Ok(servers)
+}
+
 fn put_len16(buf: &mut BytesMut, len: usize) {
     buf.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
 }
@@ -340,6 +356,7 @@ const FLAG_FIN: u8 = 0b0000_0001;
 
 const TYPE_HELLO: u8 = 0x01;
 const TYPE_DRAINING: u8 = 0x02;
+const TYPE_SERVERS: u8 = 0x03;
 const TYPE_WELCOME: u8 = 0x10;
 const TYPE_REJECT: u8 = 0x11;
 const TYPE_OPEN: u8 = 0x12;

@@ -18,6 +18,9 @@ pub enum AgentFrame {
     Stream(StreamFrame),
     /// The agent is shutting down: it finishes the streams it has and accepts no new one.
     Draining,
+    /// The agent's servers changed (its configuration was reloaded): the full new list,
+    /// replacing the one from the hello. Streams already open are not affected.
+    Servers(Vec<ServerAnnouncement>),
 }
 
 /// Frames the relay sends to the agent.

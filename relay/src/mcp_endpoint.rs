@@ -223,7 +223,7 @@ fn open_session(
         .agents
         .get(&principal.org_id, agent)
         .ok_or_else(|| RelayError::AgentOffline(agent.to_owned()))?;
-    if !handle.servers.iter().any(|s| s == server) {
+    if !handle.servers().iter().any(|s| s == server) {
         return Err(RelayError::UnknownServer);
     }
     if !handle.is_available() {

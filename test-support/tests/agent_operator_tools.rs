@@ -215,14 +215,12 @@ async fn sighup_reloads_policy_without_dropping_the_tunnel() -> anyhow::Result<(
     let before = names(client.request("tools/list", json!({})).await?.result()?);
     assert!(before.contains(&"echo".to_owned()), "{before:?}");
 
-    // Deny echo, reload, and the same session sees it gone.
-    agent_config(
-        dir.path(),
-        &relay.tunnel_url(),
-        ca,
-        health,
-        "deny_tools = [\"echo\"]",
+    // Deny echo and add a second server, reload, and the same session sees echo gone.
+    let (node, script) = server_everything();
+    let second = format!(
+        "deny_tools = [\"echo\"]\n[servers.second]\ntype = \"stdio\"\ncommand = {node:?}\nargs = [{script:?}, \"stdio\"]\ninherit_env = [\"PATH\"]\n"
     );
+    agent_config(dir.path(), &relay.tunnel_url(), ca, health, &second);
     let pid = nix::unistd::Pid::from_raw(agent.pid().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
     agent.wait_for("configuration reloaded").await?;
@@ -230,6 +228,27 @@ async fn sighup_reloads_policy_without_dropping_the_tunnel() -> anyhow::Result<(
     assert!(!after.contains(&"echo".to_owned()), "{after:?}");
     let refused = client.call_tool("echo", json!({"message": "x"})).await?;
     assert_eq!(refused.error_code(), Some(-32602), "{:?}", refused.messages);
+    // The new server was announced on the live tunnel and is reachable at once.
+    agent
+        .wait_for("announcing the reloaded server list")
+        .await?;
+    // The relay applies the announcement as it arrives: allow it a moment.
+    let mut tries = 0;
+    let mut added = loop {
+        let mut added = McpClient::new(
+            relay.http_client(),
+            relay.mcp_url("site", "second"),
+            &client_key,
+        );
+        match added.initialize().await {
+            Ok(_) => break added,
+            Err(_) if tries < 20 => tries += 1,
+            Err(err) => return Err(err),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let echoed = added.call_tool("echo", json!({"message": "new"})).await?;
+    assert!(echoed.result().is_ok(), "{:?}", echoed.messages);
 
     // A broken file is refused and the running configuration stays.
     std::fs::write(&config, "relay_url = 7\n")?;

@@ -127,6 +127,11 @@ pub(crate) async fn run(
                 }
                 other => tracing::warn!(?other, "unexpected event from the relay ignored"),
             },
+            _ = agent.announce.notified(), if !draining => {
+                let servers = announcements(&agent.config());
+                tracing::info!(servers = servers.len(), "announcing the reloaded server list");
+                let _ = tunnel.send_control(AgentFrame::Servers(servers));
+            }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 agent.status.send_replace(Status::Draining);
@@ -158,15 +163,7 @@ async fn handshake(agent: &AgentInner, socket: &mut TunnelSocket) -> Result<Welc
     let hello = AgentFrame::Hello(Hello {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        servers: agent
-            .config()
-            .servers
-            .values()
-            .map(|server| ServerAnnouncement {
-                name: server.name.clone(),
-                policy_digest: policy::digest(server),
-            })
-            .collect(),
+        servers: announcements(&agent.config()),
     });
     socket
         .send(Message::Binary(hello.to_bytes()))
@@ -201,6 +198,18 @@ async fn handshake(agent: &AgentInner, socket: &mut TunnelSocket) -> Result<Welc
             }
         }
     }
+}
+
+/// The servers of `config`, as the hello and a reload announce them.
+fn announcements(config: &crate::config::Config) -> Vec<ServerAnnouncement> {
+    config
+        .servers
+        .values()
+        .map(|server| ServerAnnouncement {
+            name: server.name.clone(),
+            policy_digest: policy::digest(server),
+        })
+        .collect()
 }
 
 /// Resolves when no call is in flight or the grace period is over. Only polled once

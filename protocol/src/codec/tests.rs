@@ -41,6 +41,7 @@ fn agent_frame() -> impl Strategy<Value = AgentFrame> {
         }
     });
     prop_oneof![
+        proptest::collection::vec(server.clone(), 0..8).prop_map(AgentFrame::Servers),
         (
             any::<u16>(),
             ".{0,20}",
@@ -212,6 +213,10 @@ fn frames_of_the_other_direction_are_refused() {
     assert_eq!(
         RelayFrame::decode_message(&AgentFrame::Draining.to_bytes()),
         Err(DecodeError::WrongDirection(TYPE_DRAINING))
+    );
+    assert_eq!(
+        RelayFrame::decode_message(&AgentFrame::Servers(vec![]).to_bytes()),
+        Err(DecodeError::WrongDirection(TYPE_SERVERS))
     );
 }
 

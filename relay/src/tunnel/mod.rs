@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use outpost_protocol::{
     AgentFrame, AgentId, Frame, Hello, Limits, PROTOCOL_VERSION, Reject, RejectCode, RelayFrame,
-    Welcome,
+    ServerAnnouncement, Welcome,
 };
 use outpost_tunnel::{Tunnel, TunnelConfig, TunnelEvent};
 use tokio_tungstenite::WebSocketStream;
@@ -171,7 +171,7 @@ async fn run_session<S>(
     }
     tracing::info!(
         agent_version = %hello.agent_version,
-        servers = ?handle.servers,
+        servers = ?handle.servers(),
         agents_connected = app.agents.len(),
         "agent connected"
     );
@@ -191,6 +191,16 @@ async fn run_session<S>(
                 TunnelEvent::Control(AgentFrame::Draining) => {
                     tracing::info!("agent is draining: no new sessions go to it");
                     handle.draining.store(true, Ordering::Relaxed);
+                }
+                TunnelEvent::Control(AgentFrame::Servers(servers)) => {
+                    match validate_server_list(&servers) {
+                        Ok(names) => {
+                            tracing::info!(servers = ?names, "agent announced a new server list");
+                            handle.set_servers(names);
+                        }
+                        // A bad list keeps the old one; the tunnel itself is fine.
+                        Err(reason) => tracing::warn!(%reason, "agent server list refused"),
+                    }
                 }
                 other => tracing::warn!(?other, "unexpected frame from agent ignored"),
             },
@@ -222,11 +232,15 @@ where
 }
 
 fn validate_servers(hello: &Hello) -> Result<Vec<String>, String> {
-    if hello.servers.len() > MAX_SERVERS {
+    validate_server_list(&hello.servers)
+}
+
+fn validate_server_list(servers: &[ServerAnnouncement]) -> Result<Vec<String>, String> {
+    if servers.len() > MAX_SERVERS {
         return Err(format!("at most {MAX_SERVERS} servers per agent"));
     }
     let mut seen = HashSet::new();
-    for server in &hello.servers {
+    for server in servers {
         if !crate::is_valid_name(&server.name) {
             return Err(format!(
                 "server name {:?} is not [a-z0-9_-]{{1,64}}",
@@ -237,7 +251,7 @@ fn validate_servers(hello: &Hello) -> Result<Vec<String>, String> {
             return Err(format!("server name {:?} appears twice", server.name));
         }
     }
-    Ok(hello.servers.iter().map(|s| s.name.clone()).collect())
+    Ok(servers.iter().map(|s| s.name.clone()).collect())
 }
 
 async fn reject<S>(socket: &mut WebSocketStream<S>, code: RejectCode, message: &str)

@@ -18,8 +18,8 @@ pub(crate) struct AgentHandle {
     pub(crate) org_id: String,
     /// Its name.
     pub(crate) name: String,
-    /// The servers its hello announced.
-    pub(crate) servers: Arc<Vec<String>>,
+    /// The servers it offers: from its hello, replaced when it announces a change.
+    servers: Arc<std::sync::RwLock<Arc<Vec<String>>>>,
     /// The tunnel to it.
     pub(crate) tunnel: Tunnel<RelayFrame>,
     /// Set when the agent says it is draining: no new sessions go to it.
@@ -48,11 +48,24 @@ impl AgentHandle {
             agent_id,
             org_id,
             name,
-            servers: Arc::new(servers),
+            servers: Arc::new(std::sync::RwLock::new(Arc::new(servers))),
             tunnel,
             draining: Arc::default(),
             generation: 0,
         }
+    }
+
+    /// The servers it offers now.
+    pub(crate) fn servers(&self) -> Arc<Vec<String>> {
+        self.servers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the servers it offers (its configuration was reloaded).
+    pub(crate) fn set_servers(&self, servers: Vec<String>) {
+        *self.servers.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(servers);
     }
 
     /// Whether the agent accepts new sessions.
