@@ -189,10 +189,17 @@ pub async fn run(config: &Config, tls: Arc<ClientConfig>, mut report: impl FnMut
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_default();
+    let leaf_pinned = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| dial::spki_pin(cert))
+        .is_some_and(|leaf| config.relay_pins.contains(&leaf));
     let pinned = if config.relay_pins.is_empty() {
         "not pinned"
-    } else {
+    } else if leaf_pinned {
         "matches a configured pin"
+    } else {
+        "a certificate of its chain matches a configured pin"
     };
     ok(
         "tls",

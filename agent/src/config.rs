@@ -104,6 +104,9 @@ pub struct StdioConfig {
     pub env: Vec<(String, SecretString)>,
     /// For each entry of `env`: whether its value came from a reference, so is a secret.
     pub env_is_secret: Vec<bool>,
+    /// Each `${env:}`/`${file:}` value on its own, as resolved into `env`, so that a
+    /// server echoing only the token of `Bearer ${file:...}` is caught too.
+    pub reference_values: Vec<SecretString>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
 }
@@ -115,6 +118,8 @@ pub struct HttpConfig {
     pub url: url::Url,
     /// Headers sent with every request, resolved (credentials, typically).
     pub headers: Vec<(http::HeaderName, SecretString)>,
+    /// Each `${env:}`/`${file:}` value on its own, as resolved into `headers`.
+    pub reference_values: Vec<SecretString>,
 }
 
 /// Why the configuration is invalid. The message names the key.
@@ -340,19 +345,32 @@ impl Config {
         for server in self.servers.values() {
             let name = &server.name;
             match &server.transport {
-                Transport::Stdio(stdio) => secrets.extend(
-                    stdio
-                        .env
-                        .iter()
-                        .zip(&stdio.env_is_secret)
-                        .filter(|(_, secret)| **secret)
-                        .map(|((var, value), _)| (format!("servers.{name}.env.{var}"), value)),
-                ),
-                Transport::Http(http) => secrets.extend(
-                    http.headers
-                        .iter()
-                        .map(|(header, value)| (format!("servers.{name}.headers.{header}"), value)),
-                ),
+                Transport::Stdio(stdio) => {
+                    secrets.extend(
+                        stdio
+                            .env
+                            .iter()
+                            .zip(&stdio.env_is_secret)
+                            .filter(|(_, secret)| **secret)
+                            .map(|((var, value), _)| (format!("servers.{name}.env.{var}"), value)),
+                    );
+                    secrets.extend(
+                        stdio
+                            .reference_values
+                            .iter()
+                            .map(|value| (format!("a reference in servers.{name}.env"), value)),
+                    );
+                }
+                Transport::Http(http) => {
+                    secrets.extend(http.headers.iter().map(|(header, value)| {
+                        (format!("servers.{name}.headers.{header}"), value)
+                    }));
+                    secrets.extend(
+                        http.reference_values
+                            .iter()
+                            .map(|value| (format!("a reference in servers.{name}.headers"), value)),
+                    );
+                }
             }
         }
         secrets
@@ -380,6 +398,7 @@ fn resolve_server(
                 return Err(invalid(&format!("servers.{name}.command"), "is empty"));
             }
             let mut resolved: Vec<(String, SecretString, bool)> = Vec::new();
+            let mut reference_values = Vec::new();
             for var in inherit_env {
                 if let Some(value) = env(&var) {
                     resolved.push((var, SecretString::from(value), false));
@@ -388,8 +407,8 @@ fn resolve_server(
             for (var, value) in vars {
                 let key = format!("servers.{name}.env.{var}");
                 let is_secret = value.replace("$${", "").contains("${");
-                let value =
-                    resolve_references(&value, env).map_err(|reason| invalid(&key, &reason))?;
+                let value = resolve_references(&value, env, &mut reference_values)
+                    .map_err(|reason| invalid(&key, &reason))?;
                 resolved.retain(|(existing, _, _)| existing != &var);
                 resolved.push((var, value, is_secret));
             }
@@ -399,6 +418,7 @@ fn resolve_server(
                 args,
                 env: resolved.into_iter().map(|(k, v, _)| (k, v)).collect(),
                 env_is_secret,
+                reference_values,
                 cwd,
             });
             (
@@ -423,12 +443,13 @@ fn resolve_server(
                 return Err(invalid(&key, "must be http:// or https://"));
             }
             let mut resolved = Vec::new();
+            let mut reference_values = Vec::new();
             for (header, value) in headers {
                 let key = format!("servers.{name}.headers.{header}");
                 let header_name = http::HeaderName::try_from(header.as_str())
                     .map_err(|e| invalid(&key, &e.to_string()))?;
-                let value =
-                    resolve_references(&value, env).map_err(|reason| invalid(&key, &reason))?;
+                let value = resolve_references(&value, env, &mut reference_values)
+                    .map_err(|reason| invalid(&key, &reason))?;
                 if http::HeaderValue::from_str(value.expose_secret()).is_err() {
                     return Err(invalid(&key, "is not a valid header value"));
                 }
@@ -437,6 +458,7 @@ fn resolve_server(
             let transport = Transport::Http(HttpConfig {
                 url,
                 headers: resolved,
+                reference_values,
             });
             (
                 transport,
@@ -535,7 +557,17 @@ fn resolve_proxy(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = url.port_or_known_default().unwrap_or(DEFAULT_PROXY_PORT);
+    // Without a port, 3128 (squid's and most proxies' default), not http's 80. The URL
+    // parser drops an explicit `:80`, so look for it in the text.
+    let authority = with_scheme
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let port = url.port().unwrap_or(if authority.ends_with(":80") {
+        80
+    } else {
+        DEFAULT_PROXY_PORT
+    });
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
@@ -552,7 +584,7 @@ fn resolve_proxy(
     };
     if let Some(configured) = password {
         password_value = Some(
-            resolve_references(&configured, env)
+            resolve_references(&configured, env, &mut Vec::new())
                 .map_err(|reason| invalid("proxy_password", &reason))?,
         );
     }
@@ -616,6 +648,7 @@ fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
 fn resolve_references(
     value: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    references: &mut Vec<SecretString>,
 ) -> Result<SecretString, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -645,6 +678,7 @@ fn resolve_references(
             }
         };
         out.push_str(&resolved);
+        references.push(SecretString::from(resolved));
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);
@@ -793,7 +827,7 @@ mod tests {
         assert_eq!(db.headers[0].1.expose_secret(), "Bearer s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{config:?}").contains("t0ken"));
-        assert_eq!(config.secret_values().len(), 3);
+        assert_eq!(config.secret_values().len(), 5);
     }
 
     #[test]

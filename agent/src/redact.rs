@@ -105,10 +105,10 @@ impl Redactor {
 fn forms(value: &str) -> Vec<Vec<u8>> {
     let bytes = value.as_bytes();
     let mut forms = Vec::new();
-    let json = json_escaped(value, false);
-    // The raw form can only occur inside a JSON string when it needs no escaping; then it
-    // is the same as the JSON form.
-    forms.push(json.clone().into_bytes());
+    // Raw, for log lines (in JSON text a secret with quotes or backslashes appears
+    // escaped, the next form).
+    forms.push(bytes.to_vec());
+    forms.push(json_escaped(value, false).into_bytes());
     forms.push(json_escaped(value, true).into_bytes());
     forms.push(
         utf8_percent_encode(value, NON_ALPHANUMERIC)

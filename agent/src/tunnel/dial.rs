@@ -316,8 +316,12 @@ pub(crate) async fn proxy_connect(
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = find_head_end(&head) {
-            if end != head.len() {
-                return Err(protocol("it sent data after its answer".into()));
+            // A refusal may carry an error page, which is ignored; after a 2xx, any byte
+            // would belong to the tunnel and must not be there yet.
+            let extra = head.len() - end;
+            head.truncate(end);
+            if extra > 0 && is_success(&head) {
+                return Err(protocol("it sent data after its 200 answer".into()));
             }
             break;
         }
@@ -344,6 +348,13 @@ pub(crate) async fn proxy_connect(
             reason: response.reason.unwrap_or_default().to_owned(),
         })
     }
+}
+
+fn is_success(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    matches!(response.parse(head), Ok(httparse::Status::Complete(_)))
+        && response.code.is_some_and(|code| (200..300).contains(&code))
 }
 
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
@@ -554,6 +565,12 @@ mod tests {
                 "proxy_password",
             ),
             (&b"HTTP/1.1 403 Forbidden\r\n\r\n"[..], 403, "allow CONNECT"),
+            // Squid sends an error page with its refusals.
+            (
+                &b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 20\r\n\r\n<html>denied</html>\n"[..],
+                407,
+                "proxy_password",
+            ),
         ] {
             let (port, _) = fake_proxy(answer).await;
             let mut tcp = connect_tcp("127.0.0.1", port).await.unwrap();

@@ -119,7 +119,6 @@ pub(super) async fn serve(
                     "exited"
                 };
                 tracing::warn!(server = name, pid, %status, "stdio server {what}");
-                ctx.metrics.restarted(name);
                 let text = format!("the server {what} ({status}) during the call");
                 for id in calls.take_all() {
                     let answer = super::calls::error_response(&id, super::ERROR_UPSTREAM, &text);
@@ -139,6 +138,7 @@ pub(super) async fn serve(
                     return;
                 };
                 tracing::info!(server = name, ?delay, "restarting the stdio server");
+                ctx.metrics.restarted(name);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = ctx.cancel.cancelled() => {
