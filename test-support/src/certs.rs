@@ -32,35 +32,25 @@ impl Certs {
 
     /// Generates a CA and a certificate for `names`.
     pub fn for_names(names: &[&str]) -> anyhow::Result<Self> {
+        Self::issue("Outpost test CA", names)
+    }
+
+    /// Generates a CA named `ca_name` (not the usual "Outpost test CA", so no other test
+    /// CA can be mistaken for it) and a certificate for the loopback names.
+    pub fn from_ca_named(ca_name: &str) -> anyhow::Result<Self> {
+        Self::issue(ca_name, &["localhost", "127.0.0.1", "::1"])
+    }
+
+    fn issue(ca_name: &str, names: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Outpost test CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let (ca_params, ca_key) = ca_params(ca_name)?;
         let ca = ca_params.self_signed(&ca_key)?;
         let leaf_key = KeyPair::generate()?;
         let leaf_params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
-        let paths = (
-            dir.path().join("ca.pem"),
-            dir.path().join("cert.pem"),
-            dir.path().join("key.pem"),
-        );
-        std::fs::write(&paths.0, ca.pem())?;
-        std::fs::write(&paths.1, leaf.pem())?;
-        std::fs::write(&paths.2, leaf_key.serialize_pem())?;
-        Ok(Self {
-            _dir: dir,
-            ca_pem: ca.pem(),
-            ca: paths.0,
-            cert: paths.1,
-            key: paths.2,
-        })
+        Self::write(dir, ca.pem(), leaf.pem(), leaf_key.serialize_pem())
     }
 
     /// A CA and a certificate for the loopback names that expired in 2021 (valid from
