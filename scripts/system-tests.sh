@@ -40,7 +40,8 @@ for need in ip:iproute2 ss:iproute2 iptables:iptables ip6tables:iptables squid:s
   command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
+  mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+  apt_install "${packages[@]}"
 fi
 scripts/setup-tools.sh
 cargo build --workspace --bins --locked --quiet

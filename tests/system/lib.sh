@@ -115,6 +115,12 @@ wait_for() {
   fail "no line matching /$regex/ in ${file##*/} within ${limit}s"
 }
 
+# What the agent logs when a dial hits tunnel.connect_timeout (3 s in agent_config), in the
+# wording of today's agent ("connecting took longer than 3s") and of the one that names the
+# step ("no progress within 3s while ...").
+# shellcheck disable=SC2034 # used by the tests that source this file
+timeout_3s='(connecting took longer than|no progress within) 3s'
+
 # count FILE REGEX: how many lines match.
 count() { grep -Ec -- "$2" "$1" 2>/dev/null || true; }
 
@@ -208,6 +214,7 @@ stop() {
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   stopped_rc=0
+  # shellcheck disable=SC2034 # read by the tests that source this file
   wait "$pid" || stopped_rc=$?
   # Reaped: its number may be reused by another process, which cleanup must not signal.
   for other in "${pids[@]}"; do [ "$other" = "$pid" ] || kept+=("$other"); done
