@@ -23,6 +23,7 @@
 # The agent's proxy keys (`proxy`, `proxy_password`, `no_proxy`, and HTTPS_PROXY/NO_PROXY when
 # `proxy` is unset) are what issue 5 specifies; an agent without them fails at (a), with a
 # message saying so. Needs root. Run by scripts/system-tests.sh.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 proxy_user=proxy # squid's cache_effective_user on Debian
@@ -162,6 +163,7 @@ run_agent() {
   start_agent "$@"
 }
 
+# shellcheck disable=SC2016 # ${env:...} is the agent's reference syntax, not the shell's
 proxy_lines=('proxy = "http://agent@127.0.0.1:3128"' 'proxy_password = "${env:PROXY_PASSWORD}"')
 
 case_b_direct_is_blocked() {
