@@ -22,6 +22,7 @@ need node nodejs
 need npm npm
 need python3 python3
 need curl curl
+need openssl openssl
 
 stamp() { sha256sum "$1" | cut -d' ' -f1; }
 

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::watch;
 
 /// A running binary with its stdout and stderr collected.
 pub struct Process {
     child: Child,
+    /// Held open for programs that stop at the end of their input (`spawn_with_stdin`).
+    _stdin: Option<ChildStdin>,
     output: Arc<Mutex<String>>,
     changed: watch::Receiver<usize>,
 }
@@ -22,6 +24,25 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args` and extra environment `env`.
     pub fn spawn(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start(binary, args, env, false)
+    }
+
+    /// Like [`Process::spawn`], but standard input is a pipe held open while the process
+    /// runs, for programs that stop at the end of their input (`openssl s_server`).
+    pub fn spawn_with_stdin(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start(binary, args, env, true)
+    }
+
+    fn start(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        keep_stdin: bool,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         // Hermetic: the test run's own OUTPOST_* variables must not configure the binary.
         for (name, _) in std::env::vars_os() {
@@ -33,11 +54,16 @@ impl Process {
             .args(args)
             .envs(env.iter().copied())
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(if keep_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn()?;
+        let stdin = child.stdin.take();
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, changed) = watch::channel(0);
         let tx = Arc::new(tx);
@@ -49,6 +75,7 @@ impl Process {
         }
         Ok(Self {
             child,
+            _stdin: stdin,
             output,
             changed,
         })
