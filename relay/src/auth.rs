@@ -63,6 +63,18 @@ pub struct Principal {
     pub agent_id: Option<String>,
     /// The key's role.
     pub role: String,
+    /// The key's label.
+    pub name: String,
+    /// What the key may reach.
+    pub scope: std::sync::Arc<crate::scope::Scope>,
+    /// The key's token bucket, if it has its own: (per second, burst).
+    pub rate: Option<(u32, u32)>,
+    /// When the key expires, ms since the epoch.
+    pub expires_at: Option<i64>,
+    /// The key that replaces it, during a rotation's overlap.
+    pub replaced_by: Option<String>,
+    /// When it was last used before this request (at most a minute stale).
+    pub last_used_at: Option<i64>,
 }
 
 /// Why a key was refused. Every variant answers the same 401; the variant goes to the log.
@@ -243,6 +255,12 @@ pub async fn authenticate(
         org_id,
         agent_id,
         role,
+        name,
+        scopes,
+        rate_per_second,
+        burst,
+        replaced_by,
+        last_used_at,
         ..
     } = record;
     let matches: bool = hash.as_slice().ct_eq(presented.as_slice()).into();
@@ -255,11 +273,27 @@ pub async fn authenticate(
     if expires_at.is_some_and(|at| at <= now_ms()) {
         return Err(AuthError::Expired(key_id));
     }
+    // Stored scopes were validated when the key was made; one that no longer compiles
+    // reaches nothing (fail closed).
+    let scope = crate::scope::Scope::new(&scopes).unwrap_or_else(|err| {
+        tracing::error!(%err, key = %key_id.0, "stored scope invalid: the key reaches nothing");
+        crate::scope::Scope::new(&crate::store::Scopes {
+            servers: Vec::new(),
+            tools: Vec::new(),
+        })
+        .expect("an empty scope compiles")
+    });
     Ok(Principal {
         key_id,
         org_id,
         agent_id,
         role,
+        name,
+        scope: std::sync::Arc::new(scope),
+        rate: rate_per_second.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2)))),
+        expires_at,
+        replaced_by,
+        last_used_at,
     })
 }
 

@@ -34,6 +34,46 @@ pub struct Config {
     pub usage: UsageSettings,
     /// Which `Host` and `Origin` values MCP requests may carry.
     pub http: HttpSettings,
+    /// Token buckets and in-flight caps.
+    pub rate_limits: RateLimits,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus endpoint: plain HTTP on its own address, meant for an internal network
+/// (its figures span every organisation). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address to serve `/metrics` on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Rate limits and quotas, enforced per relay process. Over a limit: HTTP 429 with
+/// `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Default token bucket of a key without its own plan: requests per second.
+    pub requests_per_second: u32,
+    /// Default burst.
+    pub burst: u32,
+    /// Token bucket per (key, tool): calls per second.
+    pub tool_requests_per_second: u32,
+    /// Its burst.
+    pub tool_burst: u32,
+    /// Calls in flight per key.
+    pub max_in_flight_per_key: usize,
+    /// Calls in flight per agent, over all keys.
+    pub max_in_flight_per_agent: usize,
+    /// Failed authentications per source address and minute before its failures are
+    /// answered slowly (with 429).
+    pub failures_per_minute: u64,
+    /// How long an over-limit failed authentication is held before its answer.
+    #[serde(with = "humantime_serde")]
+    pub failure_tarpit: Duration,
+    /// Keys, tools and sources tracked at once; beyond, new ones are refused (fail closed).
+    pub max_tracked: usize,
 }
 
 /// Which `Host` and `Origin` values MCP requests may carry: protection against DNS
@@ -88,6 +128,10 @@ pub struct Limits {
     /// Interval of SSE keep-alive comments on open response streams.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// Largest request head (request line and headers); 431 beyond. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Deepest JSON nesting accepted in a request body; 400 beyond.
+    pub max_json_depth: usize,
 }
 
 /// Tunnel settings offered to agents in the welcome.
@@ -117,6 +161,9 @@ pub struct UsageSettings {
     /// Longest an event waits before its batch is written.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// How long usage events are kept; older ones are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 /// Why a configuration is invalid. The message names the key.
@@ -169,6 +216,10 @@ struct RawConfig {
     usage: UsageSettings,
     #[serde(default)]
     http: HttpSettings,
+    #[serde(default)]
+    rate_limits: RateLimits,
+    #[serde(default)]
+    metrics: MetricsSettings,
 }
 
 // === impl Config ===
@@ -342,9 +393,37 @@ impl TryFrom<RawConfig> for Config {
             ("limits.sse_keepalive", limits.sse_keepalive),
             ("tunnel.hello_timeout", raw.tunnel.hello_timeout),
             ("usage.flush_interval", raw.usage.flush_interval),
+            ("usage.retention", raw.usage.retention),
+            ("rate_limits.failure_tarpit", raw.rate_limits.failure_tarpit),
         ] {
             check(!value.is_zero(), key, "must be longer than zero")?;
         }
+        let rates = &raw.rate_limits;
+        check(
+            rates.requests_per_second > 0
+                && rates.burst > 0
+                && rates.tool_requests_per_second > 0
+                && rates.tool_burst > 0,
+            "rate_limits",
+            "rates and bursts must be positive",
+        )?;
+        check(
+            rates.max_in_flight_per_key > 0
+                && rates.max_in_flight_per_agent > 0
+                && rates.max_tracked > 0,
+            "rate_limits",
+            "in-flight caps and max_tracked must be positive",
+        )?;
+        check(
+            raw.limits.max_header_bytes >= 8 * 1024,
+            "limits.max_header_bytes",
+            "must be at least 8192",
+        )?;
+        check(
+            raw.limits.max_json_depth >= 8,
+            "limits.max_json_depth",
+            "must be at least 8",
+        )?;
         let pepper_file = raw
             .pepper_file
             .unwrap_or_else(|| raw.data_dir.join(PEPPER_FILE));
@@ -358,6 +437,8 @@ impl TryFrom<RawConfig> for Config {
             tunnel: raw.tunnel,
             usage: raw.usage,
             http: raw.http,
+            rate_limits: raw.rate_limits,
+            metrics: raw.metrics,
         })
     }
 }
@@ -387,6 +468,24 @@ impl Default for RawConfig {
             tunnel: TunnelSettings::default(),
             usage: UsageSettings::default(),
             http: HttpSettings::default(),
+            rate_limits: RateLimits::default(),
+            metrics: MetricsSettings::default(),
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: DEFAULT_RATE,
+            burst: DEFAULT_BURST,
+            tool_requests_per_second: DEFAULT_TOOL_RATE,
+            tool_burst: DEFAULT_TOOL_BURST,
+            max_in_flight_per_key: DEFAULT_IN_FLIGHT_PER_KEY,
+            max_in_flight_per_agent: DEFAULT_IN_FLIGHT_PER_AGENT,
+            failures_per_minute: DEFAULT_FAILURES_PER_MINUTE,
+            failure_tarpit: DEFAULT_FAILURE_TARPIT,
+            max_tracked: DEFAULT_MAX_TRACKED,
         }
     }
 }
@@ -404,6 +503,8 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }
@@ -425,6 +526,7 @@ impl Default for UsageSettings {
             queue: DEFAULT_USAGE_QUEUE,
             batch: DEFAULT_USAGE_BATCH,
             flush_interval: DEFAULT_USAGE_FLUSH_INTERVAL,
+            retention: DEFAULT_USAGE_RETENTION,
         }
     }
 }
@@ -459,3 +561,16 @@ const MAX_CHUNK: u32 = 512 * 1024;
 const DEFAULT_USAGE_QUEUE: usize = 10_000;
 const DEFAULT_USAGE_BATCH: usize = 512;
 const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// The `medium` plan: 100 requests per second.
+const DEFAULT_RATE: u32 = 100;
+const DEFAULT_BURST: u32 = 200;
+const DEFAULT_TOOL_RATE: u32 = 100;
+const DEFAULT_TOOL_BURST: u32 = 200;
+const DEFAULT_IN_FLIGHT_PER_KEY: usize = 64;
+const DEFAULT_IN_FLIGHT_PER_AGENT: usize = 512;
+const DEFAULT_FAILURES_PER_MINUTE: u64 = 30;
+const DEFAULT_FAILURE_TARPIT: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_TRACKED: usize = 100_000;

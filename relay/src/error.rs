@@ -86,6 +86,23 @@ pub enum RelayError {
     /// The agent is at its stream limit or shutting down.
     #[error("agent is overloaded")]
     AgentBusy,
+    /// The key's scopes do not cover this agent, server or tool.
+    #[error("insufficient_scope: the key may not reach this {0}")]
+    InsufficientScope(&'static str),
+    /// A rate limit or in-flight cap is reached.
+    #[error("rate limited ({scope}): retry after {retry_after} s")]
+    RateLimited {
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+        /// Which limit: key, tool, agent.
+        scope: &'static str,
+    },
+    /// Too many failed authentications from this address.
+    #[error("too many failed authentications from this address")]
+    TooManyFailures,
+    /// The body nests JSON deeper than the limit.
+    #[error("invalid request: JSON nested deeper than {0} levels")]
+    TooDeep(usize),
     /// A bug or a failed dependency of the relay.
     #[error("internal error")]
     Internal,
@@ -161,6 +178,11 @@ impl RelayError {
             | RelayError::UpstreamUnavailable
             | RelayError::TunnelLost => StatusCode::BAD_GATEWAY,
             RelayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            RelayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            RelayError::RateLimited { .. } | RelayError::TooManyFailures => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            RelayError::TooDeep(_) => StatusCode::BAD_REQUEST,
             RelayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -179,6 +201,8 @@ impl RelayError {
             RelayError::MessageTooLarge | RelayError::BodyTooLarge(_) => CODE_TOO_LARGE,
             RelayError::AgentBusy | RelayError::TooManySessions => CODE_BUSY,
             RelayError::SessionClosed => CODE_SESSION_CLOSED,
+            RelayError::InsufficientScope(_) => CODE_INSUFFICIENT_SCOPE,
+            RelayError::RateLimited { .. } | RelayError::TooManyFailures => CODE_RATE_LIMITED,
             RelayError::Internal => -32603,
             _ => -32600,
         }
@@ -219,13 +243,37 @@ impl RelayError {
         let body = self.to_jsonrpc(None, correlation);
         let mut response = (self.status(), axum::Json(body)).into_response();
         set_correlation(&mut response, correlation);
-        if matches!(self, RelayError::Unauthorized) {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"outpost\""),
-            );
-        }
+        self.add_headers(&mut response);
         response
+    }
+
+    /// The headers this error's status calls for: the `WWW-Authenticate` challenge for
+    /// 401 and 403 `insufficient_scope` (RFC 6750), `Retry-After` for 429.
+    pub fn add_headers(&self, response: &mut Response) {
+        let headers = response.headers_mut();
+        match self {
+            RelayError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"outpost\""),
+                );
+            }
+            RelayError::InsufficientScope(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"outpost\", error=\"insufficient_scope\"",
+                    ),
+                );
+            }
+            RelayError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            RelayError::TooManyFailures => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -254,3 +302,7 @@ pub const CODE_TOO_LARGE: i64 = -32015;
 pub const CODE_BUSY: i64 = -32016;
 /// JSON-RPC code: the session closed with the call in flight.
 pub const CODE_SESSION_CLOSED: i64 = -32017;
+/// JSON-RPC code: the key's scopes do not cover the server or tool.
+pub const CODE_INSUFFICIENT_SCOPE: i64 = -32018;
+/// JSON-RPC code: a rate limit or in-flight cap was reached.
+pub const CODE_RATE_LIMITED: i64 = -32019;

@@ -7,12 +7,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod guard;
 mod jsonrpc;
 mod mcp_endpoint;
+mod metrics;
 mod router;
+pub mod scope;
 mod server;
 pub mod store;
 mod tunnel;
@@ -52,6 +58,8 @@ pub struct BoundRelay {
     tls: Arc<rustls::ServerConfig>,
     app: Arc<App>,
     usage_writer: UsageWriter,
+    audit_writer: audit::AuditWriter,
+    metrics_listener: Option<TcpListener>,
     store: SqliteStore,
 }
 
@@ -92,6 +100,16 @@ pub(crate) struct App {
     shutdown: CancellationToken,
     /// Phase two: close tunnels and sessions, after in-flight calls drained.
     close: CancellationToken,
+    /// The audit chain's key.
+    chain: audit::ChainKey,
+    /// Queues audit events.
+    auditor: audit::Auditor,
+    /// Rate limits and in-flight caps.
+    guard: guard::Guard,
+    /// When each key's last use was written, to write it at most once a minute.
+    key_touches: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Prometheus metrics.
+    metrics: Arc<metrics::RelayMetrics>,
 }
 
 // === impl Relay ===
@@ -112,10 +130,30 @@ impl Relay {
                     addr: config.listen,
                     source,
                 })?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared_store: Arc<dyn Store> = Arc::new(store.clone());
+        let relay_metrics = Arc::new(metrics::RelayMetrics::new());
         let (usage, usage_writer) = usage::channel(shared_store.clone(), config.usage.clone());
+        let observer = relay_metrics.clone();
+        let usage = usage.with_observer(Arc::new(move |event: &store::UsageEvent| {
+            observer.call(event.status.as_str(), event.latency_us as f64 / 1e6);
+        }));
         let close = CancellationToken::new();
+        let (auditor, audit_writer) =
+            audit::channel(shared_store.clone(), audit::ChainKey::derive(&pepper));
         let app = Arc::new(App {
+            chain: audit::ChainKey::derive(&pepper),
+            auditor,
+            guard: guard::Guard::new(config.rate_limits.clone()),
+            key_touches: std::sync::Mutex::default(),
+            metrics: relay_metrics,
             sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),
             config,
             store: shared_store,
@@ -131,6 +169,8 @@ impl Relay {
             tls,
             app,
             usage_writer,
+            audit_writer,
+            metrics_listener,
             store,
         })
     }
@@ -139,6 +179,13 @@ impl Relay {
 // === impl BoundRelay ===
 
 impl BoundRelay {
+    /// The address of the metrics listener, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -154,11 +201,18 @@ impl BoundRelay {
             tls,
             app,
             usage_writer,
+            audit_writer,
+            metrics_listener,
             store,
         } = self;
         let usage_stop = CancellationToken::new();
         let usage_task = tokio::spawn(usage_writer.run(usage_stop.clone()));
+        let audit_stop = CancellationToken::new();
+        let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
+        let metrics_task =
+            metrics_listener.map(|listener| tokio::spawn(metrics::serve(listener, app.clone())));
         let sweeper = app.tasks.spawn(sweep_idle_sessions(app.clone()));
+        let control_sweeper = app.tasks.spawn(sweep_control_plane(app.clone()));
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "relay listening");
 
         let stop_accepting = app.shutdown.clone();
@@ -188,8 +242,17 @@ impl BoundRelay {
             tracing::warn!("some tasks did not stop within the grace period");
         }
         sweeper.abort();
+        control_sweeper.abort();
+        app.flush_failure_reports();
         usage_stop.cancel();
         let _ = usage_task.await;
+        audit_stop.cancel();
+        if tokio::time::timeout(AUDIT_FLUSH, audit_task).await.is_err() {
+            tracing::warn!("audit events still queued at shutdown were not all written");
+        }
+        if let Some(metrics_task) = metrics_task {
+            metrics_task.abort();
+        }
         store.close().await;
         tracing::info!("relay stopped");
     }
@@ -197,6 +260,7 @@ impl BoundRelay {
 
 fn router(app: Arc<App>) -> Router {
     Router::new()
+        .merge(admin::routes())
         .route(
             "/mcp/{agent}/{server}",
             post(mcp_endpoint::post)
@@ -241,6 +305,144 @@ async fn refuse_keys_in_url(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+impl App {
+    /// Notes a failed authentication from the request's source; returns how long to hold
+    /// the answer when the source is over its limit (then answered with 429).
+    pub(crate) fn note_auth_failure_parts(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        correlation: &CorrelationId,
+    ) -> Option<std::time::Duration> {
+        let source = extensions
+            .get::<admin::PeerAddr>()
+            .map(|peer| peer.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let user_agent = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        self.metrics.auth_failures.inc();
+        let delay = self.guard.note_failure(&source, user_agent);
+        if delay.is_some() {
+            tracing::info!(%source, correlation = %correlation.0, "authentication failures over the limit: slowing this source");
+        }
+        delay
+    }
+
+    /// Audits a revoked or expired key that is still being presented: a leaked key in
+    /// use, or a client that missed a rotation.
+    pub(crate) fn note_refused_key(
+        &self,
+        err: &auth::AuthError,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        correlation: &CorrelationId,
+    ) {
+        let (action, key) = match err {
+            auth::AuthError::Revoked(key) => ("key.used_after_revocation", key),
+            auth::AuthError::Expired(key) => ("key.used_after_expiry", key),
+            _ => return,
+        };
+        self.auditor.record(audit::AuditEvent {
+            org_id: None,
+            actor: key.0.clone(),
+            action,
+            resource: key.0.clone(),
+            source: extensions
+                .get::<admin::PeerAddr>()
+                .map(|peer| peer.0.ip().to_string()),
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| ua.chars().take(256).collect()),
+            correlation_id: Some(correlation.0.clone()),
+            detail: serde_json::json!({}),
+        });
+    }
+
+    /// Notes a successful authentication: writes the key's last use at most once a minute.
+    pub(crate) fn note_key_used(self: &Arc<Self>, principal: &auth::Principal) {
+        let now = auth::now_ms();
+        let stale = {
+            let mut touches = self
+                .key_touches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = touches.get(&principal.key_id.0).copied().unwrap_or(0);
+            if now - last >= KEY_TOUCH_INTERVAL_MS && touches.len() < MAX_KEY_TOUCHES {
+                touches.insert(principal.key_id.0.clone(), now);
+                true
+            } else {
+                false
+            }
+        };
+        if stale {
+            let app = self.clone();
+            let key = principal.key_id.0.clone();
+            self.tasks.spawn(async move {
+                if let Err(err) = app.store.touch_key(&key, now).await {
+                    tracing::warn!(%err, "could not record a key's last use");
+                }
+            });
+        }
+    }
+
+    /// Writes the failed authentications counted since the last flush to the audit trail,
+    /// one event per source.
+    fn flush_failure_reports(&self) {
+        for report in self.guard.take_failure_reports() {
+            self.auditor.record(audit::AuditEvent {
+                org_id: None,
+                actor: report.source.clone(),
+                action: "auth.failed",
+                resource: "api".into(),
+                source: Some(report.source),
+                user_agent: report.user_agent,
+                correlation_id: None,
+                detail: serde_json::json!({ "count": report.count, "window": "1m" }),
+            });
+        }
+    }
+}
+
+/// Every minute: reports failed authentications, notes keys that expired, prunes usage
+/// past its retention, and forgets idle rate-limit state.
+async fn sweep_control_plane(app: Arc<App>) {
+    let mut tick = tokio::time::interval(CONTROL_SWEEP);
+    let mut checked_until = auth::now_ms();
+    loop {
+        tokio::select! {
+            _ = app.close.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.flush_failure_reports();
+        app.guard.sweep();
+        let now = auth::now_ms();
+        match app.store.keys_expiring_between(checked_until, now).await {
+            Ok(keys) => {
+                for key in keys {
+                    app.auditor.record(audit::AuditEvent {
+                        org_id: Some(key.org_id.clone()),
+                        actor: "relay".into(),
+                        action: "key.expired",
+                        resource: key.id.clone(),
+                        detail: serde_json::json!({ "kind": key.kind, "replaced_by": key.replaced_by }),
+                        ..audit::AuditEvent::default()
+                    });
+                }
+                checked_until = now;
+            }
+            Err(err) => tracing::warn!(%err, "could not check for expired keys"),
+        }
+        let retention = i64::try_from(app.config.usage.retention.as_millis()).unwrap_or(i64::MAX);
+        match app.store.prune_usage(now.saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "usage events past their retention deleted"),
+            Err(err) => tracing::warn!(%err, "could not prune usage"),
+        }
+    }
+}
+
 /// Now and then: times out calls whose clients went away, and closes idle sessions.
 async fn sweep_idle_sessions(app: Arc<App>) {
     let idle = app.config.limits.session_idle_timeout;
@@ -274,6 +476,11 @@ pub fn is_valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
+
+const KEY_TOUCH_INTERVAL_MS: i64 = 60_000;
+const MAX_KEY_TOUCHES: usize = 100_000;
+const CONTROL_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Query parameter names that carry credentials in other products.
 const KEY_PARAMS: [&str; 6] = ["key", "api_key", "apikey", "access_token", "token", "auth"];

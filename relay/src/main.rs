@@ -1,6 +1,7 @@
 //! The `outpost-relay` binary: parses flags, sets up logging, loads configuration (exit
 //! code 64 when it is invalid, before any port is bound), and runs a subcommand.
 
+mod cli_control;
 mod healthcheck;
 
 use std::io::Write;
@@ -9,10 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use outpost_relay::Relay;
 use outpost_relay::auth::{self, KeyKind};
 use outpost_relay::config::{Config, Overrides};
 use outpost_relay::store::{NewKey, SqliteStore, Store};
-use outpost_relay::{Relay, is_valid_name};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,8 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OUTPOST_LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(flatten)]
+    target: cli_control::Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,16 +48,29 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Create the store, a pepper (unless OUTPOST_PEPPER is set), an organisation and
-    /// its first owner key, printed once.
-    Init {
-        /// Name of the first organisation.
-        #[arg(long, default_value = "default")]
-        org: String,
-    },
-    /// Manage API keys.
+    /// Create the store, a pepper (unless OUTPOST_PEPPER is set), an organisation (named
+    /// by --org) and its first owner key, printed once.
+    Init,
+    /// Manage API keys: create, list, revoke, rotate, change a member's role.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(cli_control::KeysCommand),
+    /// List the organisation's agents.
+    Agents,
+    /// Usage over a period, grouped.
+    Usage {
+        /// How far back, e.g. 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Group by.
+        #[arg(long, value_enum, default_value_t = cli_control::ByArg::Tool)]
+        by: cli_control::ByArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify or export the audit trail.
+    #[command(subcommand)]
+    Audit(cli_control::AuditCommand),
     /// Exit 0 if this relay's /livez answers over its own TLS listener (for container
     /// health checks; trusts exactly the configured certificate).
     Healthcheck,
@@ -68,51 +84,6 @@ enum Command {
         #[arg(long = "name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
         names: Vec<String>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Issue a key. The key is printed once and never stored.
-    Create {
-        /// Organisation name.
-        #[arg(long, default_value = "default")]
-        org: String,
-        /// Issue an agent key bound to this agent name (created if new), instead of a
-        /// client key.
-        #[arg(long)]
-        agent: Option<String>,
-        /// A label for listings.
-        #[arg(long)]
-        name: Option<String>,
-        /// Role of a client key.
-        #[arg(long, value_enum, default_value_t = Role::Member)]
-        role: Role,
-        /// Print only the key (for scripts).
-        #[arg(long)]
-        quiet: bool,
-    },
-    /// List an organisation's keys (never the secrets).
-    List {
-        /// Organisation name.
-        #[arg(long, default_value = "default")]
-        org: String,
-    },
-    /// Revoke a key by id; refused from the next request on.
-    Revoke {
-        /// Organisation name.
-        #[arg(long, default_value = "default")]
-        org: String,
-        /// Key id (kid_...).
-        key_id: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Role {
-    Owner,
-    Admin,
-    Member,
-    Viewer,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -170,19 +141,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             signals.abort();
             Ok(())
         }
-        Command::Init { org } => {
+        Command::Init => {
             let config = Config::load_store_only(cli.config.as_deref(), &overrides)?;
-            init(&config, &org).await
+            init(&config, &cli.target_org()).await
         }
         Command::Keys(command) => {
-            let config = Config::load_store_only(cli.config.as_deref(), &overrides)?;
-            keys(&config, command).await
+            let config = local_config(&cli.target, cli.config.as_deref(), &overrides)?;
+            cli_control::keys(&cli.target, config, command).await
+        }
+        Command::Agents => {
+            let config = local_config(&cli.target, cli.config.as_deref(), &overrides)?;
+            cli_control::agents(&cli.target, config).await
+        }
+        Command::Usage {
+            ref since,
+            by,
+            json,
+        } => {
+            let config = local_config(&cli.target, cli.config.as_deref(), &overrides)?;
+            cli_control::usage(&cli.target, config, since, by, json).await
+        }
+        Command::Audit(command) => {
+            let config = local_config(&cli.target, cli.config.as_deref(), &overrides)?;
+            cli_control::audit(&cli.target, config, command).await
         }
         Command::DevCerts { out, names } => dev_certs(&out, &names),
         Command::Healthcheck => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             healthcheck::run(&config).await
         }
+    }
+}
+
+/// The store's configuration, unless the command goes to a remote relay.
+fn local_config(
+    target: &cli_control::Target,
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> anyhow::Result<Option<Config>> {
+    if target.is_remote() {
+        return Ok(None);
+    }
+    Ok(Some(Config::load_store_only(file, overrides)?))
+}
+
+impl Cli {
+    fn target_org(&self) -> String {
+        self.target.org().to_owned()
     }
 }
 
@@ -215,8 +220,31 @@ async fn init(config: &Config, org: &str) -> anyhow::Result<()> {
             agent_id: None,
             hash: key.hash,
             expires_at: None,
+            scopes: outpost_relay::store::Scopes::default(),
+            rate_per_second: None,
+            burst: None,
+            created_by: "cli".into(),
         })
         .await?;
+    let chain = outpost_relay::audit::ChainKey::derive(&pepper);
+    let event = |action: &'static str, resource: &str| outpost_relay::audit::AuditEvent {
+        org_id: Some(organisation.id.clone()),
+        actor: "cli".into(),
+        action,
+        resource: resource.to_owned(),
+        user_agent: Some("outpost-relay-cli".into()),
+        detail: serde_json::json!({}),
+        ..outpost_relay::audit::AuditEvent::default()
+    };
+    outpost_relay::audit::append(
+        &store,
+        &chain,
+        &[
+            event("organisation.created", &organisation.id),
+            event("key.created", &key.key_id.0),
+        ],
+    )
+    .await?;
     store.close().await;
     println!(
         "created organisation {org:?} ({}) in {}",
@@ -225,104 +253,6 @@ async fn init(config: &Config, org: &str) -> anyhow::Result<()> {
     );
     println!("owner key {} (shown once, store it now):", key.key_id);
     println!("{}", key.secret.expose_secret());
-    Ok(())
-}
-
-async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&config.database_path()).await?;
-    let find_org = |name: String| {
-        let store = store.clone();
-        async move {
-            store.organisation_by_name(&name).await?.with_context(|| {
-                format!("no organisation {name:?}: run `outpost-relay init --org {name}` first")
-            })
-        }
-    };
-    match command {
-        KeysCommand::Create {
-            org,
-            agent,
-            name,
-            role,
-            quiet,
-        } => {
-            let pepper = config.pepper()?;
-            let organisation = find_org(org).await?;
-            let (kind, agent_id, role, label) = match &agent {
-                Some(agent) => {
-                    if !is_valid_name(agent) {
-                        bail!("agent name {agent:?} must match [a-z0-9_-]{{1,64}}");
-                    }
-                    let record = store.ensure_agent(&organisation.id, agent).await?;
-                    (
-                        KeyKind::Agent,
-                        Some(record.id),
-                        "agent".to_owned(),
-                        format!("agent {agent}"),
-                    )
-                }
-                None => (
-                    KeyKind::Client,
-                    None,
-                    role_name(role).to_owned(),
-                    "client key".to_owned(),
-                ),
-            };
-            let key = auth::generate(kind, config.environment, &pepper);
-            store
-                .insert_key(NewKey {
-                    id: key.key_id.0.clone(),
-                    org_id: organisation.id,
-                    kind: kind.as_str(),
-                    environment: config.environment.as_str(),
-                    name: name.unwrap_or(label),
-                    role,
-                    agent_id,
-                    hash: key.hash,
-                    expires_at: None,
-                })
-                .await?;
-            if quiet {
-                println!("{}", key.secret.expose_secret());
-            } else {
-                println!(
-                    "{} key {} (shown once, store it now):",
-                    kind.as_str(),
-                    key.key_id
-                );
-                println!("{}", key.secret.expose_secret());
-            }
-        }
-        KeysCommand::List { org } => {
-            let organisation = find_org(org).await?;
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{:<22} {:<7} {:<7} {:<8} {:<8} NAME",
-                "ID", "KIND", "ENV", "ROLE", "STATE"
-            )?;
-            for key in store.keys(&organisation.id).await? {
-                let state = if key.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                writeln!(
-                    out,
-                    "{:<22} {:<7} {:<7} {:<8} {:<8} {}",
-                    key.id, key.kind, key.environment, key.role, state, key.name
-                )?;
-            }
-        }
-        KeysCommand::Revoke { org, key_id } => {
-            let organisation = find_org(org).await?;
-            store
-                .revoke_key(&organisation.id, &key_id, auth::now_ms())
-                .await?;
-            println!("revoked {key_id}");
-        }
-    }
-    store.close().await;
     Ok(())
 }
 
@@ -347,6 +277,8 @@ fn dev_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
     let ca = ca_params.self_signed(&ca_key)?;
     let leaf_key = KeyPair::generate()?;
     let mut leaf_params = CertificateParams::new(names.to_vec())?;
+    // Strict verifiers (OpenSSL's x509_strict, Python 3.13+) require the issuer's key id.
+    leaf_params.use_authority_key_identifier_extension = true;
     leaf_params.distinguished_name.push(
         DnType::CommonName,
         names.first().map(String::as_str).unwrap_or("localhost"),
@@ -362,15 +294,6 @@ fn dev_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
         names.join(", ")
     );
     Ok(())
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Owner => "owner",
-        Role::Admin => "admin",
-        Role::Member => "member",
-        Role::Viewer => "viewer",
-    }
 }
 
 /// Writes a file readable only by its owner.

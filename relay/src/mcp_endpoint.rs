@@ -59,6 +59,8 @@ pub(crate) async fn get(
             session: session.clone(),
             stop: app.shutdown.clone(),
             get_stream: true,
+            filter: Box::new(|message| message),
+            _slots: Vec::new(),
         };
         Ok(sse_response(stream, None))
     }
@@ -111,7 +113,13 @@ async fn handle_post(
 ) -> Result<Response, RelayError> {
     check_names(agent, server)?;
     check_headers(app, request.headers())?;
-    let principal = authenticate(app, request.headers()).await?;
+    let principal = authenticate(app, request.headers(), request.extensions(), correlation).await?;
+    if !principal.scope.allows_server(agent, server) {
+        return Err(RelayError::InsufficientScope("server"));
+    }
+    if let Err(limited) = app.guard.admit_request(&principal.key_id.0, principal.rate) {
+        return Err(limited_error(app, &limited));
+    }
     let headers = request.headers().clone();
     if !is_json(&headers) {
         return Err(RelayError::UnsupportedMediaType);
@@ -121,6 +129,7 @@ async fn handle_post(
         return Err(RelayError::NotAcceptable);
     }
     let body = read_body(request, app.config.limits.max_body_bytes).await?;
+    check_depth(&body, app.config.limits.max_json_depth)?;
     let messages = parse_messages(&body)?;
     let requests: Vec<Value> = messages
         .iter()
@@ -129,6 +138,61 @@ async fn handle_post(
             _ => None,
         })
         .collect();
+    // Per call: the tool must be in scope and under its rate, and the key and agent under
+    // their in-flight caps. A refusal answers every request of the POST.
+    let mut slots = Vec::new();
+    let mut tool_lists = std::collections::HashSet::new();
+    for (_, kind) in &messages {
+        let Kind::Request {
+            id, method, tool, ..
+        } = kind
+        else {
+            continue;
+        };
+        if let Some(tool) = tool {
+            if !principal.scope.allows_tool(tool) {
+                return Ok(refuse_requests(
+                    &RelayError::InsufficientScope("tool"),
+                    &requests,
+                    correlation,
+                ));
+            }
+            if let Err(limited) = app.guard.admit_tool(&principal.key_id.0, tool) {
+                return Ok(refuse_requests(
+                    &limited_error(app, &limited),
+                    &requests,
+                    correlation,
+                ));
+            }
+        }
+        if method == "tools/list" && principal.scope.limits_tools() {
+            tool_lists.insert(id.clone());
+        }
+        if !matches!(method.as_str(), "initialize" | "ping") {
+            match app
+                .guard
+                .admit_call(&principal.key_id.0, &principal.org_id, agent)
+            {
+                Ok(slot) => slots.push(slot),
+                Err(limited) => {
+                    return Ok(refuse_requests(
+                        &limited_error(app, &limited),
+                        &requests,
+                        correlation,
+                    ));
+                }
+            }
+        }
+    }
+    let scope = principal.scope.clone();
+    let rotation = rotation_headers(&principal);
+    let filter = move |message: Bytes| -> Bytes {
+        if tool_lists.is_empty() {
+            message
+        } else {
+            filter_tool_list(message, &tool_lists, &scope)
+        }
+    };
 
     let (session, created) = match session_id(&headers) {
         Some(id) => {
@@ -174,15 +238,19 @@ async fn handle_post(
             messages,
         } = submission;
         let stream = SseStream {
-            initial: initial.into(),
+            initial: initial.into_iter().map(&filter).collect(),
             messages,
             keepalive: keepalive(app),
             deadline: Some((deadline, post)),
             session,
             stop: CancellationToken::new(),
             get_stream: false,
+            filter: Box::new(filter),
+            _slots: slots,
         };
-        Ok(sse_response(stream, session_header))
+        let mut response = sse_response(stream, session_header);
+        response.headers_mut().extend(rotation);
+        Ok(response)
     } else {
         let mut answers = submission.initial;
         let mut messages = submission.messages;
@@ -203,10 +271,12 @@ async fn handle_post(
                 }
             }
         }
-        let mut response = json_response(answers);
+        drop(slots);
+        let mut response = json_response(answers.into_iter().map(filter).collect());
         if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
             response.headers_mut().insert(SESSION_HEADER, id);
         }
+        response.headers_mut().extend(rotation);
         Ok(response)
     }
 }
@@ -257,14 +327,23 @@ fn open_session(
 }
 
 async fn existing_session(
-    app: &App,
+    app: &Arc<App>,
     agent: &str,
     server: &str,
     headers: &HeaderMap,
 ) -> Result<(Principal, Arc<ClientSession>), RelayError> {
     check_names(agent, server)?;
     check_headers(app, headers)?;
-    let principal = authenticate(app, headers).await?;
+    let principal = authenticate(
+        app,
+        headers,
+        &http::Extensions::new(),
+        &CorrelationId::new(),
+    )
+    .await?;
+    if !principal.scope.allows_server(agent, server) {
+        return Err(RelayError::InsufficientScope("server"));
+    }
     let id = session_id(headers).ok_or(RelayError::SessionRequired)?;
     let session = app
         .sessions
@@ -274,30 +353,159 @@ async fn existing_session(
     Ok((principal, session))
 }
 
-async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, RelayError> {
-    let key = auth::bearer(headers.get(header::AUTHORIZATION)).map_err(unauthorized)?;
-    auth::authenticate(
-        app.store.as_ref(),
-        &app.pepper,
-        app.config.environment,
-        KeyKind::Client,
-        key,
-    )
-    .await
-    .map_err(unauthorized)
-}
-
-fn unauthorized(err: auth::AuthError) -> RelayError {
-    match err {
-        auth::AuthError::Store(err) => {
-            tracing::error!(%err, "store unavailable during authentication");
-            RelayError::Internal
+/// Authenticates a client key. A failure is counted against the source; a source over
+/// its failure limit waits for a 429 instead of getting a 401 at once. A valid key is
+/// never slowed.
+async fn authenticate(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+    correlation: &CorrelationId,
+) -> Result<Principal, RelayError> {
+    let result = match auth::bearer(headers.get(header::AUTHORIZATION)) {
+        Ok(key) => {
+            auth::authenticate(
+                app.store.as_ref(),
+                &app.pepper,
+                app.config.environment,
+                KeyKind::Client,
+                key,
+            )
+            .await
         }
-        other => {
-            tracing::info!(reason = %other, "client key refused");
-            RelayError::Unauthorized
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(principal) => {
+            app.note_key_used(&principal);
+            Ok(principal)
+        }
+        Err(auth::AuthError::Store(err)) => {
+            tracing::error!(%err, "store unavailable during authentication");
+            Err(RelayError::Internal)
+        }
+        Err(err) => {
+            tracing::info!(reason = %err, correlation = %correlation.0, "client key refused");
+            app.note_refused_key(&err, headers, extensions, correlation);
+            match app.note_auth_failure_parts(headers, extensions, correlation) {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    Err(RelayError::TooManyFailures)
+                }
+                None => Err(RelayError::Unauthorized),
+            }
         }
     }
+}
+
+/// The relay's answer to a rate limit or cap, counted.
+fn limited_error(app: &App, limited: &crate::guard::Limited) -> RelayError {
+    let scope = match limited {
+        crate::guard::Limited::Rate { scope, .. }
+        | crate::guard::Limited::Concurrency { scope, .. } => *scope,
+    };
+    app.metrics.limited(scope);
+    RelayError::RateLimited {
+        retry_after: limited.retry_after_secs(),
+        scope,
+    }
+}
+
+/// Refuses a whole POST: its status (403, 429), the error's headers, and a JSON-RPC error
+/// for each request so SDKs match them by id.
+fn refuse_requests(err: &RelayError, requests: &[Value], correlation: &CorrelationId) -> Response {
+    err.log(correlation, &"POST refused");
+    let answers: Vec<Bytes> = if requests.is_empty() {
+        vec![Bytes::from(err.to_jsonrpc(None, correlation).to_string())]
+    } else {
+        requests
+            .iter()
+            .map(|id| Bytes::from(err.to_jsonrpc(Some(id), correlation).to_string()))
+            .collect()
+    };
+    let mut response = json_response(answers);
+    *response.status_mut() = err.status();
+    err.add_headers(&mut response);
+    set_correlation(&mut response, correlation);
+    response
+}
+
+/// Removes tools out of the key's scope from a `tools/list` result it asked for.
+fn filter_tool_list(
+    message: Bytes,
+    lists: &std::collections::HashSet<String>,
+    scope: &crate::scope::Scope,
+) -> Bytes {
+    let Ok(mut value) = serde_json::from_slice::<Value>(&message) else {
+        return message;
+    };
+    let is_list_answer = value
+        .get("id")
+        .map(|id| lists.contains(&id.to_string()))
+        .unwrap_or(false);
+    if !is_list_answer {
+        return message;
+    }
+    if let Some(tools) = value
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(Value::as_array_mut)
+    {
+        tools.retain(|tool| {
+            tool.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| scope.allows_tool(name))
+        });
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .unwrap_or(message)
+}
+
+/// During a rotation's overlap, tells the client its key is going away (RFC 8594).
+fn rotation_headers(principal: &Principal) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let (Some(replaced_by), Some(expires_at)) = (&principal.replaced_by, principal.expires_at) {
+        let when = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(expires_at).unwrap_or(0));
+        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(when)) {
+            headers.insert("sunset", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(replaced_by) {
+            headers.insert("outpost-key-replaced-by", value);
+        }
+    }
+    headers
+}
+
+/// Refuses JSON nested deeper than `max` (objects and arrays), without parsing it.
+fn check_depth(body: &[u8], max: usize) -> Result<(), RelayError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(RelayError::TooDeep(max));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a `Host` outside `http.allowed_hosts` (when set), an `Origin` outside
@@ -475,6 +683,10 @@ struct SseStream {
     stop: CancellationToken,
     /// A GET stream ends with its session; a POST's ends with its answers.
     get_stream: bool,
+    /// Applied to each message before it is sent (hides tools out of the key's scope).
+    filter: Box<dyn Fn(Bytes) -> Bytes + Send>,
+    /// In-flight slots the POST holds until its stream ends.
+    _slots: Vec<crate::guard::Slot>,
 }
 
 fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
@@ -485,7 +697,7 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
         let deadline = s.deadline.map(|(at, _)| at);
         tokio::select! {
             biased;
-            message = s.messages.recv() => message.map(|m| (Ok(sse_event(&m)), s)),
+            message = s.messages.recv() => message.map(|m| (Ok(sse_event(&(s.filter)(m))), s)),
             _ = sleep_until_opt(deadline) => {
                 if let Some((_, post)) = s.deadline.take() {
                     // The POST is gone from the session, so its channel closes once any
@@ -495,7 +707,13 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
                 match s.initial.pop_front() {
                     Some(message) => Some((Ok(sse_event(&message)), s)),
                     // Nothing expired: the last answer is on its way through the channel.
-                    None => s.messages.recv().await.map(|m| (Ok(sse_event(&m)), s)),
+                    None => match s.messages.recv().await {
+                        Some(m) => {
+                            let event = sse_event(&(s.filter)(m));
+                            Some((Ok(event), s))
+                        }
+                        None => None,
+                    },
                 }
             }
             _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),

@@ -103,6 +103,7 @@ pub(crate) async fn serve(
         let live = connections.token();
         let stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
+        let max_header_bytes = limits.max_header_bytes;
         let span = tracing::debug_span!("conn", client.addr = %peer);
         tasks.spawn(
             async move {
@@ -119,6 +120,16 @@ pub(crate) async fn serve(
                         return;
                     }
                 };
+                // Handlers learn the client's address from this extension (audit, limits).
+                let router = tower::ServiceExt::map_request(
+                    router,
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(crate::admin::PeerAddr(peer));
+                        request
+                    },
+                );
                 let service = TowerToHyperService::new(router);
                 // HTTP/1.1 only (the ALPN offer): hyper-util's auto builder would first wait
                 // for a protocol preface with no timeout. With a timer, hyper closes a
@@ -127,7 +138,9 @@ pub(crate) async fn serve(
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout);
+                    .header_read_timeout(handshake_timeout)
+                    // A request head over this is answered 431 by hyper.
+                    .max_buf_size(max_header_bytes);
                 let connection = builder
                     .serve_connection(TokioIo::new(tls), service)
                     .with_upgrades();

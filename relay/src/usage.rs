@@ -12,10 +12,22 @@ use crate::config::UsageSettings;
 use crate::store::{Store, UsageEvent};
 
 /// Cheap, cloneable handle for recording usage.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UsageRecorder {
     tx: mpsc::Sender<UsageEvent>,
     counters: Arc<UsageCounters>,
+    observer: Option<Observer>,
+}
+
+/// Sees each usage event as it is recorded (the relay's metrics).
+pub type Observer = Arc<dyn Fn(&UsageEvent) + Send + Sync>;
+
+impl std::fmt::Debug for UsageRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageRecorder")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happened to usage events, for metrics and tests.
@@ -47,6 +59,7 @@ pub fn channel(store: Arc<dyn Store>, settings: UsageSettings) -> (UsageRecorder
         UsageRecorder {
             tx,
             counters: counters.clone(),
+            observer: None,
         },
         UsageWriter {
             rx,
@@ -60,9 +73,18 @@ pub fn channel(store: Arc<dyn Store>, settings: UsageSettings) -> (UsageRecorder
 impl UsageRecorder {
     /// Queues an event without waiting; drops and counts it if the queue is full.
     pub fn record(&self, event: UsageEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event);
+        }
         if self.tx.try_send(event).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Also shows every event to `observer` (metrics), before it is queued.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The counters.

@@ -64,6 +64,7 @@ pub struct RelayBuilder {
     listen: Option<SocketAddr>,
     reuse: Option<Arc<RelayState>>,
     http: HttpSettings,
+    rate_limits: outpost_relay::config::RateLimits,
 }
 
 impl Default for RelayBuilder {
@@ -81,6 +82,16 @@ impl Default for RelayBuilder {
             listen: None,
             reuse: None,
             http: HttpSettings::default(),
+            // Generous, so tests that are not about limits never meet one.
+            rate_limits: outpost_relay::config::RateLimits {
+                requests_per_second: 100_000,
+                burst: 100_000,
+                tool_requests_per_second: 100_000,
+                tool_burst: 100_000,
+                max_in_flight_per_key: 10_000,
+                max_in_flight_per_agent: 10_000,
+                ..outpost_relay::config::RateLimits::default()
+            },
         }
     }
 }
@@ -101,6 +112,8 @@ pub struct RelayState {
 pub struct TestRelay {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its Prometheus metrics are served (plain HTTP).
+    pub metrics_addr: Option<SocketAddr>,
     /// Lasting state, for [`RelayBuilder::restart_of`].
     pub state: Arc<RelayState>,
     store: SqliteStore,
@@ -125,6 +138,12 @@ impl RelayBuilder {
     /// Sets the TLS handshake and request-header timeout.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the rate limits.
+    pub fn rate_limits(mut self, limits: outpost_relay::config::RateLimits) -> Self {
+        self.rate_limits = limits;
         self
     }
 
@@ -184,14 +203,20 @@ impl RelayBuilder {
                 ..UsageSettings::default()
             },
             http: self.http,
+            rate_limits: self.rate_limits,
+            metrics: outpost_relay::config::MetricsSettings {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            },
         };
         let bound = Relay::bind(config.clone()).await?;
         let addr = bound.local_addr();
+        let metrics_addr = bound.metrics_addr();
         let store = SqliteStore::open(&config.database_path()).await?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(bound.run(stop.clone()));
         Ok(TestRelay {
             addr,
+            metrics_addr,
             state,
             store,
             stop,
@@ -240,6 +265,64 @@ impl TestRelay {
     /// Issues a client key with the member role.
     pub async fn client_key(&self) -> anyhow::Result<String> {
         self.issue(KeyKind::Client, None, "member", None).await
+    }
+
+    /// Issues a client key of `role` in organisation `org_id` with `scopes`.
+    pub async fn key_with(
+        &self,
+        org_id: &str,
+        role: &str,
+        scopes: outpost_relay::store::Scopes,
+    ) -> anyhow::Result<String> {
+        let key = issue_key_full(
+            &self.store,
+            &self.state,
+            org_id,
+            KeyKind::Client,
+            None,
+            role,
+            None,
+            scopes,
+        )
+        .await?;
+        Ok(key.expose_secret().to_owned())
+    }
+
+    /// Creates another organisation; returns its id.
+    pub async fn organisation(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.store.create_organisation(name).await?.id)
+    }
+
+    /// The id of the organisation the builder's keys belong to.
+    pub fn org_id(&self) -> &str {
+        &self.state.org_id
+    }
+
+    /// Calls the admin API: `(status, headers, JSON body or Null)`.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, serde_json::Value)> {
+        let mut request = self
+            .http_client()
+            .request(method, format!("{}{path}", self.base_url()))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, headers, body))
+    }
+
+    /// Direct access to the store, for tests that tamper with it.
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
     }
 
     /// Issues a client key that expires at `expires_at` (ms since the epoch).
@@ -469,6 +552,10 @@ impl AgentBuilder {
         );
         // Values given here stand for `${env:}` references: secrets, PATH aside.
         let env_is_secret = vars.iter().map(|(k, _)| k != "PATH").collect();
+        let reference_values = env
+            .iter()
+            .map(|(_, v)| SecretString::from((*v).to_owned()))
+            .collect();
         self.servers.insert(
             name.to_owned(),
             ServerConfig {
@@ -478,6 +565,7 @@ impl AgentBuilder {
                     args: args.iter().map(|a| (*a).to_owned()).collect(),
                     env: vars,
                     env_is_secret,
+                    reference_values,
                     cwd: None,
                 }),
                 policy: ToolPolicy::default(),
@@ -517,6 +605,7 @@ impl AgentBuilder {
                 transport: Transport::Http(outpost_agent::config::HttpConfig {
                     url: url.parse().expect("test server URL parses"),
                     headers: Vec::new(),
+                    reference_values: Vec::new(),
                 }),
                 policy: ToolPolicy::default(),
             },
@@ -639,6 +728,30 @@ async fn issue_key(
     role: &str,
     expires_at: Option<i64>,
 ) -> anyhow::Result<SecretString> {
+    issue_key_full(
+        store,
+        state,
+        &state.org_id,
+        kind,
+        agent_id,
+        role,
+        expires_at,
+        Default::default(),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn issue_key_full(
+    store: &SqliteStore,
+    state: &RelayState,
+    org_id: &str,
+    kind: KeyKind,
+    agent_id: Option<String>,
+    role: &str,
+    expires_at: Option<i64>,
+    scopes: outpost_relay::store::Scopes,
+) -> anyhow::Result<SecretString> {
     let pepper_text = std::fs::read(&state.pepper_file)?;
     let pepper = Pepper::new(SecretBox::new(
         pepper_text.trim_ascii_end().to_vec().into_boxed_slice(),
@@ -647,7 +760,7 @@ async fn issue_key(
     store
         .insert_key(NewKey {
             id: key.key_id.0.clone(),
-            org_id: state.org_id.clone(),
+            org_id: org_id.to_owned(),
             kind: kind.as_str(),
             environment: "live",
             name: format!("test {}", kind.as_str()),
@@ -655,6 +768,10 @@ async fn issue_key(
             agent_id,
             hash: key.hash,
             expires_at,
+            scopes,
+            rate_per_second: None,
+            burst: None,
+            created_by: "cli".into(),
         })
         .await?;
     Ok(key.secret)

@@ -54,6 +54,76 @@ pub struct KeyRecord {
     pub expires_at: Option<i64>,
     /// Revocation time, ms since the epoch.
     pub revoked_at: Option<i64>,
+    /// What the key may reach.
+    pub scopes: Scopes,
+    /// Its token bucket: requests per second; `None` is the relay's default.
+    pub rate_per_second: Option<u32>,
+    /// Its token bucket: burst; `None` is the relay's default.
+    pub burst: Option<u32>,
+    /// Last successful authentication, ms since the epoch (at most a minute stale).
+    pub last_used_at: Option<i64>,
+    /// The key that replaced this one in a rotation.
+    pub replaced_by: Option<String>,
+    /// Who created it: a key id, or `cli`.
+    pub created_by: String,
+}
+
+/// What a client key may reach: `agent/server` globs, and optionally tool-name globs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scopes {
+    /// `agent/server` globs (`prod-eu/*`, `*/erp`); a request must match one.
+    pub servers: Vec<String>,
+    /// Tool-name globs; empty means every tool of the servers in scope.
+    pub tools: Vec<String>,
+}
+
+impl Default for Scopes {
+    fn default() -> Self {
+        Self {
+            servers: vec!["*/*".to_owned()],
+            tools: Vec::new(),
+        }
+    }
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: i64,
+    /// When, ms since the epoch (UTC).
+    pub at: i64,
+    /// Organisation concerned, if any.
+    pub org_id: Option<String>,
+    /// Who acted: a key id, `cli`, `relay`, or a source address.
+    pub actor: String,
+    /// What happened, e.g. `key.created`.
+    pub action: String,
+    /// What it happened to, e.g. a key id or an agent name.
+    pub resource: String,
+    /// The client's address.
+    pub source: Option<String>,
+    /// The client's user agent.
+    pub user_agent: Option<String>,
+    /// The request's correlation id.
+    pub correlation_id: Option<String>,
+    /// A JSON object with details; never key material or message content.
+    pub detail: String,
+    /// The previous row's hash (zeros for the first).
+    pub prev_hash: Vec<u8>,
+    /// This row's chained HMAC.
+    pub hash: Vec<u8>,
+}
+
+/// The end of the audit chain, sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    /// Sequence number of the last row.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: Vec<u8>,
+    /// HMAC over `seq` and `hash`, so the head cannot be moved back without the pepper.
+    pub seal: Vec<u8>,
 }
 
 /// One recorded call: who, where, what kind, how it went. No content.
@@ -134,6 +204,14 @@ pub struct NewKey {
     pub hash: [u8; 32],
     /// Expiry, ms since the epoch.
     pub expires_at: Option<i64>,
+    /// What the key may reach (client keys).
+    pub scopes: Scopes,
+    /// Token bucket rate; `None` is the relay's default.
+    pub rate_per_second: Option<u32>,
+    /// Token bucket burst; `None` is the relay's default.
+    pub burst: Option<u32>,
+    /// Who creates it: a key id, or `cli`.
+    pub created_by: String,
 }
 
 /// Why a store operation failed.
@@ -161,6 +239,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_organisation(&self, name: &str) -> Result<Organisation, StoreError>;
     /// Finds an organisation by name.
     async fn organisation_by_name(&self, name: &str) -> Result<Option<Organisation>, StoreError>;
+    /// Finds an organisation by id.
+    async fn organisation_by_id(&self, id: &str) -> Result<Option<Organisation>, StoreError>;
+    /// Renames an organisation; `Conflict` if the name is taken.
+    async fn rename_organisation(&self, id: &str, name: &str) -> Result<(), StoreError>;
+    /// An organisation's agents, by name.
+    async fn agents(&self, org_id: &str) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Changes a client key's role.
+    async fn set_key_role(&self, org_id: &str, id: &str, role: &str) -> Result<(), StoreError>;
     /// All organisations, oldest first.
     async fn organisations(&self) -> Result<Vec<Organisation>, StoreError>;
     /// Returns the agent of that name in the organisation, creating it if needed.
@@ -177,6 +263,34 @@ pub trait Store: Send + Sync + 'static {
     async fn keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
     /// Revokes a key; `NotFound` if the organisation has no such key.
     async fn revoke_key(&self, org_id: &str, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Records a successful authentication time.
+    async fn touch_key(&self, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Stores `new` and makes it the replacement of `old_id`, which expires at
+    /// `old_expires_at` (or earlier, if it already did), in one transaction.
+    async fn rotate_key(
+        &self,
+        org_id: &str,
+        old_id: &str,
+        new: NewKey,
+        old_expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Keys whose expiry falls in `[from, to)`, not revoked.
+    async fn keys_expiring_between(&self, from: i64, to: i64)
+    -> Result<Vec<KeyRecord>, StoreError>;
+    /// The end of the audit chain, if any row exists.
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
+    /// Appends rows after `expected_seq` (0: the chain is empty) and moves the head, in one
+    /// transaction; `Conflict` when another writer appended first.
+    async fn append_audit(
+        &self,
+        expected_seq: i64,
+        rows: &[AuditRow],
+        head: &AuditHead,
+    ) -> Result<(), StoreError>;
+    /// Audit rows with `seq > after`, in order, at most `limit`.
+    async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    /// Deletes usage events older than `before`; returns how many.
+    async fn prune_usage(&self, before: i64) -> Result<u64, StoreError>;
     /// Appends usage events in one transaction.
     async fn record_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError>;
     /// Usage events of an organisation since a time, oldest first.

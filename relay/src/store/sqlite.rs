@@ -9,7 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AgentRecord, CallStatus, KeyRecord, NewKey, Organisation, Store, StoreError, UsageEvent,
+    AgentRecord, AuditHead, AuditRow, CallStatus, KeyRecord, NewKey, Organisation, Scopes, Store,
+    StoreError, UsageEvent,
 };
 use crate::auth::{now_ms, random_id};
 
@@ -71,6 +72,54 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn organisation_by_id(&self, id: &str) -> Result<Option<Organisation>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM organisations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Organisation {
+            id: r.get("id"),
+            name: r.get("name"),
+        }))
+    }
+
+    async fn rename_organisation(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE organisations SET name = ? WHERE id = ?")
+            .bind(name)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_to_conflict(e, format!("organisation {name:?}")))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("organisation {id}")));
+        }
+        Ok(())
+    }
+
+    async fn agents(&self, org_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, org_id, name FROM agents WHERE org_id = ? ORDER BY name")
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(agent_from_row).collect())
+    }
+
+    async fn set_key_role(&self, org_id: &str, id: &str, role: &str) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET role = ? WHERE org_id = ? AND id = ? AND kind = 'client'",
+        )
+        .bind(role)
+        .bind(org_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("client key {id}")));
+        }
+        Ok(())
+    }
+
     async fn organisations(&self) -> Result<Vec<Organisation>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM organisations ORDER BY created_at, id")
             .fetch_all(&self.pool)
@@ -121,24 +170,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_key(&self, key: NewKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, org_id, kind, environment, name, role, agent_id, hash, \
-             created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.org_id)
-        .bind(key.kind)
-        .bind(key.environment)
-        .bind(&key.name)
-        .bind(&key.role)
-        .bind(&key.agent_id)
-        .bind(key.hash.as_slice())
-        .bind(now_ms())
-        .bind(key.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| unique_to_conflict(e, format!("key {}", key.id)))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_key(&mut conn, &key).await
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -172,6 +205,168 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("key {id}")));
         }
         Ok(())
+    }
+
+    async fn touch_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn rotate_key(
+        &self,
+        org_id: &str,
+        old_id: &str,
+        new: NewKey,
+        old_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE api_keys SET replaced_by = ?, \
+             expires_at = MIN(COALESCE(expires_at, ?), ?) \
+             WHERE org_id = ? AND id = ? AND revoked_at IS NULL AND replaced_by IS NULL",
+        )
+        .bind(&new.id)
+        .bind(old_expires_at)
+        .bind(old_expires_at)
+        .bind(org_id)
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "active, unrotated key {old_id}"
+            )));
+        }
+        insert_key(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn keys_expiring_between(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE expires_at >= ? AND expires_at < ? \
+             AND revoked_at IS NULL ORDER BY expires_at, id"
+        ))
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_from_row).collect())
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash, seal FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| AuditHead {
+            seq: r.get("seq"),
+            hash: r.get("hash"),
+            seal: r.get("seal"),
+        }))
+    }
+
+    async fn append_audit(
+        &self,
+        expected_seq: i64,
+        rows: &[AuditRow],
+        head: &AuditHead,
+    ) -> Result<(), StoreError> {
+        // BEGIN IMMEDIATE: the write lock first, so two writers cannot both read the same
+        // head; the loser sees the moved head and gets Conflict.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let result = async {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if current.unwrap_or(0) != expected_seq {
+                return Err(StoreError::Conflict("the audit chain's head".into()));
+            }
+            for row in rows {
+                sqlx::query(
+                    "INSERT INTO audit_events (seq, at, org_id, actor, action, resource, source, \
+                     user_agent, correlation_id, detail, prev_hash, hash) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(row.seq)
+                .bind(row.at)
+                .bind(&row.org_id)
+                .bind(&row.actor)
+                .bind(&row.action)
+                .bind(&row.resource)
+                .bind(&row.source)
+                .bind(&row.user_agent)
+                .bind(&row.correlation_id)
+                .bind(&row.detail)
+                .bind(&row.prev_hash)
+                .bind(&row.hash)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO audit_head (id, seq, hash, seal) VALUES (1, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+                 seal = excluded.seal",
+            )
+            .bind(head.seq)
+            .bind(&head.hash)
+            .bind(&head.seal)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await?;
+        result
+    }
+
+    async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, org_id, actor, action, resource, source, user_agent, \
+             correlation_id, detail, prev_hash, hash FROM audit_events \
+             WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                seq: r.get("seq"),
+                at: r.get("at"),
+                org_id: r.get("org_id"),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                resource: r.get("resource"),
+                source: r.get("source"),
+                user_agent: r.get("user_agent"),
+                correlation_id: r.get("correlation_id"),
+                detail: r.get("detail"),
+                prev_hash: r.get("prev_hash"),
+                hash: r.get("hash"),
+            })
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM usage_events WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn record_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
@@ -239,8 +434,53 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentRecord {
     }
 }
 
+async fn insert_key(conn: &mut sqlx::SqliteConnection, key: &NewKey) -> Result<(), StoreError> {
+    let scopes = serde_json::to_string(&key.scopes.servers).unwrap_or_else(|_| "[]".into());
+    let tools = serde_json::to_string(&key.scopes.tools).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO api_keys (id, org_id, kind, environment, name, role, agent_id, hash, \
+         created_at, expires_at, scopes, tool_scopes, rate_per_second, burst, created_by) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.id)
+    .bind(&key.org_id)
+    .bind(key.kind)
+    .bind(key.environment)
+    .bind(&key.name)
+    .bind(&key.role)
+    .bind(&key.agent_id)
+    .bind(key.hash.as_slice())
+    .bind(now_ms())
+    .bind(key.expires_at)
+    .bind(scopes)
+    .bind(tools)
+    .bind(key.rate_per_second.map(i64::from))
+    .bind(key.burst.map(i64::from))
+    .bind(&key.created_by)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| unique_to_conflict(e, format!("key {}", key.id)))?;
+    Ok(())
+}
+
 fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> KeyRecord {
+    let list = |column: &str| -> Vec<String> {
+        serde_json::from_str(&row.get::<String, _>(column)).unwrap_or_default()
+    };
+    let rate = |column: &str| -> Option<u32> {
+        row.get::<Option<i64>, _>(column)
+            .and_then(|v| u32::try_from(v).ok())
+    };
     KeyRecord {
+        scopes: Scopes {
+            servers: list("scopes"),
+            tools: list("tool_scopes"),
+        },
+        rate_per_second: rate("rate_per_second"),
+        burst: rate("burst"),
+        last_used_at: row.get("last_used_at"),
+        replaced_by: row.get("replaced_by"),
+        created_by: row.get("created_by"),
         id: row.get("id"),
         org_id: row.get("org_id"),
         kind: row.get("kind"),
@@ -274,7 +514,8 @@ fn unique_to_conflict(err: sqlx::Error, what: String) -> StoreError {
 
 const POOL_SIZE: u32 = 4;
 const KEY_COLUMNS: &str = "id, org_id, kind, environment, name, role, agent_id, hash, \
-                           created_at, expires_at, revoked_at";
+                           created_at, expires_at, revoked_at, scopes, tool_scopes, \
+                           rate_per_second, burst, last_used_at, replaced_by, created_by";
 
 #[cfg(test)]
 mod tests {
@@ -305,6 +546,10 @@ mod tests {
                 agent_id: Some(agent.id.clone()),
                 hash: [1; 32],
                 expires_at: None,
+                scopes: Scopes::default(),
+                rate_per_second: None,
+                burst: None,
+                created_by: "cli".into(),
             })
             .await
             .unwrap();

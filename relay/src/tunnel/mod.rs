@@ -47,6 +47,29 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
         Ok(found) => found,
         Err((error, detail)) => {
             error.log(&correlation, &detail);
+            if matches!(error, RelayError::Unauthorized) {
+                let (headers, extensions) = (request.headers(), request.extensions());
+                app.auditor.record(crate::audit::AuditEvent {
+                    actor: "agent".into(),
+                    action: "agent.rejected",
+                    resource: "tunnel".into(),
+                    source: extensions
+                        .get::<crate::admin::PeerAddr>()
+                        .map(|peer| peer.0.ip().to_string()),
+                    user_agent: headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|ua| ua.chars().take(256).collect()),
+                    correlation_id: Some(correlation.0.clone()),
+                    detail: serde_json::json!({ "reason": "key refused" }),
+                    ..crate::audit::AuditEvent::default()
+                });
+                if let Some(delay) = app.note_auth_failure_parts(headers, extensions, &correlation)
+                {
+                    tokio::time::sleep(delay).await;
+                    return RelayError::TooManyFailures.into_http(&correlation);
+                }
+            }
             return error.into_http(&correlation);
         }
     };
@@ -101,6 +124,11 @@ async fn run_session<S>(
         .await
     {
         Ok(Ok(hello)) => hello,
+        Ok(Err(reason)) if reason == CLOSED_BEFORE_HELLO => {
+            // What `outpost-agent check` does after its key was accepted: not a fault.
+            tracing::info!("agent closed the tunnel before its hello (a connectivity check?)");
+            return;
+        }
         Ok(Err(reason)) => {
             tracing::warn!(%reason, "agent hello refused");
             reject(&mut socket, RejectCode::InvalidHello, &reason).await;
@@ -156,6 +184,7 @@ async fn run_session<S>(
         agent.id.clone(),
         agent.org_id.clone(),
         agent.name.clone(),
+        key_id.0.clone(),
         servers,
         tunnel,
     ));
@@ -166,6 +195,17 @@ async fn run_session<S>(
         tracing::warn!("tunnel closed before the welcome");
         return;
     }
+    app.auditor.record(crate::audit::AuditEvent {
+        org_id: Some(agent.org_id.clone()),
+        actor: key_id.0.clone(),
+        action: "agent.connected",
+        resource: agent.name.clone(),
+        detail: serde_json::json!({
+            "agent_version": hello.agent_version,
+            "servers": handle.servers().as_ref(),
+        }),
+        ..crate::audit::AuditEvent::default()
+    });
     if let Err(err) = app.store.touch_agent(&agent.id, now_ms()).await {
         tracing::warn!(%err, "could not record the agent's connection time");
     }
@@ -180,7 +220,7 @@ async fn run_session<S>(
     // tunnel within one heartbeat interval. In a task of its own, so that a slow store
     // never holds up the loop that drives the tunnel.
     app.tasks.spawn(
-        recheck_key(app.clone(), key_id, handle.tunnel.clone())
+        recheck_key(app.clone(), key_id.clone(), handle.tunnel.clone())
             .instrument(tracing::Span::current()),
     );
     let exit = loop {
@@ -207,6 +247,14 @@ async fn run_session<S>(
         }
     };
     app.agents.remove(&handle);
+    app.auditor.record(crate::audit::AuditEvent {
+        org_id: Some(agent.org_id.clone()),
+        actor: key_id.0.clone(),
+        action: "agent.disconnected",
+        resource: agent.name.clone(),
+        detail: serde_json::json!({ "reason": exit.to_string() }),
+        ..crate::audit::AuditEvent::default()
+    });
     tracing::info!(%exit, "agent disconnected");
 }
 
@@ -224,12 +272,14 @@ where
                 };
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return Err(CLOSED_BEFORE_HELLO.into()),
             Some(Ok(_)) => return Err("the first frame must be a binary hello".into()),
             Some(Err(err)) => return Err(format!("connection failed: {err}")),
-            None => return Err("connection closed before the hello".into()),
         }
     }
 }
+
+const CLOSED_BEFORE_HELLO: &str = "connection closed before the hello";
 
 fn validate_servers(hello: &Hello) -> Result<Vec<String>, String> {
     validate_server_list(&hello.servers)

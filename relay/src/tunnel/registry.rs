@@ -18,6 +18,8 @@ pub(crate) struct AgentHandle {
     pub(crate) org_id: String,
     /// Its name.
     pub(crate) name: String,
+    /// The id of the key its tunnel authenticated with.
+    pub(crate) key_id: String,
     /// The servers it offers: from its hello, replaced when it announces a change.
     servers: Arc<std::sync::RwLock<Arc<Vec<String>>>>,
     /// The tunnel to it.
@@ -41,6 +43,7 @@ impl AgentHandle {
         agent_id: String,
         org_id: String,
         name: String,
+        key_id: String,
         servers: Vec<String>,
         tunnel: Tunnel<RelayFrame>,
     ) -> Self {
@@ -48,6 +51,7 @@ impl AgentHandle {
             agent_id,
             org_id,
             name,
+            key_id,
             servers: Arc::new(std::sync::RwLock::new(Arc::new(servers))),
             tunnel,
             draining: Arc::default(),
@@ -85,6 +89,14 @@ impl AgentRegistry {
             old.tunnel.close();
         }
         handle
+    }
+
+    /// Closes every tunnel that authenticated with key `key_id` (it was just revoked).
+    pub(crate) fn close_for_key(&self, key_id: &str) {
+        for handle in self.lock().values().filter(|h| h.key_id == key_id) {
+            tracing::info!(agent = %handle.name, "its key was revoked: closing the tunnel");
+            handle.tunnel.close();
+        }
     }
 
     /// Removes `handle`, unless a newer registration has replaced it.
