@@ -117,9 +117,6 @@ async fn handle_post(
     if !principal.scope.allows_server(agent, server) {
         return Err(RelayError::InsufficientScope("server"));
     }
-    if let Err(limited) = app.guard.admit_request(&principal.key_id.0, principal.rate) {
-        return Err(limited_error(app, &limited));
-    }
     let headers = request.headers().clone();
     if !is_json(&headers) {
         return Err(RelayError::UnsupportedMediaType);
@@ -138,8 +135,16 @@ async fn handle_post(
             _ => None,
         })
         .collect();
-    // Per call: the tool must be in scope and under its rate, and the key and agent under
-    // their in-flight caps. A refusal answers every request of the POST.
+    // The key's bucket, then per call: the tool must be in scope and under its rate, and
+    // the key and agent under their in-flight caps. A refusal answers every request of
+    // the POST by its id.
+    if let Err(limited) = app.guard.admit_request(&principal.key_id.0, principal.rate) {
+        return Ok(refuse_requests(
+            &limited_error(app, &limited),
+            &requests,
+            correlation,
+        ));
+    }
     let mut slots = Vec::new();
     let mut tool_lists = std::collections::HashSet::new();
     for (_, kind) in &messages {
