@@ -104,11 +104,9 @@ impl Redactor {
 /// Every form a secret may take in a JSON message.
 fn forms(value: &str) -> Vec<Vec<u8>> {
     let bytes = value.as_bytes();
-    let mut forms = Vec::new();
     // Raw, for log lines (in JSON text a secret with quotes or backslashes appears
     // escaped, the next form).
-    forms.push(bytes.to_vec());
-    forms.push(json_escaped(value, false).into_bytes());
+    let mut forms = vec![bytes.to_vec(), json_escaped(value, false).into_bytes()];
     forms.push(json_escaped(value, true).into_bytes());
     forms.push(
         utf8_percent_encode(value, NON_ALPHANUMERIC)

@@ -91,6 +91,7 @@ async fn authenticate(
         .await
         .map_err(|err| {
             tracing::info!(reason = %err, correlation = %correlation.0, "admin key refused");
+            app.note_refused_key(&err, headers, &parts.extensions, &correlation);
             match app.note_auth_failure_parts(headers, &parts.extensions, &correlation) {
                 Some(delay) => AdminError::Slowed(delay),
                 None => AdminError::Unauthorized,
@@ -191,6 +192,12 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Ad
     if body.is_empty() {
         return Ok(T::default());
     }
+    // serde would read a struct from a JSON array by position; the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AdminError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
 }
@@ -234,6 +241,9 @@ fn render_error(err: AdminError, correlation: &CorrelationId) -> Response {
             "conflict",
             format!("{message} already exists"),
         ),
+        AdminError::Control(ControlError::StateConflict(message)) => {
+            (StatusCode::CONFLICT, "conflict", message)
+        }
         AdminError::Control(ControlError::Store(err)) => {
             tracing::error!(%err, correlation = %correlation.0, "admin request failed");
             (
@@ -299,6 +309,11 @@ struct Rename {
 
 async fn rename_organisation(State(app): State<Arc<App>>, request: Request) -> Response {
     handle(app, request, StatusCode::OK, |app, ctx, body| async move {
+        if body.is_empty() {
+            return Err(AdminError::BadRequest(
+                "a body {\"name\": ...} is required".into(),
+            ));
+        }
         let rename: Rename = parse(&body)?;
         Ok(control(&app)
             .rename_organisation(&ctx.actor, &rename.name)
@@ -471,8 +486,19 @@ async fn usage(
 
 /// `24h`, `90m`, ...: a duration back from now, in ms since the epoch.
 pub fn parse_since(text: &str) -> Result<i64, AdminErrorText> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| AdminErrorText(format!("since={text:?}: {e}")))?;
+    let invalid = || {
+        AdminErrorText(format!(
+            "since={text:?}: a number and a unit, s, m, h, d or w (24h)"
+        ))
+    };
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    if number.is_empty() || number.len() > 9 || !matches!(unit, "s" | "m" | "h" | "d" | "w") {
+        return Err(invalid());
+    }
+    let duration = humantime::parse_duration(text).map_err(|_| invalid())?;
     Ok(now_ms().saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)))
 }
 

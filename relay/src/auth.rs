@@ -67,8 +67,10 @@ pub struct Principal {
     pub name: String,
     /// What the key may reach.
     pub scope: std::sync::Arc<crate::scope::Scope>,
-    /// The key's token bucket, if it has its own: (per second, burst).
-    pub rate: Option<(u32, u32)>,
+    /// The key's own token bucket rate, requests per second; `None`: the relay's default.
+    pub rate: Option<u32>,
+    /// The key's own burst; `None`: the relay's default.
+    pub burst: Option<u32>,
     /// When the key expires, ms since the epoch.
     pub expires_at: Option<i64>,
     /// The key that replaces it, during a rotation's overlap.
@@ -290,7 +292,8 @@ pub async fn authenticate(
         role,
         name,
         scope: std::sync::Arc::new(scope),
-        rate: rate_per_second.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2)))),
+        rate: rate_per_second,
+        burst,
         expires_at,
         replaced_by,
         last_used_at,

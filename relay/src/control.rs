@@ -123,6 +123,9 @@ pub enum ControlError {
     /// A unique name is taken (409).
     #[error("{0} already exists")]
     Conflict(String),
+    /// The object's state does not allow it (409).
+    #[error("{0}")]
+    StateConflict(String),
     /// The store failed (500).
     #[error(transparent)]
     Store(StoreError),
@@ -334,6 +337,11 @@ impl Control<'_> {
                         "expires_in_seconds must be positive".into(),
                     ));
                 }
+                Some(seconds) if seconds > MAX_LIFETIME_SECONDS => {
+                    return Err(ControlError::Invalid(format!(
+                        "expires_in_seconds must be at most {MAX_LIFETIME_SECONDS} (ten years)"
+                    )));
+                }
                 Some(seconds) => Some(now_ms().saturating_add(
                     i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
                 )),
@@ -346,7 +354,8 @@ impl Control<'_> {
                 Some(agent) => format!("agent {agent}"),
                 None => format!("{role} key"),
             });
-        if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
             return Err(ControlError::Invalid(format!(
                 "name must be 1 to {MAX_NAME} printable characters"
             )));
@@ -392,6 +401,14 @@ impl Control<'_> {
         require(actor, Operation::ManageKey)?;
         let key = self.key_of(actor, id).await?;
         self.may_manage(actor, &key)?;
+        if key.role == "owner"
+            && key.revoked_at.is_none()
+            && self.owner_count(&actor.org_id).await? <= 1
+        {
+            return Err(ControlError::StateConflict(
+                "the organisation's last owner key cannot be revoked".into(),
+            ));
+        }
         self.store.revoke_key(&actor.org_id, id, now_ms()).await?;
         self.audit(
             actor,
@@ -414,9 +431,12 @@ impl Control<'_> {
         require(actor, Operation::ManageKey)?;
         let old = self.key_of(actor, id).await?;
         self.may_manage(actor, &old)?;
-        if old.revoked_at.is_some() || old.replaced_by.is_some() {
-            return Err(ControlError::Invalid(format!(
-                "key {id} is revoked or already rotated"
+        if old.revoked_at.is_some()
+            || old.replaced_by.is_some()
+            || old.expires_at.is_some_and(|at| at <= now_ms())
+        {
+            return Err(ControlError::StateConflict(format!(
+                "key {id} is revoked, expired or already rotated"
             )));
         }
         if overlap_seconds > MAX_OVERLAP_SECONDS {
@@ -479,7 +499,9 @@ impl Control<'_> {
         require(actor, Operation::ChangeRole)?;
         let key = self.key_of(actor, id).await?;
         let Some(current) = Role::parse(&key.role) else {
-            return Err(ControlError::Invalid("agent keys have no role".into()));
+            return Err(ControlError::StateConflict(
+                "agent keys have no role".into(),
+            ));
         };
         // Only owners make or unmake owners.
         if (current == Role::Owner || role == Role::Owner) && actor.role != Role::Owner {
@@ -489,7 +511,7 @@ impl Control<'_> {
             && role != Role::Owner
             && self.owner_count(&actor.org_id).await? <= 1
         {
-            return Err(ControlError::Invalid(
+            return Err(ControlError::StateConflict(
                 "the organisation needs an owner".into(),
             ));
         }
@@ -686,6 +708,34 @@ impl Control<'_> {
                 "scopes must name at least one agent/server pattern".into(),
             ));
         }
+        // The same character sets as the OpenAPI document: names and the glob characters
+        // `*` and `?`, so every accepted pattern compiles.
+        let glob_chars =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-');
+        for pattern in &scopes.servers {
+            let valid = pattern.split_once('/').is_some_and(|(a, s)| {
+                (1..=64).contains(&a.len())
+                    && (1..=64).contains(&s.len())
+                    && a.chars().all(glob_chars)
+                    && s.chars().all(glob_chars)
+            });
+            if !valid {
+                return Err(ControlError::Invalid(format!(
+                    "scope {pattern:?} must be AGENT/SERVER of letters, digits, _ . - and the globs * ?"
+                )));
+            }
+        }
+        for pattern in &scopes.tools {
+            let valid = (1..=128).contains(&pattern.len())
+                && pattern
+                    .chars()
+                    .all(|c| glob_chars(c) || matches!(c, '/' | ':'));
+            if !valid {
+                return Err(ControlError::Invalid(format!(
+                    "tool scope {pattern:?} must be letters, digits, _ . - / : and the globs * ?"
+                )));
+            }
+        }
         Scope::new(&scopes).map_err(|e| ControlError::Invalid(e.to_string()))?;
         if actor.role < Role::Admin {
             let own =
@@ -752,6 +802,7 @@ fn rate_of(request: &CreateKey) -> Result<(Option<u32>, Option<u32>), ControlErr
             "rate and burst must be positive".into(),
         ));
     }
+    // A burst alone keeps the relay's default rate; a rate alone gets twice its burst.
     let burst = request.burst.or(rate.map(|r| r.saturating_mul(2)));
     Ok((rate, burst))
 }
@@ -859,6 +910,7 @@ pub fn summarise(events: &[UsageEvent], by: UsageBy) -> Vec<UsageRow> {
 }
 
 const MAX_NAME: usize = 128;
+const MAX_LIFETIME_SECONDS: u64 = 315_360_000;
 const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
 const AUDIT_PAGE: i64 = 1000;
 

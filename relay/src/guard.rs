@@ -115,10 +115,16 @@ impl Guard {
         }
     }
 
-    /// Takes a token from the key's bucket (its own rate, or the default).
-    pub fn admit_request(&self, key_id: &str, rate: Option<(u32, u32)>) -> Result<(), Limited> {
-        let (per_second, burst) =
-            rate.unwrap_or((self.settings.requests_per_second, self.settings.burst));
+    /// Takes a token from the key's bucket: its own rate and burst where it has them,
+    /// the relay's defaults otherwise.
+    pub fn admit_request(
+        &self,
+        key_id: &str,
+        rate: Option<u32>,
+        burst: Option<u32>,
+    ) -> Result<(), Limited> {
+        let per_second = rate.unwrap_or(self.settings.requests_per_second);
+        let burst = burst.unwrap_or(self.settings.burst);
         self.take(BucketKey::Key(key_id.to_owned()), per_second, burst, "key")
     }
 
@@ -314,15 +320,15 @@ mod tests {
     async fn buckets_refill_at_their_rate() {
         let guard = Guard::new(settings());
         for _ in 0..3 {
-            guard.admit_request("k", None).unwrap();
+            guard.admit_request("k", None, None).unwrap();
         }
-        let limited = guard.admit_request("k", None).unwrap_err();
+        let limited = guard.admit_request("k", None, None).unwrap_err();
         assert_eq!(limited.retry_after_secs(), 1);
         tokio::time::advance(Duration::from_millis(110)).await;
-        guard.admit_request("k", None).unwrap();
+        guard.admit_request("k", None, None).unwrap();
         // A key's own plan overrides the default.
         for _ in 0..20 {
-            guard.admit_request("big", Some((1000, 20))).unwrap();
+            guard.admit_request("big", Some(1000), Some(20)).unwrap();
         }
         guard.admit_tool("k", "t").unwrap();
         guard.admit_tool("k", "t").unwrap();
@@ -365,8 +371,8 @@ mod tests {
     fn full_tables_fail_closed() {
         let guard = Guard::new(settings());
         for key in ["a", "b", "c", "d"] {
-            guard.admit_request(key, None).unwrap();
+            guard.admit_request(key, None, None).unwrap();
         }
-        assert!(guard.admit_request("e", None).is_err());
+        assert!(guard.admit_request("e", None, None).is_err());
     }
 }

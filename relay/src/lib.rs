@@ -343,7 +343,7 @@ impl App {
             auth::AuthError::Expired(key) => ("key.used_after_expiry", key),
             _ => return,
         };
-        self.auditor.record(audit::AuditEvent {
+        let event = audit::AuditEvent {
             org_id: None,
             actor: key.0.clone(),
             action,
@@ -357,6 +357,14 @@ impl App {
                 .map(|ua| ua.chars().take(256).collect()),
             correlation_id: Some(correlation.0.clone()),
             detail: serde_json::json!({}),
+        };
+        // The key's organisation, so its admins see the event; off the request path.
+        let store = self.store.clone();
+        let auditor = self.auditor.clone();
+        let key = key.0.clone();
+        self.tasks.spawn(async move {
+            let org_id = store.key_by_id(&key).await.ok().flatten().map(|k| k.org_id);
+            auditor.record(audit::AuditEvent { org_id, ..event });
         });
     }
 
@@ -417,6 +425,11 @@ async fn sweep_control_plane(app: Arc<App>) {
         }
         app.flush_failure_reports();
         app.guard.sweep();
+        let stale = auth::now_ms() - KEY_TOUCH_INTERVAL_MS;
+        app.key_touches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, at| *at > stale);
         let now = auth::now_ms();
         match app.store.keys_expiring_between(checked_until, now).await {
             Ok(keys) => {

@@ -42,11 +42,12 @@ pub(crate) async fn post(
 pub(crate) async fn get(
     State(app): State<Arc<App>>,
     Path((agent, server)): Path<(String, String)>,
+    peer: Option<axum::Extension<crate::admin::PeerAddr>>,
     headers: HeaderMap,
 ) -> Response {
     let correlation = CorrelationId::new();
     let result = async {
-        let (_, session) = existing_session(&app, &agent, &server, &headers).await?;
+        let (_, session) = existing_session(&app, &agent, &server, &headers, peer).await?;
         if !accepts(&headers, "text/event-stream") {
             return Err(RelayError::NotAcceptable);
         }
@@ -72,11 +73,12 @@ pub(crate) async fn get(
 pub(crate) async fn delete(
     State(app): State<Arc<App>>,
     Path((agent, server)): Path<(String, String)>,
+    peer: Option<axum::Extension<crate::admin::PeerAddr>>,
     headers: HeaderMap,
 ) -> Response {
     let correlation = CorrelationId::new();
     let result = async {
-        let (principal, session) = existing_session(&app, &agent, &server, &headers).await?;
+        let (principal, session) = existing_session(&app, &agent, &server, &headers, peer).await?;
         if app.sessions.delete(&session.id, &principal).await {
             Ok(StatusCode::NO_CONTENT.into_response())
         } else {
@@ -114,6 +116,10 @@ async fn handle_post(
     check_names(agent, server)?;
     check_headers(app, request.headers())?;
     let principal = authenticate(app, request.headers(), request.extensions(), correlation).await?;
+    if principal.role == "viewer" {
+        // Viewers read usage and agents; calling tools takes a member.
+        return Err(RelayError::InsufficientScope("server with a viewer key"));
+    }
     if !principal.scope.allows_server(agent, server) {
         return Err(RelayError::InsufficientScope("server"));
     }
@@ -138,7 +144,10 @@ async fn handle_post(
     // The key's bucket, then per call: the tool must be in scope and under its rate, and
     // the key and agent under their in-flight caps. A refusal answers every request of
     // the POST by its id.
-    if let Err(limited) = app.guard.admit_request(&principal.key_id.0, principal.rate) {
+    if let Err(limited) =
+        app.guard
+            .admit_request(&principal.key_id.0, principal.rate, principal.burst)
+    {
         return Ok(refuse_requests(
             &limited_error(app, &limited),
             &requests,
@@ -336,16 +345,19 @@ async fn existing_session(
     agent: &str,
     server: &str,
     headers: &HeaderMap,
+    peer: Option<axum::Extension<crate::admin::PeerAddr>>,
 ) -> Result<(Principal, Arc<ClientSession>), RelayError> {
     check_names(agent, server)?;
     check_headers(app, headers)?;
-    let principal = authenticate(
-        app,
-        headers,
-        &http::Extensions::new(),
-        &CorrelationId::new(),
-    )
-    .await?;
+    let mut extensions = http::Extensions::new();
+    if let Some(axum::Extension(peer)) = peer {
+        extensions.insert(peer);
+    }
+    let principal = authenticate(app, headers, &extensions, &CorrelationId::new()).await?;
+    if principal.role == "viewer" {
+        // Viewers read usage and agents; calling tools takes a member.
+        return Err(RelayError::InsufficientScope("server with a viewer key"));
+    }
     if !principal.scope.allows_server(agent, server) {
         return Err(RelayError::InsufficientScope("server"));
     }

@@ -90,6 +90,7 @@ impl Default for RelayBuilder {
                 tool_burst: 100_000,
                 max_in_flight_per_key: 10_000,
                 max_in_flight_per_agent: 10_000,
+                failures_per_minute: 100_000,
                 ..outpost_relay::config::RateLimits::default()
             },
         }
@@ -222,6 +223,13 @@ impl RelayBuilder {
             stop,
             task,
         })
+    }
+}
+
+impl RelayState {
+    /// The data directory (SQLite files, pepper).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
     }
 }
 
