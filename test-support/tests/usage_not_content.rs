@@ -150,6 +150,36 @@ async fn canaries_reach_the_client_but_not_the_relays_store_or_logs() -> anyhow:
         !log.contains(&client_key["pk_live_".len()..]),
         "the client key in the relay's log"
     );
+
+    // The control plane's tables too: the audit trail holds the agent's connection and
+    // the keys' creation, exported in full, and neither a canary nor key material.
+    let mut export = Process::spawn(
+        &relay_bin,
+        &["--data-dir", data_arg, "--org", "acme", "audit", "export"],
+        &[],
+    )?;
+    assert_eq!(export.wait().await?, Some(0), "{}", export.output());
+    let trail = export.output();
+    assert!(
+        trail.contains("\"agent.connected\"") && trail.contains("\"key.created\""),
+        "{trail}"
+    );
+    for secret in [
+        ARGUMENT_CANARY,
+        RESULT_CANARY,
+        HTTP_ARGUMENT_CANARY,
+        &client_key[8..],
+    ] {
+        assert!(
+            !trail.contains(secret),
+            "{secret} in the audit trail:\n{trail}"
+        );
+    }
+    let agent_key = std::fs::read_to_string(&agent_key_file)?;
+    assert!(
+        !trail.contains(&agent_key.trim()[8..]),
+        "the agent key in the audit trail"
+    );
     upstream.stop().await;
     Ok(())
 }
