@@ -227,13 +227,29 @@ async fn oversized_heads_and_deep_json_are_refused_before_routing() -> anyhow::R
     let relay = relay().spawn().await?;
     let key = relay.client_key().await?;
     let big = "x".repeat(32 * 1024);
-    let (status, _) = relay
-        .raw_request(
-            &format!("POST /mcp/site/everything HTTP/1.1\r\nAuthorization: Bearer {key}\r\nX-Filler: {big}"),
-            b"{}",
-        )
-        .await?;
-    assert_eq!(status, 431);
+    // The relay answers 431 and closes while the head is still arriving; the kernel may
+    // then reset the connection before the client reads the answer, so allow retries.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match relay
+            .raw_request(
+                &format!(
+                    "POST /mcp/site/everything HTTP/1.1\r\nAuthorization: Bearer {key}\r\nX-Filler: {big}"
+                ),
+                b"{}",
+            )
+            .await
+        {
+            Ok((status, _)) => {
+                seen.push(status.to_string());
+                if status == 431 {
+                    break;
+                }
+            }
+            Err(err) => seen.push(err.to_string()),
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("431"), "{seen:?}");
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
     let client = McpClient::new(
         relay.http_client(),
