@@ -19,7 +19,7 @@ use crate::report::{Section, thousands};
 use crate::stack::Stack;
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
-    let duration = if settings.quick { Duration::from_millis(500) } else { Duration::from_secs(5) };
+    let duration = if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(5) };
     let connectors = 16;
     let mut tls = tls_client_config(&stack.home.ca)?;
     tls.resumption = rustls::client::Resumption::disabled();

@@ -21,6 +21,7 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
     let home = RelayHome::create(binaries).await?;
     let keys = fleet::issue_keys(&home.data_dir(), largest).await?;
     let window = if settings.quick { Duration::from_millis(500) } else { Duration::from_secs(20) };
+    let settle = if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(1) };
 
     let mut section = Section::new(
         "d_idle_agents",
@@ -30,11 +31,11 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
     for &count in &sizes {
         let relay = home.spawn(SocketAddr::from(([127, 0, 0, 1], 0)), &[]).await?;
         let pid = relay.pid();
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let before = procfs::rss_kib(pid);
         let fleet = Fleet::start(relay.addr, &home.ca, &keys[..count], DIALING)?;
         let connect = fleet.wait_connected(count, CONNECT_LIMIT).await?;
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let cpu_before = procfs::cpu_time(pid);
         tokio::time::sleep(window).await;
         let cpu = procfs::cpu_time(pid).saturating_sub(cpu_before);
@@ -73,4 +74,3 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
 pub(crate) const DIALING: usize = 256;
 /// How long connecting a whole fleet may take.
 pub(crate) const CONNECT_LIMIT: Duration = Duration::from_secs(180);
-const SETTLE: Duration = Duration::from_secs(1);

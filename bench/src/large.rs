@@ -16,11 +16,11 @@ use crate::stack::Stack;
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
     let sizes: &[usize] = if settings.quick { &[256 * 1024] } else { &[MIB, 10 * MIB] };
-    let levels: &[usize] = if settings.quick { &[1, 2] } else { &[1, 16] };
+    let levels: &[usize] = if settings.quick { &[2] } else { &[1, 16] };
     let bounds = Bounds {
         warmup: Duration::ZERO,
-        duration: if settings.quick { Duration::from_millis(300) } else { Duration::from_secs(3) },
-        max_calls: if settings.quick { 8 } else { 200 },
+        duration: if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(3) },
+        max_calls: if settings.quick { 4 } else { 200 },
     };
     let targets = &stack.targets;
     let cases: Vec<(usize, usize)> = sizes

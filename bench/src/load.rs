@@ -163,7 +163,7 @@ pub(crate) async fn closed_loop(
 }
 
 /// Open loop: `rate` calls per second for the bounds' duration, each on a free session
-/// of `sessions` (waiting for one when all are busy), timed from when it was due.
+/// of `sessions` (waiting for one when all are busy, and then timed from when it was due).
 pub(crate) async fn open_loop(
     sessions: Vec<Session>,
     call: Call,
@@ -185,14 +185,20 @@ pub(crate) async fn open_loop(
     let mut tasks = Vec::new();
     while due < end && sent_measured < bounds.max_calls {
         tokio::time::sleep_until(due).await;
-        let Some(mut session) = free_rx.recv().await else {
-            break;
+        // A call held up because every session was busy is timed from when it was due, so
+        // the wait counts; otherwise from now, so the timer's own lateness (tokio's timer
+        // has 1 ms resolution) does not.
+        let (mut session, intended) = match free_rx.try_recv() {
+            Ok(session) => (session, Instant::now()),
+            Err(_) => match free_rx.recv().await {
+                Some(session) => (session, due),
+                None => break,
+            },
         };
         let measured = due >= measure_from;
         sent_measured += u64::from(measured);
         let outcome = outcome.clone();
         let free_tx = free_tx.clone();
-        let intended = due;
         tasks.push(tokio::spawn(async move {
             let result = session.call(call).await;
             if measured {

@@ -56,9 +56,12 @@ struct Args {
     /// Fleet sizes for (d) and (e).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     agents: Vec<usize>,
-    /// Leave out supergateway and mcp-proxy.
+    /// Leave out supergateway and mcp-proxy (always left out with --quick, unless --peers).
     #[arg(long)]
     no_peers: bool,
+    /// Include the peers in a --quick run.
+    #[arg(long)]
+    peers: bool,
     /// Runs the relay under this command, e.g. "valgrind --tool=callgrind
     /// --callgrind-out-file=relay.callgrind" (for a profile of workload a).
     #[arg(long)]
@@ -135,7 +138,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let wants = |w: char| selected.contains(&w);
     let settings = Settings {
         quick: args.quick,
-        rounds: args.rounds.max(if args.quick { 1 } else { 2 }),
+        rounds: if args.quick { 1 } else { args.rounds.max(2) },
         calls: if args.quick { 50 } else { args.calls },
         agents: args.agents.clone(),
     };
@@ -158,7 +161,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .as_deref()
             .map(|w| w.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
-        let stack = Stack::start(&binaries, !args.no_peers, &wrapper).await?;
+        let peers = !args.no_peers && (!args.quick || args.peers);
+        let stack = Stack::start(&binaries, peers, &wrapper).await?;
         let names: Vec<&str> = stack.targets.iter().map(|t| t.name).collect();
         println!("targets: {}", names.join(", "));
         if wants('a') {

@@ -28,6 +28,11 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
         .max()
         .unwrap_or(0);
     let largest = items(large).iter().filter_map(|i| i["bytes"].as_u64()).max().unwrap_or(0);
+    let smallest_level = items(large)
+        .iter()
+        .filter_map(|i| i["concurrency"].as_u64())
+        .min()
+        .unwrap_or(1);
     let value_of = |items: &[Value], target: &str, pick: &dyn Fn(&Value) -> Option<f64>| {
         items
             .iter()
@@ -46,7 +51,8 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
     };
     let c_of = |target: &str| {
         value_of(&c_items, target, &|i| {
-            (i["bytes"].as_u64() == Some(largest) && i["concurrency"].as_u64() == Some(1))
+            (i["bytes"].as_u64() == Some(largest)
+                && i["concurrency"].as_u64() == Some(smallest_level))
                 .then(|| i["big"]["p50_us"].as_f64())
                 .flatten()
         })
@@ -61,7 +67,7 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
             "(a) p50 latency ratio",
             "(a) p99 latency ratio",
             &format!("(b) calls/s ratio c={top_concurrency}"),
-            &format!("(c) {} MiB c=1 time ratio", largest / (1024 * 1024)),
+            &format!("(c) {} KiB c={smallest_level} time ratio", largest / 1024),
         ],
     );
     let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}x"));
