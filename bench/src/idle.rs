@@ -29,7 +29,9 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
         &["agents", "connect all s", "relay RSS before MiB", "relay RSS after MiB", "relay KB per agent", "relay idle CPU", "relay CPU µs per agent per s"],
     );
     for &count in &sizes {
-        let relay = home.spawn(SocketAddr::from(([127, 0, 0, 1], 0)), &[]).await?;
+        let mut relay = home
+            .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), &settings.relay_under)
+            .await?;
         let pid = relay.pid();
         tokio::time::sleep(settle).await;
         let before = procfs::rss_kib(pid);
@@ -42,7 +44,8 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
         let after = procfs::rss_kib(pid);
         let still = fleet.connected();
         fleet.stop().await;
-        drop(relay);
+        // SIGTERM, so that a relay under valgrind writes its profile.
+        let _ = relay.process.terminate().await;
 
         let per_agent_kb = (after.saturating_sub(before)) as f64 * 1024.0 / 1000.0 / count as f64;
         let share = cpu.as_secs_f64() / window.as_secs_f64();

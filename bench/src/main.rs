@@ -62,8 +62,9 @@ struct Args {
     /// Include the peers in a --quick run.
     #[arg(long)]
     peers: bool,
-    /// Runs the relay under this command, e.g. "valgrind --tool=callgrind
-    /// --callgrind-out-file=relay.callgrind" (for a profile of workload a).
+    /// Runs the relay of a, b, c, f and d under this command, e.g. "valgrind
+    /// --tool=callgrind --callgrind-out-file=relay.callgrind" (a profile of workload a), or
+    /// "valgrind --tool=massif" (where an idle agent's memory goes, with d).
     #[arg(long)]
     relay_under: Option<String>,
     /// Where the JSON results go.
@@ -78,6 +79,8 @@ pub(crate) struct Settings {
     pub(crate) rounds: usize,
     /// Calls per target per round in (a).
     pub(crate) calls: usize,
+    /// A command the relay runs under (valgrind), split into words.
+    pub(crate) relay_under: Vec<String>,
     agents: Vec<usize>,
 }
 
@@ -140,6 +143,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         quick: args.quick,
         rounds: if args.quick { 1 } else { args.rounds.max(2) },
         calls: if args.quick { 50 } else { args.calls },
+        relay_under: args
+            .relay_under
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
         agents: args.agents.clone(),
     };
     let binaries = Binaries::locate(!args.quick)?;
@@ -156,13 +164,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     let mut sections: Vec<Section> = Vec::new();
     if wants('a') || wants('b') || wants('c') || wants('f') {
-        let wrapper: Vec<String> = args
-            .relay_under
-            .as_deref()
-            .map(|w| w.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
         let peers = !args.no_peers && (!args.quick || args.peers);
-        let stack = Stack::start(&binaries, peers, &wrapper).await?;
+        let stack = Stack::start(&binaries, peers, &settings.relay_under).await?;
         let names: Vec<&str> = stack.targets.iter().map(|t| t.name).collect();
         println!("targets: {}", names.join(", "));
         if wants('a') {
