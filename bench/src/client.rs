@@ -151,7 +151,10 @@ impl Session {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
-            bail!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
+            bail!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            );
         }
         Ok(response)
     }
@@ -194,7 +197,10 @@ fn check(message: Message<'_>, id: u64) -> anyhow::Result<()> {
     match (message.result, message.error) {
         (Some(result), _) => {
             let tool: ToolResult = serde_json::from_str(result.get()).context("result")?;
-            ensure!(!tool.is_error.unwrap_or(false), "the tool reported an error");
+            ensure!(
+                !tool.is_error.unwrap_or(false),
+                "the tool reported an error"
+            );
             Ok(())
         }
         (None, Some(error)) => bail!("JSON-RPC error: {error}"),

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use outpost_protocol::{AgentFrame, Frame, Hello, PROTOCOL_VERSION, RelayFrame, ServerAnnouncement};
+use outpost_protocol::{
+    AgentFrame, Frame, Hello, PROTOCOL_VERSION, RelayFrame, ServerAnnouncement,
+};
 use outpost_relay::auth::{self, Environment, KeyKind, Pepper};
 use outpost_relay::store::{NewKey, SqliteStore, Store};
 use secrecy::{ExposeSecret, SecretBox};
@@ -28,8 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Issues `count` agent keys (agents `fleet-0` ...) into the store under `data_dir`.
 pub(crate) async fn issue_keys(data_dir: &Path, count: usize) -> anyhow::Result<Vec<String>> {
-    let store =
-        SqliteStore::open(&data_dir.join(outpost_relay::config::DATABASE_FILE)).await?;
+    let store = SqliteStore::open(&data_dir.join(outpost_relay::config::DATABASE_FILE)).await?;
     let org = store
         .organisation_by_name("default")
         .await?
@@ -74,7 +75,12 @@ pub(crate) struct Fleet {
 impl Fleet {
     /// Starts one agent per key against the relay at `relay`, trusting `ca`. At most
     /// `dialing` of them are between TCP connect and welcome at once.
-    pub(crate) fn start(relay: SocketAddr, ca: &Path, keys: &[String], dialing: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        relay: SocketAddr,
+        ca: &Path,
+        keys: &[String],
+        dialing: usize,
+    ) -> anyhow::Result<Self> {
         let mut tls = crate::client::tls_client_config(ca)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -95,7 +101,12 @@ impl Fleet {
             };
             tasks.spawn(agent.run(stop.clone()));
         }
-        Ok(Self { connected, welcomes, stop, tasks })
+        Ok(Self {
+            connected,
+            welcomes,
+            stop,
+            tasks,
+        })
     }
 
     /// Agents connected now.
@@ -104,7 +115,11 @@ impl Fleet {
     }
 
     /// Waits until `count` agents are connected, or fails after `limit`.
-    pub(crate) async fn wait_connected(&self, count: usize, limit: Duration) -> anyhow::Result<Duration> {
+    pub(crate) async fn wait_connected(
+        &self,
+        count: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
         while self.connected() < count {
             anyhow::ensure!(
@@ -121,7 +136,11 @@ impl Fleet {
     pub(crate) async fn wait_all_dropped(&self, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         while self.connected() > 0 {
-            anyhow::ensure!(started.elapsed() < limit, "{} agents still connected", self.connected());
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "{} agents still connected",
+                self.connected()
+            );
             tokio::time::sleep(POLL).await;
         }
         Ok(())
@@ -160,7 +179,9 @@ impl FakeAgent {
         let mut step = RECONNECT_MIN;
         loop {
             let dialed = {
-                let Ok(_permit) = self.permits.acquire().await else { return };
+                let Ok(_permit) = self.permits.acquire().await else {
+                    return;
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     dialed = tokio::time::timeout(DIAL_TIMEOUT, self.dial()) => dialed,
@@ -242,7 +263,9 @@ impl FakeAgent {
                     return match RelayFrame::decode_message(&bytes)? {
                         RelayFrame::Welcome(welcome) => Ok((
                             socket,
-                            Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100))),
+                            Duration::from_millis(u64::from(
+                                welcome.heartbeat_interval_ms.max(100),
+                            )),
                         )),
                         other => anyhow::bail!("no welcome: {other:?}"),
                     };

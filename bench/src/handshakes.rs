@@ -19,7 +19,11 @@ use crate::report::{Section, thousands};
 use crate::stack::Stack;
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
-    let duration = if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(5) };
+    let duration = if settings.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
     let connectors = 16;
     let mut tls = tls_client_config(&stack.home.ca)?;
     tls.resumption = rustls::client::Resumption::disabled();
@@ -30,8 +34,19 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
 
     let mut section = Section::new(
         "f_handshakes",
-        format!("(f) full TLS 1.3 handshakes accepted by the relay: {connectors} connectors, {} s × {} rounds", duration.as_secs_f64(), settings.rounds),
-        &["round", "handshakes/s", "failures", "relay CPU µs per handshake", "relay CPU use", "handshakes/s per relay core"],
+        format!(
+            "(f) full TLS 1.3 handshakes accepted by the relay: {connectors} connectors, {} s × {} rounds",
+            duration.as_secs_f64(),
+            settings.rounds
+        ),
+        &[
+            "round",
+            "handshakes/s",
+            "failures",
+            "relay CPU µs per handshake",
+            "relay CPU use",
+            "handshakes/s per relay core",
+        ],
     );
     for round in 1..=settings.rounds {
         let done = Arc::new(AtomicU64::new(0));
@@ -45,7 +60,8 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             let failed = failed.clone();
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    let name = rustls_pki_types::ServerName::try_from("localhost").expect("valid name");
+                    let name =
+                        rustls_pki_types::ServerName::try_from("localhost").expect("valid name");
                     let handshake = async {
                         let tcp = tokio::net::TcpStream::connect(addr).await?;
                         tcp.set_nodelay(true)?;

@@ -20,13 +20,32 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
     fleet::raise_open_files((largest as u64) * 3 + 4096)?;
     let home = RelayHome::create(binaries).await?;
     let keys = fleet::issue_keys(&home.data_dir(), largest).await?;
-    let window = if settings.quick { Duration::from_millis(500) } else { Duration::from_secs(20) };
-    let settle = if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(1) };
+    let window = if settings.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(20)
+    };
+    let settle = if settings.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
 
     let mut section = Section::new(
         "d_idle_agents",
-        format!("(d) idle TLS agents held by the load process; relay CPU measured over {} s of idleness (heartbeat interval 20 s)", window.as_secs_f64()),
-        &["agents", "connect all s", "relay RSS before MiB", "relay RSS after MiB", "relay KB per agent", "relay idle CPU", "relay CPU µs per agent per s"],
+        format!(
+            "(d) idle TLS agents held by the load process; relay CPU measured over {} s of idleness (heartbeat interval 20 s)",
+            window.as_secs_f64()
+        ),
+        &[
+            "agents",
+            "connect all s",
+            "relay RSS before MiB",
+            "relay RSS after MiB",
+            "relay KB per agent",
+            "relay idle CPU",
+            "relay CPU µs per agent per s",
+        ],
     );
     for &count in &sizes {
         let mut relay = home
@@ -56,7 +75,10 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
             format!("{:.1}", after as f64 / 1024.0),
             format!("{per_agent_kb:.1}"),
             format!("{:.1}%", share * 100.0),
-            format!("{:.2}", cpu.as_secs_f64() * 1e6 / window.as_secs_f64() / count as f64),
+            format!(
+                "{:.2}",
+                cpu.as_secs_f64() * 1e6 / window.as_secs_f64() / count as f64
+            ),
         ]);
         section.record(json!({
             "agents": count,

@@ -15,11 +15,19 @@ use crate::report::{Section, errors, outcome_json, ratio, us};
 use crate::stack::Stack;
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
-    let sizes: &[usize] = if settings.quick { &[256 * 1024] } else { &[MIB, 10 * MIB] };
+    let sizes: &[usize] = if settings.quick {
+        &[256 * 1024]
+    } else {
+        &[MIB, 10 * MIB]
+    };
     let levels: &[usize] = if settings.quick { &[2] } else { &[1, 16] };
     let bounds = Bounds {
         warmup: Duration::ZERO,
-        duration: if settings.quick { Duration::from_millis(200) } else { Duration::from_secs(3) },
+        duration: if settings.quick {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(3)
+        },
         max_calls: if settings.quick { 4 } else { 200 },
     };
     let targets = &stack.targets;
@@ -27,8 +35,8 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
         .iter()
         .flat_map(|&size| levels.iter().map(move |&c| (size, c)))
         .collect();
-    // results[case][target]: (big calls, small calls, peak RSS KiB per bridge process)
-    let mut results: Vec<Vec<Option<(Outcome, Outcome, Vec<(&str, u64)>)>>> =
+    // results[case][target]
+    let mut results: Vec<Vec<Option<Run>>> =
         cases.iter().map(|_| vec![None; targets.len()]).collect();
     for _ in 0..settings.rounds {
         for (k, &(size, concurrency)) in cases.iter().enumerate() {
@@ -48,7 +56,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     closed_loop(big, Call::Big(size), bounds),
                     closed_loop(small, Call::Echo, side),
                 );
-                let peaks: Vec<(&str, u64)> = pids
+                let peaks: Vec<(&'static str, u64)> = pids
                     .iter()
                     .map(|(name, pid)| (*name, procfs::peak_rss_kib(*pid)))
                     .collect();
@@ -56,14 +64,20 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                 close_sessions(small).await;
                 let slot = &mut results[k][t];
                 match slot {
-                    Some((b, s, p)) => {
-                        b.merge(&big_outcome);
-                        s.merge(&small_outcome);
-                        for (kept, new) in p.iter_mut().zip(&peaks) {
+                    Some(run) => {
+                        run.big.merge(&big_outcome);
+                        run.small.merge(&small_outcome);
+                        for (kept, new) in run.peaks.iter_mut().zip(&peaks) {
                             kept.1 = kept.1.max(new.1);
                         }
                     }
-                    None => *slot = Some((big_outcome, small_outcome, peaks)),
+                    None => {
+                        *slot = Some(Run {
+                            big: big_outcome,
+                            small: small_outcome,
+                            peaks,
+                        });
+                    }
                 }
             }
         }
@@ -78,14 +92,23 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             settings.rounds
         ),
         &[
-            "target", "size", "c", "MiB/s", "p50 ms", "p99 ms", "p50 ratio", "small p50 µs",
-            "small p99 µs", "peak RSS MiB", "errors",
+            "target",
+            "size",
+            "c",
+            "MiB/s",
+            "p50 ms",
+            "p99 ms",
+            "p50 ratio",
+            "small p50 µs",
+            "small p99 µs",
+            "peak RSS MiB",
+            "errors",
         ],
     );
     for (k, &(size, concurrency)) in cases.iter().enumerate() {
-        let direct_p50 = results[k][0].as_ref().map_or(0, |r| r.0.q(0.5));
+        let direct_p50 = results[k][0].as_ref().map_or(0, |r| r.big.q(0.5));
         for (t, target) in targets.iter().enumerate() {
-            let (big, small, peaks) = results[k][t].as_ref().expect("recorded");
+            let Run { big, small, peaks } = results[k][t].as_ref().expect("recorded");
             let rss = if peaks.is_empty() {
                 "–".to_owned()
             } else {
@@ -120,6 +143,17 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
     }
     section.note("Peak RSS is VmHWM, reset before each run (`/proc/PID/clear_refs`), so it is the peak of that run; Outpost's figure is the relay's and the agent's, a peer's is its own process.");
     Ok(section)
+}
+
+/// One target's runs of one case, rounds merged.
+#[derive(Debug, Clone)]
+struct Run {
+    /// The `big` calls.
+    big: Outcome,
+    /// The `echo` calls on another session meanwhile.
+    small: Outcome,
+    /// Peak RSS in KiB of each process between client and upstream.
+    peaks: Vec<(&'static str, u64)>,
 }
 
 fn size_name(size: usize) -> String {

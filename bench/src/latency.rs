@@ -29,7 +29,9 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     Ok(_) => outcome.latency.saturating_record(micros(started.elapsed())),
                     Err(err) => {
                         outcome.errors += 1;
-                        outcome.first_error.get_or_insert_with(|| format!("{err:#}"));
+                        outcome
+                            .first_error
+                            .get_or_insert_with(|| format!("{err:#}"));
                     }
                 }
             }
@@ -45,7 +47,17 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             "(a) echo 16 B, concurrency 1: {calls} calls × {} rounds per target, interleaved",
             settings.rounds
         ),
-        &["target", "p50 µs", "p90 µs", "p99 µs", "max µs", "p50 ratio", "p99 ratio", "added p50 µs", "errors"],
+        &[
+            "target",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "max µs",
+            "p50 ratio",
+            "p99 ratio",
+            "added p50 µs",
+            "errors",
+        ],
     );
     let direct = &outcomes[0];
     for (target, outcome) in stack.targets.iter().zip(&outcomes) {
@@ -69,4 +81,3 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
     }
     Ok(section)
 }
-

@@ -71,7 +71,9 @@ impl Outcome {
 
     /// Adds another run of the same target (another round).
     pub(crate) fn merge(&mut self, other: &Outcome) {
-        self.latency.add(&other.latency).expect("same histogram bounds");
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
@@ -97,7 +99,10 @@ impl Outcome {
 }
 
 /// Opens `count` sessions, at most 32 initializing at once.
-pub(crate) async fn open_sessions(endpoint: &Endpoint, count: usize) -> anyhow::Result<Vec<Session>> {
+pub(crate) async fn open_sessions(
+    endpoint: &Endpoint,
+    count: usize,
+) -> anyhow::Result<Vec<Session>> {
     let mut sessions = Vec::with_capacity(count);
     while sessions.len() < count {
         let batch = (count - sessions.len()).min(32);
@@ -213,8 +218,13 @@ pub(crate) async fn open_loop(
         due += interval;
     }
     join_all(tasks).await;
-    let mut outcome = outcome.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    outcome.elapsed = Instant::now().saturating_duration_since(measure_from).min(bounds.duration.max(Duration::from_millis(1)));
+    let mut outcome = outcome
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    outcome.elapsed = Instant::now()
+        .saturating_duration_since(measure_from)
+        .min(bounds.duration.max(Duration::from_millis(1)));
     drop(free_tx);
     let mut sessions = Vec::with_capacity(count);
     while let Ok(session) = free_rx.try_recv() {
@@ -237,5 +247,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
 
 /// A duration in whole µs, at least 1.
 pub(crate) fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

@@ -87,7 +87,11 @@ pub(crate) struct Settings {
 impl Settings {
     /// Fleet sizes for (d) and (e).
     pub(crate) fn fleet_sizes(&self) -> Vec<usize> {
-        if self.quick { vec![QUICK_FLEET] } else { self.agents.clone() }
+        if self.quick {
+            vec![QUICK_FLEET]
+        } else {
+            self.agents.clone()
+        }
     }
 }
 

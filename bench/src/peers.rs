@@ -12,10 +12,15 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
     let latency = find("a_latency");
     let throughput = find("b_throughput");
     let large = find("c_large_results");
-    let items = |value: Option<&Value>| value.and_then(Value::as_array).cloned().unwrap_or_default();
+    let items =
+        |value: Option<&Value>| value.and_then(Value::as_array).cloned().unwrap_or_default();
 
     let mut targets: Vec<String> = Vec::new();
-    for item in items(latency).iter().chain(&items(throughput)).chain(&items(large)) {
+    for item in items(latency)
+        .iter()
+        .chain(&items(throughput))
+        .chain(&items(large))
+    {
         if let Some(name) = item["target"].as_str()
             && !targets.iter().any(|t| t == name)
         {
@@ -27,7 +32,11 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
         .filter_map(|i| i["concurrency"].as_u64())
         .max()
         .unwrap_or(0);
-    let largest = items(large).iter().filter_map(|i| i["bytes"].as_u64()).max().unwrap_or(0);
+    let largest = items(large)
+        .iter()
+        .filter_map(|i| i["bytes"].as_u64())
+        .max()
+        .unwrap_or(0);
     let smallest_level = items(large)
         .iter()
         .filter_map(|i| i["concurrency"].as_u64())
@@ -53,8 +62,8 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
         value_of(&c_items, target, &|i| {
             (i["bytes"].as_u64() == Some(largest)
                 && i["concurrency"].as_u64() == Some(smallest_level))
-                .then(|| i["big"]["p50_us"].as_f64())
-                .flatten()
+            .then(|| i["big"]["p50_us"].as_f64())
+            .flatten()
         })
     };
     let direct = targets.first().cloned().unwrap_or_default();
@@ -74,8 +83,12 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
     for target in &targets {
         let a50 = value_of(&a_items, target, &|i| i["p50_ratio"].as_f64());
         let a99 = value_of(&a_items, target, &|i| i["p99_ratio"].as_f64());
-        let b = b_of(target).zip(b_of(&direct)).map(|(t, d)| t / d.max(1e-9));
-        let c = c_of(target).zip(c_of(&direct)).map(|(t, d)| t / d.max(1e-9));
+        let b = b_of(target)
+            .zip(b_of(&direct))
+            .map(|(t, d)| t / d.max(1e-9));
+        let c = c_of(target)
+            .zip(c_of(&direct))
+            .map(|(t, d)| t / d.max(1e-9));
         section.row(vec![target.clone(), fmt(a50), fmt(a99), fmt(b), fmt(c)]);
         section.record(json!({
             "target": target,

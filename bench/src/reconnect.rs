@@ -24,10 +24,19 @@ pub(crate) async fn run(binaries: &Binaries, settings: &Settings) -> anyhow::Res
     let mut section = Section::new(
         "e_reconnect",
         "(e) relay killed (SIGKILL) and restarted on the same port with the fleet connected",
-        &["agents", "relay start s", "listening → all back s", "kill → all back s", "mean accepts/s", "peak accepts/s (1 s)"],
+        &[
+            "agents",
+            "relay start s",
+            "listening → all back s",
+            "kill → all back s",
+            "mean accepts/s",
+            "peak accepts/s (1 s)",
+        ],
     );
     for &count in &sizes {
-        let relay = home.spawn(SocketAddr::from(([127, 0, 0, 1], 0)), &[]).await?;
+        let relay = home
+            .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), &[])
+            .await?;
         let addr = relay.addr;
         let fleet = Fleet::start(addr, &home.ca, &keys[..count], DIALING)?;
         fleet.wait_connected(count, CONNECT_LIMIT).await?;

@@ -31,14 +31,24 @@ impl Binaries {
         let dir = bench.parent().context("executable directory")?.to_owned();
         if build && let Some(cargo) = std::env::var_os("CARGO") {
             let mut command = std::process::Command::new(cargo);
-            command.args(["build", "--quiet", "-p", "outpost-relay", "-p", "outpost-agent"]);
+            command.args([
+                "build",
+                "--quiet",
+                "-p",
+                "outpost-relay",
+                "-p",
+                "outpost-agent",
+            ]);
             if dir.file_name().is_some_and(|name| name == "release") {
                 command.arg("--release");
             }
             let status = command
                 .current_dir(outpost_test_support::workspace_root())
                 .status()?;
-            anyhow::ensure!(status.success(), "building outpost-relay and outpost-agent failed");
+            anyhow::ensure!(
+                status.success(),
+                "building outpost-relay and outpost-agent failed"
+            );
         }
         let binaries = Self {
             relay: dir.join("outpost-relay"),
@@ -82,7 +92,11 @@ impl RelayHome {
         let relay = binaries.relay.clone();
         let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
         run(&relay, &["dev-certs", "--out", &path("tls")]).await?;
-        let init = run(&relay, &["--data-dir", &path("data"), "init", "--org", "default"]).await?;
+        let init = run(
+            &relay,
+            &["--data-dir", &path("data"), "init", "--org", "default"],
+        )
+        .await?;
         let client_key = init
             .lines()
             .rev()
@@ -121,7 +135,15 @@ impl RelayHome {
         let data = self.data_dir().to_string_lossy().into_owned();
         let out = run(
             &self.relay,
-            &["--data-dir", &data, "keys", "create", "--agent", agent, "--quiet"],
+            &[
+                "--data-dir",
+                &data,
+                "keys",
+                "create",
+                "--agent",
+                agent,
+                "--quiet",
+            ],
         )
         .await?;
         Ok(out
@@ -138,11 +160,23 @@ impl RelayHome {
         listen: SocketAddr,
         wrapper: &[String],
     ) -> anyhow::Result<RelayProcess> {
-        let config = self.dir.path().join("relay.toml").to_string_lossy().into_owned();
+        let config = self
+            .dir
+            .path()
+            .join("relay.toml")
+            .to_string_lossy()
+            .into_owned();
         let listen = listen.to_string();
         let relay = self.relay.to_string_lossy().into_owned();
         let mut argv: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-        argv.extend([relay.as_str(), "--config", &config, "serve", "--listen", &listen]);
+        argv.extend([
+            relay.as_str(),
+            "--config",
+            &config,
+            "serve",
+            "--listen",
+            &listen,
+        ]);
         let mut process = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
         let line = process.wait_for("listening on").await?;
         let addr = line
@@ -163,7 +197,10 @@ impl RelayProcess {
 
     /// `https://localhost:PORT/mcp/AGENT/SERVER`.
     pub(crate) fn mcp_url(&self, agent: &str, server: &str) -> String {
-        format!("https://localhost:{}/mcp/{agent}/{server}", self.addr.port())
+        format!(
+            "https://localhost:{}/mcp/{agent}/{server}",
+            self.addr.port()
+        )
     }
 }
 
@@ -320,7 +357,10 @@ async fn start_peer(path: Route, bench: &str) -> anyhow::Result<(Process, String
         Route::Supergateway => {
             let script = tools.join("node_modules/supergateway/dist/index.js");
             if !script.exists() {
-                bail!("{} is missing: run scripts/setup-tools.sh", script.display());
+                bail!(
+                    "{} is missing: run scripts/setup-tools.sh",
+                    script.display()
+                );
             }
             let node = outpost_test_support::find_program("node");
             Process::spawn(
@@ -343,11 +383,23 @@ async fn start_peer(path: Route, bench: &str) -> anyhow::Result<(Process, String
         Route::McpProxy => {
             let program = tools.join("venv/bin/mcp-proxy");
             if !program.exists() {
-                bail!("{} is missing: run scripts/setup-tools.sh", program.display());
+                bail!(
+                    "{} is missing: run scripts/setup-tools.sh",
+                    program.display()
+                );
             }
             Process::spawn(
                 &program,
-                &["--host", "127.0.0.1", "--port", &port, "--log-level", "WARNING", bench, "upstream-stdio"],
+                &[
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--log-level",
+                    "WARNING",
+                    bench,
+                    "upstream-stdio",
+                ],
                 &[],
             )?
         }
@@ -357,7 +409,10 @@ async fn start_peer(path: Route, bench: &str) -> anyhow::Result<(Process, String
     let deadline = tokio::time::Instant::now() + PEER_START;
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if tokio::time::Instant::now() > deadline {
-            bail!("it did not listen within {PEER_START:?}: {}", process.output());
+            bail!(
+                "it did not listen within {PEER_START:?}: {}",
+                process.output()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -366,7 +421,9 @@ async fn start_peer(path: Route, bench: &str) -> anyhow::Result<(Process, String
 
 /// A port that was free a moment ago, for programs that take a port but cannot report one.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs a relay subcommand to completion; returns its output.
@@ -374,7 +431,12 @@ async fn run(program: &Path, args: &[&str]) -> anyhow::Result<String> {
     let mut process = Process::spawn(program, args, &[])?;
     let code = process.wait().await?;
     let output = process.output();
-    anyhow::ensure!(code == Some(0), "{} {}: {output}", program.display(), args.join(" "));
+    anyhow::ensure!(
+        code == Some(0),
+        "{} {}: {output}",
+        program.display(),
+        args.join(" ")
+    );
     Ok(output)
 }
 

@@ -13,15 +13,28 @@ use crate::report::{Section, errors, outcome_json, ratio, thousands, us};
 use crate::stack::Stack;
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Vec<Section>> {
-    let levels: &[usize] = if settings.quick { &[1, 4] } else { &[1, 16, 256] };
+    let levels: &[usize] = if settings.quick {
+        &[1, 4]
+    } else {
+        &[1, 16, 256]
+    };
     let bounds = Bounds {
-        warmup: if settings.quick { Duration::from_millis(50) } else { Duration::from_millis(500) },
-        duration: if settings.quick { Duration::from_millis(150) } else { Duration::from_secs(3) },
+        warmup: if settings.quick {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(500)
+        },
+        duration: if settings.quick {
+            Duration::from_millis(150)
+        } else {
+            Duration::from_secs(3)
+        },
         max_calls: u64::MAX,
     };
     let targets = &stack.targets;
     // closed[level][target]
-    let mut closed: Vec<Vec<Option<Outcome>>> = levels.iter().map(|_| vec![None; targets.len()]).collect();
+    let mut closed: Vec<Vec<Option<Outcome>>> =
+        levels.iter().map(|_| vec![None; targets.len()]).collect();
     for _ in 0..settings.rounds {
         for (l, &concurrency) in levels.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
@@ -71,7 +84,11 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         let top_outcome = closed[top][t].as_ref().expect("recorded");
         row.push(us(top_outcome.q(0.99)));
         row.push(ratio(top_outcome.rate(), direct_top));
-        row.push(if error_cells.is_empty() { "0".into() } else { error_cells.join("; ") });
+        row.push(if error_cells.is_empty() {
+            "0".into()
+        } else {
+            error_cells.join("; ")
+        });
         section.row(row);
         peaks.push(peak);
     }
@@ -80,7 +97,10 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
     // Open loop at 50% and 80% of each target's peak.
     let fractions = [0.5, 0.8];
     let pool = if settings.quick { 4 } else { 64 };
-    let mut open: Vec<Vec<Option<Outcome>>> = fractions.iter().map(|_| vec![None; targets.len()]).collect();
+    let mut open: Vec<Vec<Option<Outcome>>> = fractions
+        .iter()
+        .map(|_| vec![None; targets.len()])
+        .collect();
     for _ in 0..settings.rounds {
         for (f, fraction) in fractions.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
@@ -97,7 +117,9 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         format!(
             "(b) open-loop echo latency at 50% and 80% of each target's peak ({pool} sessions; each call timed from its dispatch, or from when it was due if every session was busy)"
         ),
-        &["target", "load", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "errors"],
+        &[
+            "target", "load", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "errors",
+        ],
     );
     for (t, target) in targets.iter().enumerate() {
         for (f, fraction) in fractions.iter().enumerate() {

@@ -12,7 +12,9 @@ async fn the_benchmark_runs_in_quick_mode() -> anyhow::Result<()> {
         &["--quick", "--json", &json_path, "all"],
         &[],
     )?;
-    let code = bench.wait_within(std::time::Duration::from_secs(110)).await?;
+    let code = bench
+        .wait_within(std::time::Duration::from_secs(110))
+        .await?;
     let output = bench.output();
     assert_eq!(code, Some(0), "{output}");
     for row in [
@@ -31,8 +33,20 @@ async fn the_benchmark_runs_in_quick_mode() -> anyhow::Result<()> {
         assert!(output.contains(row), "{row} missing from:\n{output}");
     }
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path())?)?;
-    for key in ["machine", "a_latency", "b_throughput", "c_large_results", "d_idle_agents", "e_reconnect", "f_handshakes", "g_peers"] {
-        assert!(results.get(key).is_some(), "{key} missing from the JSON results");
+    for key in [
+        "machine",
+        "a_latency",
+        "b_throughput",
+        "c_large_results",
+        "d_idle_agents",
+        "e_reconnect",
+        "f_handshakes",
+        "g_peers",
+    ] {
+        assert!(
+            results.get(key).is_some(),
+            "{key} missing from the JSON results"
+        );
     }
     Ok(())
 }
