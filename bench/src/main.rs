@@ -1,118 +1,224 @@
-//! `outpost-bench`: measures the cost of going through Outpost. Starts everything itself on
-//! 127.0.0.1 (an rmcp Streamable HTTP server, a relay, an agent), then calls the same tool
-//! directly and through relay + agent, interleaved (direct, outpost, direct, outpost, ...)
-//! so that both see the same machine noise, and prints percentiles and their ratios.
+//! `outpost-bench`: measures Outpost on this machine against the direct path and against
+//! peers, in one run. It starts everything itself on loopback: the upstream MCP server
+//! (this binary, `upstream-http` / `upstream-stdio`), the real `outpost-relay` and
+//! `outpost-agent` binaries, supergateway and mcp-proxy; then runs the workloads of issue 6
+//! and prints one Markdown table per workload plus a JSON file with every figure.
 //!
-//! Today it has one workload, latency of a 16-byte echo at concurrency 1; the full suite
-//! (throughput, large results, idle tunnels, reconnect storms, peers) is issue 6.
+//! - (a) `latency`: echo at concurrency 1, every target, ratios to direct.
+//! - (b) `throughput`: closed loop at c = 1, 16, 256; open loop at 50% and 80% of peak.
+//! - (c) `large`: 1 MiB and 10 MiB results, MiB/s, peak RSS, small calls meanwhile.
+//! - (d) `idle`: 1k and 10k idle TLS agents, relay memory per agent and idle CPU.
+//! - (e) `reconnect`: relay killed and restarted under a connected fleet.
+//! - (f) `handshakes`: TLS handshakes per second the relay accepts.
+//! - (g) `peers`: supergateway and mcp-proxy beside Outpost on (a), (b) and (c).
+//!
+//! Targets take turns within each round (A B C A B C), at least two rounds.
 
-use std::time::Duration;
+mod client;
+mod fleet;
+mod handshakes;
+mod idle;
+mod large;
+mod latency;
+mod load;
+mod peers;
+mod procfs;
+mod reconnect;
+mod report;
+mod stack;
+mod throughput;
+mod upstream;
 
-use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::Parser;
-use hdrhistogram::Histogram;
-use outpost_test_support::{HttpStack, McpClient, relay};
-use serde_json::json;
-use tokio::time::Instant;
 
-/// Measures Outpost's added latency against the direct path, on this machine.
+use crate::report::Section;
+use crate::stack::{Binaries, Stack};
+
+/// Measures Outpost against the direct path and against peers, on this machine.
 #[derive(Debug, Parser)]
 #[command(name = "outpost-bench")]
 struct Args {
-    /// Calls per target per round.
-    #[arg(long, default_value_t = 2000)]
-    calls: usize,
-    /// Rounds; targets alternate within each round.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Calls before measuring, per target.
-    #[arg(long, default_value_t = 200)]
-    warmup: usize,
-    /// A few seconds' smoke run, so the benchmark cannot rot.
+    /// Workloads to run: `all`, or any of a b c d e f g (g: the peers' summary, runs a b c).
+    #[arg(default_value = "all")]
+    workloads: Vec<String>,
+    /// A few seconds' smoke run of every workload, so the benchmark cannot rot.
     #[arg(long)]
     quick: bool,
+    /// Rounds; targets take turns within each.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Calls per target per round in (a).
+    #[arg(long, default_value_t = 2_000)]
+    calls: usize,
+    /// Fleet sizes for (d) and (e).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
+    agents: Vec<usize>,
+    /// Leave out supergateway and mcp-proxy (always left out with --quick, unless --peers).
+    #[arg(long)]
+    no_peers: bool,
+    /// Include the peers in a --quick run.
+    #[arg(long)]
+    peers: bool,
+    /// Runs the relay of a, b, c, f and d under this command, e.g. "valgrind
+    /// --tool=callgrind --callgrind-out-file=relay.callgrind" (a profile of workload a), or
+    /// "valgrind --tool=massif" (where an idle agent's memory goes, with d).
+    #[arg(long)]
+    relay_under: Option<String>,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
-    if args.quick {
-        args.calls = 50;
-        args.rounds = 2;
-        args.warmup = 10;
-    }
-    let stack = HttpStack::start(relay()).await?;
-    let mut through = stack.client().await?;
-    let http = stack.relay.http_client();
-    let mut direct = McpClient::new(http, stack.upstream.url.clone(), "unused");
-    direct.initialize().await.context("direct session")?;
+/// What every workload needs to know about this run.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) quick: bool,
+    pub(crate) rounds: usize,
+    /// Calls per target per round in (a).
+    pub(crate) calls: usize,
+    /// A command the relay runs under (valgrind), split into words.
+    pub(crate) relay_under: Vec<String>,
+    agents: Vec<usize>,
+}
 
-    for _ in 0..args.warmup {
-        echo(&mut direct).await?;
-        echo(&mut through).await?;
-    }
-    let mut direct_hist = histogram();
-    let mut through_hist = histogram();
-    for _ in 0..args.rounds {
-        for _ in 0..args.calls {
-            direct_hist.record(echo(&mut direct).await?)?;
-            through_hist.record(echo(&mut through).await?)?;
+impl Settings {
+    /// Fleet sizes for (d) and (e).
+    pub(crate) fn fleet_sizes(&self) -> Vec<usize> {
+        if self.quick {
+            vec![QUICK_FLEET]
+        } else {
+            self.agents.clone()
         }
     }
-    let n = args.calls * args.rounds;
-    println!(
-        "workload (a): tools/call echo, 16 B, concurrency 1, {n} calls per target, {} rounds interleaved",
-        args.rounds
-    );
-    println!(
-        "{:<22} {:>10} {:>10} {:>10} {:>10}",
-        "target", "p50 µs", "p90 µs", "p99 µs", "max µs"
-    );
-    for (name, hist) in [
-        ("direct (rmcp HTTP)", &direct_hist),
-        ("relay + agent (TLS)", &through_hist),
-    ] {
-        println!(
-            "{:<22} {:>10} {:>10} {:>10} {:>10}",
-            name,
-            hist.value_at_quantile(0.50),
-            hist.value_at_quantile(0.90),
-            hist.value_at_quantile(0.99),
-            hist.max()
-        );
-    }
-    let ratio = |q: f64| {
-        through_hist.value_at_quantile(q) as f64 / direct_hist.value_at_quantile(q).max(1) as f64
+}
+
+fn main() -> ExitCode {
+    let mode = std::env::args().nth(1);
+    let result = match mode.as_deref() {
+        // The upstream server, as a child process: small runtimes, the work is tiny.
+        Some("upstream-stdio") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(upstream::serve_stdio())),
+        Some("upstream-http") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(upstream::serve_http())),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench(Args::parse()))),
     };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    // reqwest is built without a default provider; plain-HTTP clients need one all the same.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut selected: Vec<char> = Vec::new();
+    for word in &args.workloads {
+        match word.as_str() {
+            "all" => selected.extend("abcdefg".chars()),
+            letter if letter.len() == 1 && "abcdefg".contains(letter) => {
+                selected.extend(letter.chars());
+            }
+            other => anyhow::bail!("unknown workload {other:?}: use all or a b c d e f g"),
+        }
+    }
+    if selected.contains(&'g') {
+        selected.extend("abc".chars());
+    }
+    let wants = |w: char| selected.contains(&w);
+    let settings = Settings {
+        quick: args.quick,
+        rounds: if args.quick { 1 } else { args.rounds.max(2) },
+        calls: if args.quick { 50 } else { args.calls },
+        relay_under: args
+            .relay_under
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        agents: args.agents.clone(),
+    };
+    let binaries = Binaries::locate(!args.quick)?;
+    let machine = report::machine();
     println!(
-        "ratio to direct        p50 {:.2}x   p90 {:.2}x   p99 {:.2}x   added p50 {} µs",
-        ratio(0.5),
-        ratio(0.9),
-        ratio(0.99),
-        through_hist
-            .value_at_quantile(0.5)
-            .saturating_sub(direct_hist.value_at_quantile(0.5))
+        "outpost-bench{}: {} × {}, {} GiB, Linux {}; load average at start {}",
+        if args.quick { " --quick" } else { "" },
+        machine["cpus"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["loadavg_at_start"].as_str().unwrap_or("?"),
     );
-    stack.stop().await;
+
+    let mut sections: Vec<Section> = Vec::new();
+    if wants('a') || wants('b') || wants('c') || wants('f') {
+        let peers = !args.no_peers && (!args.quick || args.peers);
+        let stack = Stack::start(&binaries, peers, &settings.relay_under).await?;
+        let names: Vec<&str> = stack.targets.iter().map(|t| t.name).collect();
+        println!("targets: {}", names.join(", "));
+        if wants('a') {
+            let section = latency::run(&stack, &settings).await?;
+            section.print();
+            sections.push(section);
+        }
+        if wants('b') {
+            for section in throughput::run(&stack, &settings).await? {
+                section.print();
+                sections.push(section);
+            }
+        }
+        if wants('c') {
+            let section = large::run(&stack, &settings).await?;
+            section.print();
+            sections.push(section);
+        }
+        if wants('f') {
+            let section = handshakes::run(&stack, &settings).await?;
+            section.print();
+            sections.push(section);
+        }
+        stack.stop().await;
+    }
+    if wants('g') {
+        let section = peers::summary(&sections);
+        section.print();
+        sections.push(section);
+    }
+    if wants('d') {
+        let section = idle::run(&binaries, &settings).await?;
+        section.print();
+        sections.push(section);
+    }
+    if wants('e') {
+        let section = reconnect::run(&binaries, &settings).await?;
+        section.print();
+        sections.push(section);
+    }
+    let json = if args.json.is_absolute() {
+        args.json.clone()
+    } else {
+        outpost_test_support::workspace_root().join(&args.json)
+    };
+    report::write_json(&json, &sections, machine)?;
+    println!("\nresults: {}", json.display());
     Ok(())
 }
 
-/// One echo call; its latency in microseconds.
-async fn echo(client: &mut McpClient) -> anyhow::Result<u64> {
-    let started = Instant::now();
-    let response = client
-        .call_tool("echo", json!({"message": "sixteen bytes!!!"}))
-        .await?;
-    let elapsed = started.elapsed();
-    anyhow::ensure!(
-        response.result().is_ok(),
-        "echo failed: {:?}",
-        response.messages
-    );
-    Ok(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, Duration::from_secs(60).as_micros() as u64, 3)
-        .expect("valid histogram bounds")
-}
+/// Agents in the quick run's fleet.
+const QUICK_FLEET: usize = 50;

@@ -1,20 +1,52 @@
-//! The benchmark's smoke mode runs end to end, so the benchmark cannot rot between the
-//! runs that measure (`cargo run --release -p outpost-bench`).
+//! The benchmark's smoke mode runs every workload end to end, so the benchmark cannot rot
+//! between the runs that measure (`cargo run --release -p outpost-bench -- all`).
 
 use outpost_test_support::{Process, binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_benchmark_runs_in_quick_mode() -> anyhow::Result<()> {
-    let mut bench = Process::spawn(&binary("outpost-bench"), &["--quick"], &[])?;
-    let code = bench.wait().await?;
+    let json = tempfile::NamedTempFile::new()?;
+    let json_path = json.path().to_string_lossy().into_owned();
+    let mut bench = Process::spawn(
+        &binary("outpost-bench"),
+        &["--quick", "--json", &json_path, "all"],
+        &[],
+    )?;
+    let code = bench
+        .wait_within(std::time::Duration::from_secs(110))
+        .await?;
     let output = bench.output();
     assert_eq!(code, Some(0), "{output}");
     for row in [
-        "direct (rmcp HTTP)",
-        "relay + agent (TLS)",
-        "ratio to direct",
+        "| direct (rmcp HTTP) |",
+        "| outpost → HTTP |",
+        "| outpost → stdio |",
+        "(a) echo 16 B",
+        "(b) echo throughput",
+        "(b) open-loop",
+        "(c) large results",
+        "(d) idle TLS agents",
+        "(e) relay killed",
+        "(f) full TLS 1.3 handshakes",
+        "(g) ratio to direct",
     ] {
         assert!(output.contains(row), "{row} missing from:\n{output}");
+    }
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path())?)?;
+    for key in [
+        "machine",
+        "a_latency",
+        "b_throughput",
+        "c_large_results",
+        "d_idle_agents",
+        "e_reconnect",
+        "f_handshakes",
+        "g_peers",
+    ] {
+        assert!(
+            results.get(key).is_some(),
+            "{key} missing from the JSON results"
+        );
     }
     Ok(())
 }

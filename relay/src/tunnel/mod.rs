@@ -420,5 +420,7 @@ fn websocket_config(app: &App) -> WebSocketConfig {
 const FRAME_OVERHEAD: u32 = 64 * 1024 + 64;
 /// Servers one agent may announce.
 const MAX_SERVERS: usize = 256;
-/// tungstenite's read buffer: small, because idle tunnels are the common case.
-const READ_BUFFER: usize = 8 * 1024;
+/// tungstenite's read buffer: small, because idle tunnels are the common case, and because
+/// tungstenite zero-fills this much before every read of the socket (6% of the relay's
+/// instructions per call at 8 KiB; see docs/benchmarks.md).
+const READ_BUFFER: usize = 4 * 1024;

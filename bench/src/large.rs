@@ -1,0 +1,167 @@
+//! Workload (c): `big` results of 1 MiB and 10 MiB at concurrency 1 and 16 through each
+//! target: MiB/s, call latency, the peak RSS of the processes in between (relay and agent
+//! for Outpost, the bridge for a peer), and meanwhile the latency of small `echo` calls on
+//! another session, which large results must not hold up.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Settings;
+use crate::client::Call;
+use crate::load::{Bounds, Outcome, close_sessions, closed_loop, open_sessions};
+use crate::procfs;
+use crate::report::{Section, errors, outcome_json, ratio, us};
+use crate::stack::Stack;
+
+pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
+    let sizes: &[usize] = if settings.quick {
+        &[256 * 1024]
+    } else {
+        &[MIB, 10 * MIB]
+    };
+    let levels: &[usize] = if settings.quick { &[2] } else { &[1, 16] };
+    let bounds = Bounds {
+        warmup: Duration::ZERO,
+        duration: if settings.quick {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(3)
+        },
+        max_calls: if settings.quick { 4 } else { 200 },
+    };
+    let targets = &stack.targets;
+    let cases: Vec<(usize, usize)> = sizes
+        .iter()
+        .flat_map(|&size| levels.iter().map(move |&c| (size, c)))
+        .collect();
+    // results[case][target]
+    let mut results: Vec<Vec<Option<Run>>> =
+        cases.iter().map(|_| vec![None; targets.len()]).collect();
+    for _ in 0..settings.rounds {
+        for (k, &(size, concurrency)) in cases.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let pids = stack.bridge_pids(target.path);
+                for (_, pid) in &pids {
+                    procfs::reset_peak(*pid);
+                }
+                let big = open_sessions(&target.endpoint, concurrency).await?;
+                let small = open_sessions(&target.endpoint, 1).await?;
+                let side = Bounds {
+                    warmup: Duration::ZERO,
+                    duration: bounds.duration,
+                    max_calls: u64::MAX,
+                };
+                let ((big_outcome, big), (small_outcome, small)) = tokio::join!(
+                    closed_loop(big, Call::Big(size), bounds),
+                    closed_loop(small, Call::Echo, side),
+                );
+                let peaks: Vec<(&'static str, u64)> = pids
+                    .iter()
+                    .map(|(name, pid)| (*name, procfs::peak_rss_kib(*pid)))
+                    .collect();
+                close_sessions(big).await;
+                close_sessions(small).await;
+                let slot = &mut results[k][t];
+                match slot {
+                    Some(run) => {
+                        run.big.merge(&big_outcome);
+                        run.small.merge(&small_outcome);
+                        for (kept, new) in run.peaks.iter_mut().zip(&peaks) {
+                            kept.1 = kept.1.max(new.1);
+                        }
+                    }
+                    None => {
+                        *slot = Some(Run {
+                            big: big_outcome,
+                            small: small_outcome,
+                            peaks,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut section = Section::new(
+        "c_large_results",
+        format!(
+            "(c) large results: `big` of N bytes, up to {} s or {} calls per run × {} rounds, interleaved; small echo calls on another session meanwhile",
+            bounds.duration.as_secs_f64(),
+            bounds.max_calls,
+            settings.rounds
+        ),
+        &[
+            "target",
+            "size",
+            "c",
+            "MiB/s",
+            "p50 ms",
+            "p99 ms",
+            "p50 ratio",
+            "small p50 µs",
+            "small p99 µs",
+            "peak RSS MiB",
+            "errors",
+        ],
+    );
+    for (k, &(size, concurrency)) in cases.iter().enumerate() {
+        let direct_p50 = results[k][0].as_ref().map_or(0, |r| r.big.q(0.5));
+        for (t, target) in targets.iter().enumerate() {
+            let Run { big, small, peaks } = results[k][t].as_ref().expect("recorded");
+            let rss = if peaks.is_empty() {
+                "–".to_owned()
+            } else {
+                peaks
+                    .iter()
+                    .map(|(name, kib)| format!("{name} {:.0}", *kib as f64 / 1024.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            section.row(vec![
+                target.name.to_owned(),
+                size_name(size),
+                concurrency.to_string(),
+                format!("{:.0}", big.mib_per_sec()),
+                format!("{:.1}", big.q(0.5) as f64 / 1000.0),
+                format!("{:.1}", big.q(0.99) as f64 / 1000.0),
+                ratio(big.q(0.5) as f64, direct_p50 as f64),
+                us(small.q(0.5)),
+                us(small.q(0.99)),
+                rss,
+                errors(big),
+            ]);
+            section.record(json!({
+                "target": target.name,
+                "bytes": size,
+                "concurrency": concurrency,
+                "big": outcome_json(big),
+                "small": outcome_json(small),
+                "peak_rss_kib": peaks.iter().map(|(name, kib)| json!({"process": name, "kib": kib})).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    section.note("Peak RSS is VmHWM, reset before each run (`/proc/PID/clear_refs`), so it is the peak of that run; Outpost's figure is the relay's and the agent's, a peer's is its own process.");
+    Ok(section)
+}
+
+/// One target's runs of one case, rounds merged.
+#[derive(Debug, Clone)]
+struct Run {
+    /// The `big` calls.
+    big: Outcome,
+    /// The `echo` calls on another session meanwhile.
+    small: Outcome,
+    /// Peak RSS in KiB of each process between client and upstream.
+    peaks: Vec<(&'static str, u64)>,
+}
+
+fn size_name(size: usize) -> String {
+    if size >= MIB {
+        format!("{} MiB", size / MIB)
+    } else {
+        format!("{} KiB", size / 1024)
+    }
+}
+
+const MIB: usize = 1024 * 1024;

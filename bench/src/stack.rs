@@ -1,0 +1,450 @@
+//! Starts what the workloads measure, each as a process of its own on 127.0.0.1, so that
+//! each one's memory and CPU can be read from /proc: the upstream MCP server (this binary,
+//! `upstream-http`), the real `outpost-relay` and `outpost-agent` release binaries, and the
+//! peers (supergateway, mcp-proxy) bridging the same upstream over stdio. Names the targets
+//! the load generator calls. Does not measure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use outpost_test_support::Process;
+use tempfile::TempDir;
+
+use crate::client::Endpoint;
+
+/// The binaries the bench starts: found next to its own executable.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    pub(crate) relay: PathBuf,
+    pub(crate) agent: PathBuf,
+    /// This executable, for `upstream-stdio` and `upstream-http`.
+    pub(crate) bench: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the relay and agent beside this executable. Under `cargo run` (`CARGO` set),
+    /// builds them first with the same profile, so a run never measures stale binaries.
+    pub(crate) fn locate(build: bool) -> anyhow::Result<Self> {
+        let bench = std::env::current_exe()?;
+        let dir = bench.parent().context("executable directory")?.to_owned();
+        if build && let Some(cargo) = std::env::var_os("CARGO") {
+            let mut command = std::process::Command::new(cargo);
+            command.args([
+                "build",
+                "--quiet",
+                "-p",
+                "outpost-relay",
+                "-p",
+                "outpost-agent",
+            ]);
+            if dir.file_name().is_some_and(|name| name == "release") {
+                command.arg("--release");
+            }
+            let status = command
+                .current_dir(outpost_test_support::workspace_root())
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "building outpost-relay and outpost-agent failed"
+            );
+        }
+        let binaries = Self {
+            relay: dir.join("outpost-relay"),
+            agent: dir.join("outpost-agent"),
+            bench,
+        };
+        for path in [&binaries.relay, &binaries.agent] {
+            anyhow::ensure!(
+                path.exists(),
+                "{} is missing: `cargo build --release --bins` (or run the bench with `cargo run`)",
+                path.display()
+            );
+        }
+        Ok(binaries)
+    }
+}
+
+// === relay ===
+
+/// A relay's lasting state in a temporary directory: development CA and certificate, the
+/// SQLite store with organisation `default`, a client key. Survives relay restarts.
+pub(crate) struct RelayHome {
+    dir: TempDir,
+    relay: PathBuf,
+    /// The CA clients and agents trust.
+    pub(crate) ca: PathBuf,
+    /// A client key (owner of `default`).
+    pub(crate) client_key: String,
+}
+
+/// A running relay process.
+pub(crate) struct RelayProcess {
+    pub(crate) process: Process,
+    pub(crate) addr: SocketAddr,
+}
+
+impl RelayHome {
+    /// Creates certificates, the store and a client key with the relay's own subcommands.
+    pub(crate) async fn create(binaries: &Binaries) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay = binaries.relay.clone();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        run(&relay, &["dev-certs", "--out", &path("tls")]).await?;
+        let init = run(
+            &relay,
+            &["--data-dir", &path("data"), "init", "--org", "default"],
+        )
+        .await?;
+        let client_key = init
+            .lines()
+            .rev()
+            .find(|line| line.starts_with("pk_"))
+            .context("init printed no key")?
+            .to_owned();
+        std::fs::write(
+            dir.path().join("relay.toml"),
+            format!(
+                // Rate limits far above what one machine can send: the bench measures the
+                // path, and the buckets it still passes through cost their real price.
+                "data_dir = \"{}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n\
+                 [rate_limits]\nrequests_per_second = 10000000\nburst = 10000000\n\
+                 tool_requests_per_second = 10000000\ntool_burst = 10000000\n\
+                 max_in_flight_per_key = 1000000\nmax_in_flight_per_agent = 1000000\n",
+                path("data"),
+                path("tls/cert.pem"),
+                path("tls/key.pem"),
+            ),
+        )?;
+        Ok(Self {
+            ca: dir.path().join("tls/ca.pem"),
+            dir,
+            relay,
+            client_key,
+        })
+    }
+
+    /// The data directory (store and pepper).
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A directory for files of this run (agent configs and keys).
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues an agent key with `outpost-relay keys create`.
+    pub(crate) async fn agent_key(&self, agent: &str) -> anyhow::Result<String> {
+        let data = self.data_dir().to_string_lossy().into_owned();
+        let out = run(
+            &self.relay,
+            &[
+                "--data-dir",
+                &data,
+                "keys",
+                "create",
+                "--agent",
+                agent,
+                "--quiet",
+            ],
+        )
+        .await?;
+        Ok(out
+            .lines()
+            .find(|line| line.starts_with("ak_"))
+            .context("keys create printed no key")?
+            .to_owned())
+    }
+
+    /// Starts the relay on `listen` (port 0: any), optionally under a wrapper command
+    /// (valgrind), and waits until it listens.
+    pub(crate) async fn spawn(
+        &self,
+        listen: SocketAddr,
+        wrapper: &[String],
+    ) -> anyhow::Result<RelayProcess> {
+        let config = self
+            .dir
+            .path()
+            .join("relay.toml")
+            .to_string_lossy()
+            .into_owned();
+        let listen = listen.to_string();
+        let relay = self.relay.to_string_lossy().into_owned();
+        let mut argv: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        argv.extend([
+            relay.as_str(),
+            "--config",
+            &config,
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        let mut process = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
+        let line = process.wait_for("listening on").await?;
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .context("listening line")?
+            .parse()
+            .context("relay address")?;
+        Ok(RelayProcess { process, addr })
+    }
+}
+
+impl RelayProcess {
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid().unwrap_or(0)
+    }
+
+    /// `https://localhost:PORT/mcp/AGENT/SERVER`.
+    pub(crate) fn mcp_url(&self, agent: &str, server: &str) -> String {
+        format!(
+            "https://localhost:{}/mcp/{agent}/{server}",
+            self.addr.port()
+        )
+    }
+}
+
+// === the stack of workloads a, b, c, g ===
+
+/// Which path a target measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The rmcp HTTP server, called directly: the floor.
+    Direct,
+    /// Relay (TLS) → tunnel → agent → the rmcp HTTP server.
+    OutpostHttp,
+    /// Relay (TLS) → tunnel → agent → the stdio server (one child per session).
+    OutpostStdio,
+    /// supergateway (Node) → the stdio server, plain HTTP.
+    Supergateway,
+    /// mcp-proxy (Python) → the stdio server, plain HTTP.
+    McpProxy,
+}
+
+/// One thing the load generator calls.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
+    pub(crate) path: Route,
+    pub(crate) endpoint: Endpoint,
+}
+
+/// Everything workloads a, b, c and f measure, started once.
+pub(crate) struct Stack {
+    _upstream: Process,
+    pub(crate) home: RelayHome,
+    pub(crate) relay: RelayProcess,
+    pub(crate) agent: Process,
+    peers: Vec<(Route, Process)>,
+    pub(crate) targets: Vec<Target>,
+}
+
+impl Stack {
+    /// Starts the upstream, relay, agent and (when `peers`) supergateway and mcp-proxy.
+    /// `relay_wrapper` runs the relay under another program (valgrind).
+    pub(crate) async fn start(
+        binaries: &Binaries,
+        peers: bool,
+        relay_wrapper: &[String],
+    ) -> anyhow::Result<Self> {
+        let bench = binaries.bench.to_string_lossy().into_owned();
+        let mut upstream = Process::spawn(&binaries.bench, &["upstream-http"], &[])?;
+        let line = upstream.wait_for("listening on").await?;
+        let upstream_url = format!("http://{}/mcp", line.rsplit(' ').next().unwrap_or(""));
+
+        let home = RelayHome::create(binaries).await?;
+        let relay = home
+            .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), relay_wrapper)
+            .await?;
+        let key_file = home.path("agent.key");
+        std::fs::write(&key_file, home.agent_key(AGENT).await?)?;
+        let agent_config = home.path("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "relay_url = \"wss://localhost:{port}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\n\n\
+                 [servers.rmcp]\ntype = \"http\"\nurl = \"{upstream_url}\"\n\n\
+                 [servers.stdio]\ntype = \"stdio\"\ncommand = \"{bench}\"\nargs = [\"upstream-stdio\"]\n",
+                port = relay.addr.port(),
+                key = key_file.display(),
+                ca = home.ca.display(),
+            ),
+        )?;
+        let config = agent_config.to_string_lossy().into_owned();
+        let mut agent = Process::spawn(&binaries.agent, &["--config", &config], &[])?;
+        agent.wait_for("tunnel established").await?;
+
+        let key = Some(home.client_key.clone());
+        let mut targets = vec![
+            Target {
+                name: "direct (rmcp HTTP)",
+                path: Route::Direct,
+                endpoint: Endpoint::new(upstream_url.clone(), None, None)?,
+            },
+            Target {
+                name: "outpost → HTTP",
+                path: Route::OutpostHttp,
+                endpoint: Endpoint::new(relay.mcp_url(AGENT, "rmcp"), key.clone(), Some(&home.ca))?,
+            },
+            Target {
+                name: "outpost → stdio",
+                path: Route::OutpostStdio,
+                endpoint: Endpoint::new(relay.mcp_url(AGENT, "stdio"), key, Some(&home.ca))?,
+            },
+        ];
+        let mut peer_processes = Vec::new();
+        if peers {
+            for (path, name) in [
+                (Route::Supergateway, "supergateway → stdio"),
+                (Route::McpProxy, "mcp-proxy → stdio"),
+            ] {
+                match start_peer(path, &bench).await {
+                    Ok((process, url)) => {
+                        peer_processes.push((path, process));
+                        targets.push(Target {
+                            name,
+                            path,
+                            endpoint: Endpoint::new(url, None, None)?,
+                        });
+                    }
+                    Err(err) => eprintln!("note: {name} is left out: {err:#}"),
+                }
+            }
+        }
+        Ok(Self {
+            _upstream: upstream,
+            home,
+            relay,
+            agent,
+            peers: peer_processes,
+            targets,
+        })
+    }
+
+    /// Stops the agent, then the relay, with SIGTERM (a relay under valgrind writes its
+    /// profile on a clean exit); the upstream and the peers are killed when dropped.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.agent.terminate().await;
+        let _ = self.relay.process.terminate().await;
+    }
+
+    /// The process whose memory a target's bridge uses: the relay and agent for Outpost,
+    /// the peer's process otherwise.
+    pub(crate) fn bridge_pids(&self, path: Route) -> Vec<(&'static str, u32)> {
+        match path {
+            Route::Direct => Vec::new(),
+            Route::OutpostHttp | Route::OutpostStdio => vec![
+                ("relay", self.relay.pid()),
+                ("agent", self.agent.pid().unwrap_or(0)),
+            ],
+            other => self
+                .peers
+                .iter()
+                .filter(|(p, _)| *p == other)
+                .map(|(_, process)| ("bridge", process.pid().unwrap_or(0)))
+                .collect(),
+        }
+    }
+}
+
+/// Starts a peer bridging `bench upstream-stdio` to Streamable HTTP on a free port; returns
+/// it and its MCP URL once it accepts connections.
+async fn start_peer(path: Route, bench: &str) -> anyhow::Result<(Process, String)> {
+    let tools = outpost_test_support::tools_dir();
+    let port = free_port()?.to_string();
+    let stdio_command = format!("{bench} upstream-stdio");
+    let process = match path {
+        Route::Supergateway => {
+            let script = tools.join("node_modules/supergateway/dist/index.js");
+            if !script.exists() {
+                bail!(
+                    "{} is missing: run scripts/setup-tools.sh",
+                    script.display()
+                );
+            }
+            let node = outpost_test_support::find_program("node");
+            Process::spawn(
+                &node,
+                &[
+                    &script.to_string_lossy(),
+                    "--stdio",
+                    &stdio_command,
+                    "--outputTransport",
+                    "streamableHttp",
+                    "--stateful",
+                    "--port",
+                    &port,
+                    "--logLevel",
+                    "none",
+                ],
+                &[],
+            )?
+        }
+        Route::McpProxy => {
+            let program = tools.join("venv/bin/mcp-proxy");
+            if !program.exists() {
+                bail!(
+                    "{} is missing: run scripts/setup-tools.sh",
+                    program.display()
+                );
+            }
+            Process::spawn(
+                &program,
+                &[
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--log-level",
+                    "WARNING",
+                    bench,
+                    "upstream-stdio",
+                ],
+                &[],
+            )?
+        }
+        _ => bail!("not a peer"),
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let deadline = tokio::time::Instant::now() + PEER_START;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "it did not listen within {PEER_START:?}: {}",
+                process.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((process, format!("http://{addr}/mcp")))
+}
+
+/// A port that was free a moment ago, for programs that take a port but cannot report one.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs a relay subcommand to completion; returns its output.
+async fn run(program: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut process = Process::spawn(program, args, &[])?;
+    let code = process.wait().await?;
+    let output = process.output();
+    anyhow::ensure!(
+        code == Some(0),
+        "{} {}: {output}",
+        program.display(),
+        args.join(" ")
+    );
+    Ok(output)
+}
+
+/// The agent's name in the stack.
+pub(crate) const AGENT: &str = "bench";
+const PEER_START: Duration = Duration::from_secs(20);

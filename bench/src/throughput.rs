@@ -1,0 +1,154 @@
+//! Workload (b): calls per second of `echo` through each target at concurrency 1, 16 and
+//! 256 (closed loop, one session per concurrent caller), then open-loop latency at 50% and
+//! 80% of each target's own peak. Targets take turns within each round.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Settings;
+use crate::client::Call;
+use crate::load::{Bounds, Outcome, close_sessions, closed_loop, open_loop, open_sessions};
+use crate::report::{Section, errors, outcome_json, ratio, thousands, us};
+use crate::stack::Stack;
+
+pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Vec<Section>> {
+    let levels: &[usize] = if settings.quick {
+        &[1, 4]
+    } else {
+        &[1, 16, 256]
+    };
+    let bounds = Bounds {
+        warmup: if settings.quick {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(500)
+        },
+        duration: if settings.quick {
+            Duration::from_millis(150)
+        } else {
+            Duration::from_secs(3)
+        },
+        max_calls: u64::MAX,
+    };
+    let targets = &stack.targets;
+    // closed[level][target]
+    let mut closed: Vec<Vec<Option<Outcome>>> =
+        levels.iter().map(|_| vec![None; targets.len()]).collect();
+    for _ in 0..settings.rounds {
+        for (l, &concurrency) in levels.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let sessions = open_sessions(&target.endpoint, concurrency).await?;
+                let (outcome, sessions) = closed_loop(sessions, Call::Echo, bounds).await;
+                close_sessions(sessions).await;
+                merge(&mut closed[l][t], outcome);
+            }
+        }
+    }
+
+    let mut header = vec!["target".to_owned()];
+    header.extend(levels.iter().map(|c| format!("calls/s c={c}")));
+    let top = levels.len() - 1;
+    header.push(format!("p99 µs c={}", levels[top]));
+    header.push(format!("ratio to direct c={}", levels[top]));
+    header.push("errors".into());
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut section = Section::new(
+        "b_throughput",
+        format!(
+            "(b) echo throughput, closed loop, one session per caller: {} s per run × {} rounds, interleaved",
+            bounds.duration.as_secs_f64(),
+            settings.rounds
+        ),
+        &header,
+    );
+    let direct_top = closed[top][0].as_ref().map_or(0.0, Outcome::rate);
+    let mut peaks = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let mut row = vec![target.name.to_owned()];
+        let mut peak: f64 = 0.0;
+        let mut error_cells = Vec::new();
+        for (l, &concurrency) in levels.iter().enumerate() {
+            let outcome = closed[l][t].as_ref().expect("every run recorded");
+            row.push(thousands(outcome.rate() as u64));
+            peak = peak.max(outcome.rate());
+            if outcome.errors > 0 {
+                error_cells.push(format!("c={concurrency}: {}", errors(outcome)));
+            }
+            section.record(json!({
+                "target": target.name,
+                "concurrency": concurrency,
+                "outcome": outcome_json(outcome),
+            }));
+        }
+        let top_outcome = closed[top][t].as_ref().expect("recorded");
+        row.push(us(top_outcome.q(0.99)));
+        row.push(ratio(top_outcome.rate(), direct_top));
+        row.push(if error_cells.is_empty() {
+            "0".into()
+        } else {
+            error_cells.join("; ")
+        });
+        section.row(row);
+        peaks.push(peak);
+    }
+    section.note("Ratios here are throughput over the direct path's: above 1 is faster.");
+
+    // Open loop at 50% and 80% of each target's peak.
+    let fractions = [0.5, 0.8];
+    let pool = if settings.quick { 4 } else { 64 };
+    let mut open: Vec<Vec<Option<Outcome>>> = fractions
+        .iter()
+        .map(|_| vec![None; targets.len()])
+        .collect();
+    for _ in 0..settings.rounds {
+        for (f, fraction) in fractions.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let sessions = open_sessions(&target.endpoint, pool).await?;
+                let (outcome, sessions) =
+                    open_loop(sessions, Call::Echo, peaks[t] * fraction, bounds).await;
+                close_sessions(sessions).await;
+                merge(&mut open[f][t], outcome);
+            }
+        }
+    }
+    let mut latency = Section::new(
+        "b_open_loop",
+        format!(
+            "(b) open-loop echo latency at 50% and 80% of each target's peak ({pool} sessions; each call timed from its dispatch, or from when it was due if every session was busy)"
+        ),
+        &[
+            "target", "load", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "errors",
+        ],
+    );
+    for (t, target) in targets.iter().enumerate() {
+        for (f, fraction) in fractions.iter().enumerate() {
+            let outcome = open[f][t].as_ref().expect("recorded");
+            let rate = peaks[t] * fraction;
+            latency.row(vec![
+                target.name.to_owned(),
+                format!("{:.0}%", fraction * 100.0),
+                thousands(rate as u64),
+                us(outcome.q(0.5)),
+                us(outcome.q(0.9)),
+                us(outcome.q(0.99)),
+                us(outcome.latency.max()),
+                errors(outcome),
+            ]);
+            latency.record(json!({
+                "target": target.name,
+                "fraction_of_peak": fraction,
+                "rate": rate,
+                "outcome": outcome_json(outcome),
+            }));
+        }
+    }
+    Ok(vec![section, latency])
+}
+
+fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
+    match slot {
+        Some(total) => total.merge(&outcome),
+        None => *slot = Some(outcome),
+    }
+}
