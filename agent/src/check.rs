@@ -199,7 +199,7 @@ pub async fn run(config: &Config, tls: Arc<ClientConfig>, mut report: impl FnMut
     } else if leaf_pinned {
         "matches a configured pin"
     } else {
-        "a certificate of its chain matches a configured pin"
+        "no pin matched"
     };
     ok(
         "tls",

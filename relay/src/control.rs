@@ -677,7 +677,13 @@ impl Control<'_> {
         let allowed = match actor.role {
             Role::Owner => true,
             Role::Admin => key.role != "owner",
-            Role::Member => owns(actor, key),
+            // Only its own client keys of a role no higher than its own: a demoted member
+            // must not rotate its way back to admin or agent keys.
+            Role::Member => {
+                owns(actor, key)
+                    && key.kind == "client"
+                    && Role::parse(&key.role).is_some_and(|r| r <= Role::Member)
+            }
             Role::Viewer => false,
         };
         if allowed {

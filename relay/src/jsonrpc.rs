@@ -68,14 +68,18 @@ struct ErrorObject {
 
 #[derive(Deserialize)]
 struct Params<'a> {
-    #[serde(borrow)]
-    name: Option<&'a RawValue>,
     #[serde(borrow, rename = "progressToken")]
     progress_token: Option<&'a RawValue>,
     #[serde(borrow, rename = "_meta")]
     meta: Option<Meta<'a>>,
     #[serde(borrow, rename = "requestId")]
     request_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CallName<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -102,10 +106,17 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
         .and_then(|p| serde_json::from_str(p.get()).ok());
     match (envelope.method, id) {
         (Some(method), Some(id)) => {
+            // The name on its own: a malformed `_meta` must not hide it (and with it the
+            // scope check). A `tools/call` whose name cannot be read is refused upstream.
             let tool = (method == "tools/call")
-                .then(|| params.as_ref().and_then(|p| p.name))
-                .flatten()
-                .and_then(|name| serde_json::from_str::<String>(name.get()).ok());
+                .then(|| {
+                    envelope
+                        .params
+                        .and_then(|p| serde_json::from_str::<CallName<'_>>(p.get()).ok())
+                        .and_then(|p| p.name)
+                        .and_then(|name| serde_json::from_str::<String>(name.get()).ok())
+                })
+                .flatten();
             let progress_token = params
                 .as_ref()
                 .and_then(|p| p.meta.as_ref())

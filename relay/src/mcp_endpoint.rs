@@ -163,6 +163,13 @@ async fn handle_post(
         else {
             continue;
         };
+        if method == "tools/call" && tool.is_none() {
+            return Ok(refuse_requests(
+                &RelayError::InvalidRequest("tools/call needs a readable params.name"),
+                &requests,
+                correlation,
+            ));
+        }
         if let Some(tool) = tool {
             if !principal.scope.allows_tool(tool) {
                 return Ok(refuse_requests(

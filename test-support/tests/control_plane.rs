@@ -251,6 +251,37 @@ async fn every_admin_operation_against_every_role() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 403, "a member widened its own scope");
 
+    // An admin demoted to member cannot rotate its way back: the admin and agent keys it
+    // made are no longer its to manage.
+    let admin = relay.key_with(&org, "admin", Scopes::default()).await?;
+    let made_admin = key_id(&relay, &admin, json!({"role": "admin"})).await;
+    let made_agent = key_id(&relay, &admin, json!({"agent": "site-c"})).await;
+    let admin_id = outpost_relay::auth::parse(
+        &admin,
+        outpost_relay::auth::KeyKind::Client,
+        outpost_relay::auth::Environment::Live,
+    )?;
+    let (status, _, _) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/keys/{}", admin_id.0),
+            &owner,
+            Some(json!({"role": "member"})),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    for target in [&made_admin, &made_agent] {
+        let (status, _, answer) = relay
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/keys/{target}/rotate"),
+                &admin,
+                None,
+            )
+            .await?;
+        assert_eq!(status, 404, "a demoted admin rotated {target}: {answer}");
+    }
+
     // No key is 401, distinct from 403.
     let (status, headers, _) = relay
         .admin(Method::GET, "/admin/v1/keys", "nope", None)

@@ -60,6 +60,16 @@ async fn scopes_limit_servers_and_tools() -> anyhow::Result<()> {
     let denied = client.call_tool("get-env", json!({})).await?;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.error_code(), Some(-32018), "{:?}", denied.messages);
+    // A malformed `_meta` must not hide the tool's name from the scope check.
+    let hidden = client
+        .post(json!({"jsonrpc": "2.0", "id": 90, "method": "tools/call",
+            "params": {"name": "get-env", "arguments": {}, "_meta": 5}}))
+        .await?;
+    assert_eq!(hidden.status, 403, "{:?}", hidden.messages);
+    let nameless = client
+        .post(json!({"jsonrpc": "2.0", "id": 91, "method": "tools/call", "params": {"name": 7}}))
+        .await?;
+    assert_eq!(nameless.status, 400, "{:?}", nameless.messages);
     let allowed = client
         .call_tool("echo", json!({"message": "in scope"}))
         .await?;

@@ -104,7 +104,7 @@ pub(super) async fn serve(
             }
         };
         drop(stdin);
-        let status = stop(&mut child, outcome).await;
+        let status = stop(&mut child, pid, outcome).await;
         stderr_task.abort();
         match outcome {
             Outcome::RelayClosed | Outcome::Cancelled => {
@@ -255,7 +255,20 @@ async fn to_child(
                     }
                     _ => {}
                 }
-                if let Err(err) = write_line(stdin, message).await {
+                // A server that stops reading stdin would block this loop, and with it the
+                // call timeouts; with a call timeout set, a write that long means hung.
+                let write = write_line(stdin, message);
+                let written = match calls.call_timeout() {
+                    Some(timeout) => match tokio::time::timeout(hang_grace(timeout), write).await {
+                        Ok(written) => written,
+                        Err(_) => {
+                            tracing::warn!(server = name, "the server stopped reading its stdin");
+                            return Outcome::Hung;
+                        }
+                    },
+                    None => write.await,
+                };
+                if let Err(err) = written {
                     tracing::warn!(server = name, %err, "cannot write to the server's stdin");
                     return Outcome::Exited;
                 }
@@ -551,7 +564,7 @@ fn sniff_id(fragment: &[u8]) -> Option<String> {
 
 /// Stops the child: it exited already, or stdin is closed and it gets a moment, then
 /// SIGTERM to its process group, then SIGKILL. Always reaps it.
-async fn stop(child: &mut Child, outcome: Outcome) -> String {
+async fn stop(child: &mut Child, pid: Option<u32>, outcome: Outcome) -> String {
     let patience = match outcome {
         Outcome::Exited => EXIT_WAIT,
         Outcome::RelayClosed | Outcome::Cancelled => STOP_WAIT,
@@ -559,15 +572,15 @@ async fn stop(child: &mut Child, outcome: Outcome) -> String {
         Outcome::Hung => Duration::ZERO,
     };
     if let Ok(Ok(status)) = tokio::time::timeout(patience, child.wait()).await {
-        signal_group(child, nix::sys::signal::Signal::SIGKILL);
+        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         return status.to_string();
     }
-    signal_group(child, nix::sys::signal::Signal::SIGTERM);
+    signal_group(pid, nix::sys::signal::Signal::SIGTERM);
     if let Ok(Ok(status)) = tokio::time::timeout(TERM_WAIT, child.wait()).await {
-        signal_group(child, nix::sys::signal::Signal::SIGKILL);
+        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         return status.to_string();
     }
-    signal_group(child, nix::sys::signal::Signal::SIGKILL);
+    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.start_kill();
     match child.wait().await {
         Ok(status) => status.to_string(),
@@ -576,8 +589,10 @@ async fn stop(child: &mut Child, outcome: Outcome) -> String {
 }
 
 /// Signals the child's process group, so helpers it started (npx → node) stop with it.
-fn signal_group(child: &Child, signal: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+fn signal_group(pid: Option<u32>, signal: nix::sys::signal::Signal) {
+    // The pid saved at spawn: once the child is reaped, `Child::id` is gone, but its
+    // group (npx and the node it started) may still be running.
+    if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
     }
 }

@@ -282,54 +282,48 @@ impl Store for SqliteStore {
         head: &AuditHead,
     ) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE: the write lock first, so two writers cannot both read the same
-        // head; the loser sees the moved head and gets Conflict.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if current.unwrap_or(0) != expected_seq {
-                return Err(StoreError::Conflict("the audit chain's head".into()));
-            }
-            for row in rows {
-                sqlx::query(
-                    "INSERT INTO audit_events (seq, at, org_id, actor, action, resource, source, \
-                     user_agent, correlation_id, detail, prev_hash, hash) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(row.seq)
-                .bind(row.at)
-                .bind(&row.org_id)
-                .bind(&row.actor)
-                .bind(&row.action)
-                .bind(&row.resource)
-                .bind(&row.source)
-                .bind(&row.user_agent)
-                .bind(&row.correlation_id)
-                .bind(&row.detail)
-                .bind(&row.prev_hash)
-                .bind(&row.hash)
-                .execute(&mut *conn)
-                .await?;
-            }
-            sqlx::query(
-                "INSERT INTO audit_head (id, seq, hash, seal) VALUES (1, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
-                 seal = excluded.seal",
-            )
-            .bind(head.seq)
-            .bind(&head.hash)
-            .bind(&head.seal)
-            .execute(&mut *conn)
+        // head; the loser sees the moved head and gets Conflict. sqlx's transaction rolls
+        // back if this future is dropped or fails, so no pooled connection is left inside it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_optional(&mut *tx)
             .await?;
-            Ok(())
+        if current.unwrap_or(0) != expected_seq {
+            return Err(StoreError::Conflict("the audit chain's head".into()));
         }
-        .await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        sqlx::query(end).execute(&mut *conn).await?;
-        result
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO audit_events (seq, at, org_id, actor, action, resource, source, \
+                 user_agent, correlation_id, detail, prev_hash, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.seq)
+            .bind(row.at)
+            .bind(&row.org_id)
+            .bind(&row.actor)
+            .bind(&row.action)
+            .bind(&row.resource)
+            .bind(&row.source)
+            .bind(&row.user_agent)
+            .bind(&row.correlation_id)
+            .bind(&row.detail)
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash, seal) VALUES (1, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+             seal = excluded.seal",
+        )
+        .bind(head.seq)
+        .bind(&head.hash)
+        .bind(&head.seal)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
