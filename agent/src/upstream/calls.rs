@@ -362,16 +362,7 @@ impl Calls {
         }
         drop(state);
         for call in &closed {
-            if call.slot {
-                self.server.release_slot();
-            }
-            self.total.sub(1);
-            self.metrics.call(
-                &self.server.name,
-                call.tool.as_deref(),
-                CallStatus::Timeout,
-                call.started.elapsed(),
-            );
+            self.finish(call, CallStatus::Timeout);
         }
         due
     }
