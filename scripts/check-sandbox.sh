@@ -84,8 +84,8 @@ fail() {
 # sandbox TMP [BWRAP_ARGS...] -- COMMAND...: runs COMMAND as uid:gid with no capabilities,
 # the root filesystem read-only, TMP as its /tmp, and only the environment given here.
 # BWRAP_ARGS add writable binds (--bind DIR DIR). Its pid is the sandbox's, not COMMAND's.
-# The MCP tools stay visible read-only even when the checkout lives under /tmp, which the
-# sandbox replaces with its own.
+# The checkout (example configs) and the MCP tools stay visible read-only even when they
+# live under /tmp, which the sandbox replaces with its own.
 sandbox() {
   local tmp="$1"
   shift
@@ -95,7 +95,7 @@ sandbox() {
   setpriv --reuid "$uid" --regid "$gid" --clear-groups --inh-caps=-all --bounding-set=-all \
     --no-new-privs -- \
     bwrap --ro-bind / / --dev /dev --proc /proc --bind "$tmp" /tmp \
-    --ro-bind "$tools" "$tools" --die-with-parent \
+    --ro-bind "$root" "$root" --ro-bind "$tools" "$tools" --die-with-parent \
     "${args[@]}" -- \
     env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LOG_LEVEL=info NO_COLOR=1 "$@"
 }
