@@ -92,7 +92,7 @@ async fn authenticate(
         .map_err(|err| {
             tracing::info!(reason = %err, correlation = %correlation.0, "admin key refused");
             app.note_refused_key(&err, headers, &parts.extensions, &correlation);
-            match app.note_auth_failure_parts(headers, &parts.extensions, &correlation) {
+            match app.note_auth_failure(headers, &parts.extensions, &correlation) {
                 Some(delay) => AdminError::Slowed(delay),
                 None => AdminError::Unauthorized,
             }

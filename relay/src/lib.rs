@@ -308,7 +308,7 @@ async fn refuse_keys_in_url(request: Request, next: Next) -> Response {
 impl App {
     /// Notes a failed authentication from the request's source; returns how long to hold
     /// the answer when the source is over its limit (then answered with 429).
-    pub(crate) fn note_auth_failure_parts(
+    pub(crate) fn note_auth_failure(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,

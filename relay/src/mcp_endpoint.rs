@@ -411,7 +411,7 @@ async fn authenticate(
         Err(err) => {
             tracing::info!(reason = %err, correlation = %correlation.0, "client key refused");
             app.note_refused_key(&err, headers, extensions, correlation);
-            match app.note_auth_failure_parts(headers, extensions, correlation) {
+            match app.note_auth_failure(headers, extensions, correlation) {
                 Some(delay) => {
                     tokio::time::sleep(delay).await;
                     Err(RelayError::TooManyFailures)

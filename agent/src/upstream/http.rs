@@ -17,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Admission, Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext,
-    answer_with_error, forward,
+    Admission, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward,
 };
 use crate::config::HttpConfig;
 
@@ -86,7 +85,7 @@ pub(super) async fn serve(
                 Ok(message) => message,
                 Err(_) => break,
             },
-            _ = sleep_until(deadline) => {
+            _ = super::sleep_until(deadline) => {
                 bridge.clone().expire_calls().await;
                 continue;
             }
@@ -144,13 +143,6 @@ pub(super) async fn serve(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A message posted upstream, its response headers in.
 struct Sent {
     response: Result<reqwest::Response, reqwest::Error>,
@@ -179,17 +171,9 @@ impl Bridge {
         let timeout = self.calls.call_timeout().unwrap_or_default();
         for id in self.calls.expire(tokio::time::Instant::now()) {
             tracing::warn!(server = %self.name, ?timeout, "call timed out; cancelling it upstream");
-            let text = format!(
-                "the call exceeded the agent's call_timeout of {timeout:?}; the server was asked to cancel it"
-            );
-            let _ = self
-                .sender
-                .send(super::calls::error_response(&id, ERROR_TIMEOUT, &text))
-                .await;
-            let cancel = format!(
-                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"timeout"}}}}"#
-            );
-            if let Some(sent) = self.clone().send(Bytes::from(cancel)).await {
+            let (answer, cancel) = super::timed_out(&id, timeout);
+            let _ = self.sender.send(answer).await;
+            if let Some(sent) = self.clone().send(cancel).await {
                 let bridge = self.clone();
                 self.tasks.spawn(async move { bridge.finish(sent).await });
             }

@@ -126,6 +126,29 @@ pub(crate) async fn answer_with_error(
         .map_err(|_| ())
 }
 
+/// What the agent sends when call `id` outlived its `call_timeout`: the answer for the
+/// client, and the cancellation for the upstream.
+pub(crate) fn timed_out(id: &str, timeout: std::time::Duration) -> (Bytes, Bytes) {
+    let text = format!(
+        "the call exceeded the agent's call_timeout of {timeout:?}; the server was asked to cancel it"
+    );
+    let cancel = format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"timeout"}}}}"#
+    );
+    (
+        calls::error_response(id, ERROR_TIMEOUT, &text),
+        Bytes::from(cancel),
+    )
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// JSON-RPC code: the upstream server could not be reached or failed the request.
 pub(crate) const ERROR_UPSTREAM: i64 = -32012;
 /// JSON-RPC code: the agent's call timeout answered the request.

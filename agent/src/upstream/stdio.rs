@@ -20,7 +20,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Admission, Calls, UpstreamContext, answer_with_error, forward};
+use super::{Admission, Calls, UpstreamContext, answer_with_error, forward, sleep_until};
 use crate::config::StdioConfig;
 
 pub(super) async fn serve(
@@ -223,12 +223,11 @@ async fn to_child(
                 for id in calls.expire(now) {
                     let timeout = calls.call_timeout().unwrap_or_default();
                     tracing::warn!(server = name, ?timeout, "call timed out; cancelling it upstream");
-                    let text = format!("the call exceeded the agent's call_timeout of {timeout:?}; the server was asked to cancel it");
-                    if sender.send(super::calls::error_response(&id, super::ERROR_TIMEOUT, &text)).await.is_err() {
+                    let (answer, cancel) = super::timed_out(&id, timeout);
+                    if sender.send(answer).await.is_err() {
                         return Outcome::RelayClosed;
                     }
-                    let cancel = format!(r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"timeout"}}}}"#);
-                    if write_line(stdin, Bytes::from(cancel)).await.is_err() {
+                    if write_line(stdin, cancel).await.is_err() {
                         return Outcome::Exited;
                     }
                 }
@@ -296,13 +295,6 @@ fn next_wake(calls: &Calls) -> Option<Instant> {
         .zip(calls.call_timeout())
         .map(|(silent, timeout)| now + hang_grace(timeout).saturating_sub(silent));
     [calls.next_deadline(), hung_at].into_iter().flatten().min()
-}
-
-async fn sleep_until(wake: Option<Instant>) {
-    match wake {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// How long a server may stay silent after a call timed out before it counts as hung.

@@ -64,8 +64,7 @@ pub(crate) async fn accept(State(app): State<Arc<App>>, mut request: Request) ->
                     detail: serde_json::json!({ "reason": "key refused" }),
                     ..crate::audit::AuditEvent::default()
                 });
-                if let Some(delay) = app.note_auth_failure_parts(headers, extensions, &correlation)
-                {
+                if let Some(delay) = app.note_auth_failure(headers, extensions, &correlation) {
                     tokio::time::sleep(delay).await;
                     return RelayError::TooManyFailures.into_http(&correlation);
                 }
