@@ -140,15 +140,19 @@ where
     F: FnOnce(Arc<App>, Ctx, Bytes) -> Fut,
     Fut: Future<Output = Result<serde_json::Value, AdminError>>,
 {
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     let ctx = match authenticate(&app, &parts).await {
         Ok(ctx) => ctx,
-        Err((AdminError::Slowed(delay), correlation)) => {
-            // A source over its failure limit waits for its answer.
-            tokio::time::sleep(delay).await;
-            return render_error(AdminError::Slowed(delay), &correlation);
+        Err((err, correlation)) => {
+            // Refused before its body was read: take the rest in, so the client reads
+            // the answer instead of a reset connection.
+            crate::body::discard(&mut body).await;
+            if let AdminError::Slowed(delay) = err {
+                // A source over its failure limit waits for its answer.
+                tokio::time::sleep(delay).await;
+            }
+            return render_error(err, &correlation);
         }
-        Err((err, correlation)) => return render_error(err, &correlation),
     };
     let correlation = ctx.correlation.clone();
     let body = match read_json_body(&parts.headers, body).await {
@@ -165,7 +169,7 @@ where
 
 async fn read_json_body(
     headers: &http::HeaderMap,
-    body: axum::body::Body,
+    mut body: axum::body::Body,
 ) -> Result<Bytes, AdminError> {
     let has_body = headers
         .get(header::CONTENT_LENGTH)
@@ -178,14 +182,18 @@ async fn read_json_body(
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
         if !json {
+            crate::body::discard(&mut body).await;
             return Err(AdminError::UnsupportedMediaType);
         }
     }
-    let limited = http_body_util::Limited::new(body, MAX_ADMIN_BODY);
-    http_body_util::BodyExt::collect(limited)
+    crate::body::read_limited(headers, body, MAX_ADMIN_BODY)
         .await
-        .map(|collected| collected.to_bytes())
-        .map_err(|_| AdminError::TooLarge)
+        .map_err(|err| match err {
+            crate::body::BodyError::TooLarge => AdminError::TooLarge,
+            crate::body::BodyError::Unreadable => {
+                AdminError::BadRequest("the body could not be read".into())
+            }
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, AdminError> {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+mod body;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -15,7 +15,6 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval};
@@ -34,7 +33,14 @@ pub(crate) async fn post(
     request: Request,
 ) -> Response {
     let correlation = CorrelationId::new();
-    let result = handle_post(&app, &agent, &server, request, &correlation).await;
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    let result = handle_post(&app, &agent, &server, &parts, &mut body, &correlation).await;
+    if let Some(mut unread) = body {
+        // Refused before its body was read: take the rest in, so the client reads the
+        // answer instead of a reset connection.
+        crate::body::discard(&mut unread).await;
+    }
     respond(result, &correlation, "POST", &agent, &server)
 }
 
@@ -110,12 +116,13 @@ async fn handle_post(
     app: &Arc<App>,
     agent: &str,
     server: &str,
-    request: Request,
+    parts: &http::request::Parts,
+    body: &mut Option<Body>,
     correlation: &CorrelationId,
 ) -> Result<Response, RelayError> {
     check_names(agent, server)?;
-    check_headers(app, request.headers())?;
-    let principal = authenticate(app, request.headers(), request.extensions(), correlation).await?;
+    check_headers(app, &parts.headers)?;
+    let principal = authenticate(app, &parts.headers, &parts.extensions, correlation).await?;
     if principal.role == "viewer" {
         // Viewers read usage and agents; calling tools takes a member.
         return Err(RelayError::InsufficientScope("server with a viewer key"));
@@ -123,7 +130,7 @@ async fn handle_post(
     if !principal.scope.allows_server(agent, server) {
         return Err(RelayError::InsufficientScope("server"));
     }
-    let headers = request.headers().clone();
+    let headers = &parts.headers;
     if !is_json(&headers) {
         return Err(RelayError::UnsupportedMediaType);
     }
@@ -131,7 +138,18 @@ async fn handle_post(
     if !streaming && !accepts(&headers, "application/json") {
         return Err(RelayError::NotAcceptable);
     }
-    let body = read_body(request, app.config.limits.max_body_bytes).await?;
+    let body = crate::body::read_limited(
+        headers,
+        body.take().ok_or(RelayError::Internal)?,
+        app.config.limits.max_body_bytes,
+    )
+    .await
+    .map_err(|err| match err {
+        crate::body::BodyError::TooLarge => {
+            RelayError::BodyTooLarge(app.config.limits.max_body_bytes)
+        }
+        crate::body::BodyError::Unreadable => RelayError::InvalidRequest("body could not be read"),
+    })?;
     check_depth(&body, app.config.limits.max_json_depth)?;
     let messages = parse_messages(&body)?;
     let requests: Vec<Value> = messages
@@ -585,50 +603,6 @@ fn check_names(agent: &str, server: &str) -> Result<(), RelayError> {
     Ok(())
 }
 
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, RelayError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = request.into_body();
-    if declared.is_some_and(|len| len > limit as u64) {
-        discard(&mut body).await;
-        return Err(RelayError::BodyTooLarge(limit));
-    }
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| {
-            tracing::info!(%err, "client body could not be read");
-            RelayError::InvalidRequest("body could not be read")
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                discard(&mut body).await;
-                return Err(RelayError::BodyTooLarge(limit));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
-/// Reads and drops what the client is still sending of a refused body, within a bound, so
-/// that it reads the 413 instead of finding the connection reset under its unsent bytes.
-/// Nothing is kept: the bound is on time and bytes read, not memory.
-async fn discard(body: &mut Body) {
-    let _ = tokio::time::timeout(LINGER_TIME, async {
-        let mut read = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |d| d.len());
-            if read > LINGER_BYTES {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
     let raw = jsonrpc::split_body(body).map_err(invalid)?;
     raw.into_iter()
@@ -819,8 +793,6 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
 }
 
 /// How long, and how many bytes, the relay reads on of a refused body before answering.
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// How long a JSON answer waits, after a timeout, for an answer that raced it.
 const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The protocol revision header of MCP Streamable HTTP.

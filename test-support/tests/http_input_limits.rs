@@ -277,3 +277,66 @@ async fn host_origin_and_protocol_version_are_checked() -> anyhow::Result<()> {
     relay.stop().await;
     Ok(())
 }
+
+/// A refusal that comes before the body is read (bad key, wrong media type) still waits
+/// for the body: hyper would otherwise close the connection under a client that sends its
+/// body in a second TLS record, and the client would read a reset instead of the answer.
+/// Both requests on one connection get their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_still_take_the_body() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = relay().spawn().await?;
+    let key = relay.client_key().await?;
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let requests = [
+        (
+            "/mcp/laptop/everything",
+            "Bearer pk_test_00000000000000000000000000000000".to_owned(),
+            "application/json",
+        ),
+        (
+            "/mcp/laptop/everything",
+            format!("Bearer {key}"),
+            "text/plain",
+        ),
+        (
+            "/admin/v1/keys",
+            "Bearer pk_test_00000000000000000000000000000000".to_owned(),
+            "application/json",
+        ),
+        ("/admin/v1/keys", format!("Bearer {key}"), "text/plain"),
+    ];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        outpost_test_support::tls_client_config(&relay.state.certs),
+    ));
+    for (path, auth, content_type) in requests {
+        let tcp = tokio::net::TcpStream::connect(relay.addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let mut stream = connector.connect(name, tcp).await?;
+        for last in [false, true] {
+            let close = if last { "Connection: close\r\n" } else { "" };
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\
+                 Content-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\n\
+                 Content-Length: {}\r\n{close}\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.flush().await?;
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            stream.write_all(body).await?;
+            stream.flush().await?;
+        }
+        let mut response = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut response),
+        )
+        .await??;
+        let text = String::from_utf8_lossy(&response);
+        let answers = text.matches("HTTP/1.1 4").count();
+        assert_eq!(answers, 2, "{path} {content_type}: {text}");
+    }
+    relay.stop().await;
+    Ok(())
+}
