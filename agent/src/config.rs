@@ -201,6 +201,7 @@ enum RawServer {
         max_concurrent_calls: Option<usize>,
         #[serde(default, with = "humantime_serde")]
         call_timeout: Option<Duration>,
+        max_sessions: Option<usize>,
     },
     Http {
         url: String,
@@ -213,6 +214,7 @@ enum RawServer {
         max_concurrent_calls: Option<usize>,
         #[serde(default, with = "humantime_serde")]
         call_timeout: Option<Duration>,
+        max_sessions: Option<usize>,
     },
 }
 
@@ -382,97 +384,109 @@ fn resolve_server(
     server: RawServer,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ServerConfig, ConfigError> {
-    let (transport, allow_tools, deny_tools, max_concurrent_calls, call_timeout) = match server {
-        RawServer::Stdio {
-            command,
-            args,
-            env: vars,
-            inherit_env,
-            cwd,
-            allow_tools,
-            deny_tools,
-            max_concurrent_calls,
-            call_timeout,
-        } => {
-            if command.is_empty() {
-                return Err(invalid(&format!("servers.{name}.command"), "is empty"));
-            }
-            let mut resolved: Vec<(String, SecretString, bool)> = Vec::new();
-            let mut reference_values = Vec::new();
-            for var in inherit_env {
-                if let Some(value) = env(&var) {
-                    resolved.push((var, SecretString::from(value), false));
-                }
-            }
-            for (var, value) in vars {
-                let key = format!("servers.{name}.env.{var}");
-                let is_secret = value.replace("$${", "").contains("${");
-                let value = resolve_references(&value, env, &mut reference_values)
-                    .map_err(|reason| invalid(&key, &reason))?;
-                resolved.retain(|(existing, _, _)| existing != &var);
-                resolved.push((var, value, is_secret));
-            }
-            let env_is_secret = resolved.iter().map(|(_, _, secret)| *secret).collect();
-            let transport = Transport::Stdio(StdioConfig {
+    let (transport, allow_tools, deny_tools, max_concurrent_calls, call_timeout, max_sessions) =
+        match server {
+            RawServer::Stdio {
                 command,
                 args,
-                env: resolved.into_iter().map(|(k, v, _)| (k, v)).collect(),
-                env_is_secret,
-                reference_values,
+                env: vars,
+                inherit_env,
                 cwd,
-            });
-            (
-                transport,
                 allow_tools,
                 deny_tools,
                 max_concurrent_calls,
                 call_timeout,
-            )
-        }
-        RawServer::Http {
-            url,
-            headers,
-            allow_tools,
-            deny_tools,
-            max_concurrent_calls,
-            call_timeout,
-        } => {
-            let key = format!("servers.{name}.url");
-            let url = url::Url::parse(&url).map_err(|e| invalid(&key, &format!("`{url}`: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(invalid(&key, "must be http:// or https://"));
-            }
-            let mut resolved = Vec::new();
-            let mut reference_values = Vec::new();
-            for (header, value) in headers {
-                let key = format!("servers.{name}.headers.{header}");
-                let header_name = http::HeaderName::try_from(header.as_str())
-                    .map_err(|e| invalid(&key, &e.to_string()))?;
-                let value = resolve_references(&value, env, &mut reference_values)
-                    .map_err(|reason| invalid(&key, &reason))?;
-                if http::HeaderValue::from_str(value.expose_secret()).is_err() {
-                    return Err(invalid(&key, "is not a valid header value"));
+                max_sessions,
+            } => {
+                if command.is_empty() {
+                    return Err(invalid(&format!("servers.{name}.command"), "is empty"));
                 }
-                resolved.push((header_name, value));
+                let mut resolved: Vec<(String, SecretString, bool)> = Vec::new();
+                let mut reference_values = Vec::new();
+                for var in inherit_env {
+                    if let Some(value) = env(&var) {
+                        resolved.push((var, SecretString::from(value), false));
+                    }
+                }
+                for (var, value) in vars {
+                    let key = format!("servers.{name}.env.{var}");
+                    let is_secret = value.replace("$${", "").contains("${");
+                    let value = resolve_references(&value, env, &mut reference_values)
+                        .map_err(|reason| invalid(&key, &reason))?;
+                    resolved.retain(|(existing, _, _)| existing != &var);
+                    resolved.push((var, value, is_secret));
+                }
+                let env_is_secret = resolved.iter().map(|(_, _, secret)| *secret).collect();
+                let transport = Transport::Stdio(StdioConfig {
+                    command,
+                    args,
+                    env: resolved.into_iter().map(|(k, v, _)| (k, v)).collect(),
+                    env_is_secret,
+                    reference_values,
+                    cwd,
+                });
+                (
+                    transport,
+                    allow_tools,
+                    deny_tools,
+                    max_concurrent_calls,
+                    call_timeout,
+                    max_sessions,
+                )
             }
-            let transport = Transport::Http(HttpConfig {
+            RawServer::Http {
                 url,
-                headers: resolved,
-                reference_values,
-            });
-            (
-                transport,
+                headers,
                 allow_tools,
                 deny_tools,
                 max_concurrent_calls,
                 call_timeout,
-            )
-        }
-    };
+                max_sessions,
+            } => {
+                let key = format!("servers.{name}.url");
+                let url =
+                    url::Url::parse(&url).map_err(|e| invalid(&key, &format!("`{url}`: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid(&key, "must be http:// or https://"));
+                }
+                let mut resolved = Vec::new();
+                let mut reference_values = Vec::new();
+                for (header, value) in headers {
+                    let key = format!("servers.{name}.headers.{header}");
+                    let header_name = http::HeaderName::try_from(header.as_str())
+                        .map_err(|e| invalid(&key, &e.to_string()))?;
+                    let value = resolve_references(&value, env, &mut reference_values)
+                        .map_err(|reason| invalid(&key, &reason))?;
+                    if http::HeaderValue::from_str(value.expose_secret()).is_err() {
+                        return Err(invalid(&key, "is not a valid header value"));
+                    }
+                    resolved.push((header_name, value));
+                }
+                let transport = Transport::Http(HttpConfig {
+                    url,
+                    headers: resolved,
+                    reference_values,
+                });
+                (
+                    transport,
+                    allow_tools,
+                    deny_tools,
+                    max_concurrent_calls,
+                    call_timeout,
+                    max_sessions,
+                )
+            }
+        };
     if max_concurrent_calls == Some(0) {
         return Err(invalid(
             &format!("servers.{name}.max_concurrent_calls"),
             "must be positive (leave it out for no limit)",
+        ));
+    }
+    if max_sessions == Some(0) {
+        return Err(invalid(
+            &format!("servers.{name}.max_sessions"),
+            "must be positive (leave it out for the tunnel's max_streams)",
         ));
     }
     if call_timeout.is_some_and(|t| t.is_zero()) {
@@ -487,7 +501,8 @@ fn resolve_server(
                 &format!("servers.{name}.allow_tools/deny_tools"),
                 &e.to_string(),
             )
-        })?;
+        })?
+        .with_max_sessions(max_sessions);
     Ok(ServerConfig {
         name: name.to_owned(),
         transport,

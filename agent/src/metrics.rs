@@ -24,6 +24,7 @@ pub(crate) struct Metrics {
     redactions: Family<ServerLabels, Counter>,
     denials: Family<DenialLabels, Counter>,
     restarts: Family<ServerLabels, Counter>,
+    sessions: Family<ServerLabels, Gauge>,
     tools_seen: Mutex<HashMap<String, HashSet<String>>>,
 }
 
@@ -65,6 +66,8 @@ pub(crate) enum Denial {
     Tool,
     /// `max_concurrent_calls` was reached.
     Concurrency,
+    /// `max_sessions` was reached.
+    Sessions,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,7 +114,7 @@ impl Metrics {
         let denials = Family::<DenialLabels, Counter>::default();
         registry.register(
             "policy_denials",
-            "Requests refused by local policy, by reason (tool, concurrency)",
+            "Requests refused by local policy, by reason (tool, concurrency, sessions)",
             denials.clone(),
         );
         let restarts = Family::<ServerLabels, Counter>::default();
@@ -119,6 +122,12 @@ impl Metrics {
             "upstream_restarts",
             "Stdio servers restarted after they crashed or hung",
             restarts.clone(),
+        );
+        let sessions = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Client sessions open per server (for stdio servers, child processes)",
+            sessions.clone(),
         );
         Self {
             registry,
@@ -129,6 +138,7 @@ impl Metrics {
             redactions,
             denials,
             restarts,
+            sessions,
             tools_seen: Mutex::new(HashMap::new()),
         }
     }
@@ -179,6 +189,7 @@ impl Metrics {
         let reason = match denial {
             Denial::Tool => "tool",
             Denial::Concurrency => "concurrency",
+            Denial::Sessions => "sessions",
         };
         self.denials
             .get_or_create(&DenialLabels {
@@ -186,6 +197,15 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Sets how many sessions `server` has open.
+    pub(crate) fn sessions_open(&self, server: &str, open: usize) {
+        self.sessions
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// Counts a restart of a stdio server.

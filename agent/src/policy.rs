@@ -19,6 +19,9 @@ pub struct ToolPolicy {
     pub max_concurrent_calls: Option<usize>,
     /// How long one call may run before the agent answers it with a timeout.
     pub call_timeout: Option<Duration>,
+    /// Client sessions open at once (for stdio, child processes); `None` leaves only
+    /// the tunnel's `max_streams`.
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +53,16 @@ impl ToolPolicy {
             deny: Patterns::new(deny_tools)?,
             max_concurrent_calls,
             call_timeout,
+            max_sessions: None,
         })
+    }
+
+    /// The same policy with a cap on open sessions.
+    pub fn with_max_sessions(self, max_sessions: Option<usize>) -> Self {
+        Self {
+            max_sessions,
+            ..self
+        }
     }
 
     /// Whether the tool exists for the relay: listed and callable.
@@ -76,6 +88,9 @@ impl ToolPolicy {
         }
         if let Some(timeout) = self.call_timeout {
             hash.update(format!("\0timeout:{}", timeout.as_millis()).as_bytes());
+        }
+        if let Some(max) = self.max_sessions {
+            hash.update(format!("\0sessions:{max}").as_bytes());
         }
     }
 }

@@ -129,6 +129,12 @@ impl RelayBuilder {
         self
     }
 
+    /// Sets how long a session may sit idle before the relay closes it.
+    pub fn session_idle_timeout(mut self, idle: Duration) -> Self {
+        self.limits.session_idle_timeout = idle;
+        self
+    }
+
     /// Sets the allowed `Host` and `Origin` values.
     pub fn allow(mut self, hosts: &[&str], origins: &[&str]) -> Self {
         self.http.allowed_hosts = hosts.iter().map(|h| (*h).to_owned()).collect();

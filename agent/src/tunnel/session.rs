@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::dial::{self, DialError, TunnelSocket};
+use crate::metrics::Denial;
 use crate::upstream::{self, InFlight, UpstreamContext};
 use crate::{AgentInner, Status, policy};
 
@@ -115,14 +116,30 @@ pub(crate) async fn run(
                         stream.sender.close_now(CloseCode::ShuttingDown, "the agent is shutting down");
                         continue;
                     }
+                    let place = match runtime.open_session() {
+                        Ok(place) => place,
+                        Err(max) => {
+                            agent.metrics().denied(&server, Denial::Sessions);
+                            tracing::warn!(server = %server, max, "session refused: the server has max_sessions open");
+                            stream.sender.close_now(
+                                CloseCode::Overloaded,
+                                format!("server {server:?} has its max_sessions ({max}) open"),
+                            );
+                            continue;
+                        }
+                    };
+                    agent.metrics().sessions_open(&server, runtime.open_sessions());
+                    let metrics = agent.metrics_arc();
                     let span = tracing::info_span!("stream", server = %server, stream = %stream.id);
                     let mut context = context.clone();
                     // Secrets of the configuration the upstream starts with.
                     context.redactor = agent.redactor();
                     streams.spawn(async move {
                         if let Some(server_config) = current.servers.get(&server) {
-                            upstream::serve(server_config, runtime, stream, meta, context).await;
+                            upstream::serve(server_config, runtime.clone(), stream, meta, context).await;
                         }
+                        drop(place);
+                        metrics.sessions_open(&server, runtime.open_sessions());
                     }.instrument(span));
                 }
                 other => tracing::warn!(?other, "unexpected event from the relay ignored"),

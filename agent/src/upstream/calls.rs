@@ -32,6 +32,18 @@ pub(crate) struct ServerRuntime {
     pub(crate) name: String,
     policy: RwLock<Arc<ToolPolicy>>,
     busy: AtomicUsize,
+    /// Sessions (streams) open now, for `max_sessions`.
+    sessions: Arc<AtomicUsize>,
+}
+
+/// One of a server's `max_sessions` places, held by a stream while it lives.
+#[derive(Debug)]
+pub(crate) struct SessionPlace(Arc<AtomicUsize>);
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What to do with a message from the client.
@@ -129,7 +141,25 @@ impl ServerRuntime {
             name,
             policy: RwLock::new(Arc::new(policy)),
             busy: AtomicUsize::new(0),
+            sessions: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// A place for one more session, or `Err(max)` when the policy's `max_sessions` are
+    /// all open.
+    pub(crate) fn open_session(&self) -> Result<SessionPlace, usize> {
+        let max = self.policy().max_sessions.unwrap_or(usize::MAX);
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .map(|_| SessionPlace(self.sessions.clone()))
+            .map_err(|_| max)
+    }
+
+    /// Sessions open now.
+    pub(crate) fn open_sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
     }
 
     /// The policy now in force.
