@@ -7,6 +7,9 @@
 #                                           all active server scenarios of 0.1.16 against URL
 #   scripts/conformance.sh direct-2025      baseline: start tests/conformance/server-2025.mjs
 #                                           on 127.0.0.1:0, run the suite against it, stop it
+#   scripts/conformance.sh run-2026 URL     all 0.2.0-alpha.12 scenarios of 2026-07-28 (40)
+#   scripts/conformance.sh run-2026-required URL
+#                                           the 37 scenarios 2026-07-28 requires
 #
 # Everything goes into ${MCP_TOOLS_DIR:-<repo>/.tools}/conformance/ (stamp files, like
 # scripts/setup-tools.sh), plus tests/conformance/node_modules (gitignored). The last line of
@@ -64,17 +67,18 @@ setup() {
   "$node22" --version >/dev/null
 }
 
-# run_2025 URL [options...]: runs the active 0.1.16 server suite; prints the summary line.
-run_2025() {
-  local url="$1"
-  shift
+# run_suite VERSION JS URL [options...]: runs server scenarios of suite JS (its version
+# VERSION) against URL; prints the summary line.
+run_suite() {
+  local version="$1" js="$2" url="$3"
+  shift 3
   setup
-  local out="${CONFORMANCE_RESULTS_DIR:-$(mktemp -d -t conformance-2025.XXXXXX)}"
+  local out="${CONFORMANCE_RESULTS_DIR:-$(mktemp -d -t conformance.XXXXXX)}"
   mkdir -p "$out"
   local logf="$out/output.txt"
-  log "running conformance $SUITE_2025 (active server suite) against $url; results in $out"
+  log "running conformance $version ($*) against $url; results in $out"
   local rc=0
-  (cd "$out" && "$node22" "$suite_2025" server --url "$url" --suite active -o "$out" "$@") 2>&1 |
+  (cd "$out" && "$node22" "$js" server --url "$url" -o "$out" "$@") 2>&1 |
     tee "$logf" || rc=$?
   # The suite's summary lines: "✓ name: N passed, M failed" / "✗ name: ...".
   local passed failed total
@@ -85,8 +89,30 @@ run_2025() {
     echo "failed scenarios:"
     grep -E '^✗ ' "$logf" | sed 's/^/  /'
   fi
-  echo "conformance $SUITE_2025: passed=$passed failed=$failed total=$total"
+  echo "conformance $version: passed=$passed failed=$failed total=$total"
   [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$total" -gt 0 ]
+}
+
+# run_2025 URL [options...]: every active scenario of 0.1.16 (the 2025 era).
+run_2025() {
+  local url="$1"
+  shift
+  run_suite "$SUITE_2025" "$suite_2025" "$url" --suite active "$@"
+}
+
+# run_2026 URL [options...]: every scenario of 0.2.0-alpha.12 for revision 2026-07-28
+# (called `draft` inside the tool), the unscored tasks extension aside.
+run_2026() {
+  local url="$1"
+  shift
+  run_suite "$SUITE_2026" "$suite_2026" "$url" --suite all --spec-version 2026-07-28 "$@"
+}
+
+# run_2026_required URL: the scenarios 2026-07-28 requires.
+run_2026_required() {
+  local url="$1"
+  shift
+  run_suite "$SUITE_2026 (required)" "$suite_2026" "$url" --requirements 2026-07-28 "$@"
 }
 
 # start_target_2025 OUTFILE: starts the target on 127.0.0.1:0; sets target_pid and target_url.
@@ -126,8 +152,16 @@ case "$cmd" in
     run_2025 "$@"
     ;;
   direct-2025) direct_2025 "$@" ;;
+  run-2026)
+    [ $# -ge 1 ] || { echo "usage: $0 run-2026 URL [conformance server options...]" >&2; exit 2; }
+    run_2026 "$@"
+    ;;
+  run-2026-required)
+    [ $# -ge 1 ] || { echo "usage: $0 run-2026-required URL" >&2; exit 2; }
+    run_2026_required "$@"
+    ;;
   *)
-    echo "usage: $0 setup | run-2025 URL [options...] | direct-2025 [options...]" >&2
+    echo "usage: $0 setup | run-2025 URL | direct-2025 | run-2026 URL | run-2026-required URL" >&2
     exit 2
     ;;
 esac

@@ -41,3 +41,6 @@ if [ "$(cat "$tools/.pip-stamp" 2>/dev/null)" != "$(stamp "$requirements")" ] ||
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   stamp "$requirements" >"$tools/.pip-stamp"
 fi
+
+# The official MCP conformance suites and node 22 for their CLI.
+"$root/scripts/conformance.sh" setup

@@ -5,6 +5,7 @@
 
 mod certs;
 mod client;
+pub mod conformance;
 mod mcp_server;
 mod process;
 

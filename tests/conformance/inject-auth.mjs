@@ -3,7 +3,7 @@
 // running MCP conformance suites (which send no auth header) against the Outpost relay.
 //
 //   TARGET_URL=https://relay.example:8443  OUTPOST_KEY=pk_test_...  [TARGET_CA_FILE=ca.pem]
-//   node inject-auth.mjs            -> prints `listening on http://127.0.0.1:PORT` when ready
+//   [LISTEN_PORT=N] node inject-auth.mjs  -> prints `listening on http://127.0.0.1:PORT` when ready
 //
 // The request path and query are appended to TARGET_URL's path (so a suite pointed at
 // http://127.0.0.1:PORT/mcp/agent/server reaches TARGET_URL/mcp/agent/server). Every other
@@ -96,7 +96,8 @@ server.headersTimeout = 0;
 server.timeout = 0;
 server.keepAliveTimeout = 5000;
 
-server.listen(0, "127.0.0.1", () => {
+// LISTEN_PORT lets a harness know the origin in advance (an allow-list names it).
+server.listen(Number(process.env.LISTEN_PORT ?? 0), "127.0.0.1", () => {
   const { port } = server.address();
   process.stdout.write(`listening on http://127.0.0.1:${port}\n`);
 });
