@@ -100,6 +100,10 @@ pub enum RelayError {
     /// Too many failed authentications from this address.
     #[error("too many failed authentications from this address")]
     TooManyFailures,
+    /// A stateless (2026-era) request whose `Mcp-Method` or `Mcp-Name` header is missing
+    /// or does not match its body.
+    #[error("header mismatch: the {0} header does not match the body")]
+    HeaderMismatch(&'static str),
     /// The body nests JSON deeper than the limit.
     #[error("invalid request: JSON nested deeper than {0} levels")]
     TooDeep(usize),
@@ -182,7 +186,7 @@ impl RelayError {
             RelayError::RateLimited { .. } | RelayError::TooManyFailures => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            RelayError::TooDeep(_) => StatusCode::BAD_REQUEST,
+            RelayError::TooDeep(_) | RelayError::HeaderMismatch(_) => StatusCode::BAD_REQUEST,
             RelayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -203,6 +207,7 @@ impl RelayError {
             RelayError::SessionClosed => CODE_SESSION_CLOSED,
             RelayError::InsufficientScope(_) => CODE_INSUFFICIENT_SCOPE,
             RelayError::RateLimited { .. } | RelayError::TooManyFailures => CODE_RATE_LIMITED,
+            RelayError::HeaderMismatch(_) => CODE_HEADER_MISMATCH,
             RelayError::Internal => -32603,
             _ => -32600,
         }
@@ -306,3 +311,5 @@ pub const CODE_SESSION_CLOSED: i64 = -32017;
 pub const CODE_INSUFFICIENT_SCOPE: i64 = -32018;
 /// JSON-RPC code: a rate limit or in-flight cap was reached.
 pub const CODE_RATE_LIMITED: i64 = -32019;
+/// JSON-RPC code of MCP 2026-07-28: `Mcp-Method` or `Mcp-Name` does not match the body.
+pub const CODE_HEADER_MISMATCH: i64 = -32020;

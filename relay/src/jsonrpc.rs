@@ -154,6 +154,54 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
     }
 }
 
+/// The target a request names, which MCP 2026-07-28 repeats in the `Mcp-Name` header:
+/// `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`.
+/// `None` for other methods, or when the body has no such string.
+pub(crate) fn target_name(message: &[u8], method: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Target {
+        name: Option<String>,
+        uri: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct WithParams {
+        params: Option<Target>,
+    }
+    let field = match method {
+        "tools/call" | "prompts/get" => |t: Target| t.name,
+        "resources/read" => |t: Target| t.uri,
+        _ => return None,
+    };
+    serde_json::from_slice::<WithParams>(message)
+        .ok()?
+        .params
+        .and_then(field)
+}
+
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]`: the revision a 2026-era
+/// request names in its body.
+pub(crate) fn meta_protocol_version(message: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct VersionMeta {
+        #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+        version: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct MetaParams {
+        #[serde(rename = "_meta")]
+        meta: Option<VersionMeta>,
+    }
+    #[derive(Deserialize)]
+    struct WithParams {
+        params: Option<MetaParams>,
+    }
+    serde_json::from_slice::<WithParams>(message)
+        .ok()?
+        .params?
+        .meta?
+        .version
+}
+
 /// Splits a POST body into single messages: one object, or a non-empty array of them.
 pub(crate) fn split_body(body: &[u8]) -> Result<Vec<Box<RawValue>>, Invalid> {
     let first = body

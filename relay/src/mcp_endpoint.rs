@@ -24,7 +24,7 @@ use crate::App;
 use crate::auth::{self, KeyKind, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
-use crate::router::{ClientSession, Submission};
+use crate::router::{ClientSession, OneShot, Submission};
 
 /// `POST /mcp/{agent}/{server}`
 pub(crate) async fn post(
@@ -68,6 +68,7 @@ pub(crate) async fn get(
             get_stream: true,
             filter: Box::new(|message| message),
             _slots: Vec::new(),
+            _one_shot: None,
         };
         Ok(sse_response(stream, None))
     }
@@ -152,6 +153,7 @@ async fn handle_post(
     })?;
     check_depth(&body, app.config.limits.max_json_depth)?;
     let messages = parse_messages(&body)?;
+    let stateless = is_stateless(headers);
     let requests: Vec<Value> = messages
         .iter()
         .filter_map(|(_, kind)| match kind {
@@ -159,6 +161,9 @@ async fn handle_post(
             _ => None,
         })
         .collect();
+    if stateless && let Err(err) = check_method_headers(headers, &messages) {
+        return Ok(refuse_requests(&err, &requests, correlation));
+    }
     // The key's bucket, then per call: the tool must be in scope and under its rate, and
     // the key and agent under their in-flight caps. A refusal answers every request of
     // the POST by its id.
@@ -233,7 +238,8 @@ async fn handle_post(
         }
     };
 
-    let (session, created) = match session_id(&headers) {
+    let mut one_shot = None;
+    let (session, created) = match session_id(headers) {
         Some(id) => {
             let session = app
                 .sessions
@@ -242,6 +248,13 @@ async fn handle_post(
                 .ok_or(RelayError::SessionNotFound)?;
             (session, false)
         }
+        None if stateless => match open_session(app, principal, agent, server, headers) {
+            Ok(session) => {
+                one_shot = Some(OneShot::new(app.sessions.clone(), session.clone()));
+                (session, false)
+            }
+            Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
+        },
         None => {
             let initialize = messages.iter().any(
                 |(_, kind)| matches!(kind, Kind::Request { method, .. } if method == "initialize"),
@@ -249,7 +262,7 @@ async fn handle_post(
             if !initialize {
                 return Err(RelayError::SessionRequired);
             }
-            match open_session(app, principal, agent, server, &headers) {
+            match open_session(app, principal, agent, server, headers) {
                 Ok(session) => (session, true),
                 Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
             }
@@ -274,8 +287,38 @@ async fn handle_post(
         let Submission {
             post,
             initial,
-            messages,
+            mut messages,
         } = submission;
+        let mut initial: VecDeque<Bytes> = initial.into_iter().collect();
+        if stateless {
+            // A stateless answer's HTTP status depends on its error (404 for an unknown
+            // method, 400 for a bad request), so the headers wait for the first message,
+            // up to one keep-alive period: a lone answer goes back as JSON with its status,
+            // anything else (progress, logs, input requests) opens the SSE stream.
+            let first = match initial.pop_front() {
+                Some(message) => Some(message),
+                None => {
+                    let decide_by = Instant::now() + app.config.limits.sse_keepalive;
+                    tokio::time::timeout_at(decide_by.min(deadline), messages.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            match first {
+                Some(message) if is_answer(&message) => {
+                    drop(slots);
+                    drop(one_shot);
+                    let status = stateless_status(&message);
+                    let mut response = json_response(vec![filter(message)]);
+                    *response.status_mut() = status;
+                    response.headers_mut().extend(rotation);
+                    return Ok(response);
+                }
+                Some(message) => initial.push_front(message),
+                None => {}
+            }
+        }
         let stream = SseStream {
             initial: initial.into_iter().map(&filter).collect(),
             messages,
@@ -286,6 +329,7 @@ async fn handle_post(
             get_stream: false,
             filter: Box::new(filter),
             _slots: slots,
+            _one_shot: one_shot,
         };
         let mut response = sse_response(stream, session_header);
         response.headers_mut().extend(rotation);
@@ -311,7 +355,13 @@ async fn handle_post(
             }
         }
         drop(slots);
+        drop(one_shot);
+        let status = match answers.as_slice() {
+            [only] if stateless => stateless_status(only),
+            _ => StatusCode::OK,
+        };
         let mut response = json_response(answers.into_iter().map(filter).collect());
+        *response.status_mut() = status;
         if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
             response.headers_mut().insert(SESSION_HEADER, id);
         }
@@ -338,11 +388,16 @@ fn open_session(
     if !handle.is_available() {
         return Err(RelayError::AgentBusy);
     }
-    let meta: Vec<(String, String)> = FORWARDED_HEADERS
+    // Fixed headers, and the `Mcp-Param-*` headers a 2026-era client mirrors from tool
+    // arguments for the upstream to read.
+    let meta: Vec<(String, String)> = headers
         .iter()
-        .filter_map(|name| {
-            let value = headers.get(*name)?.to_str().ok()?;
-            Some(((*name).to_owned(), value.to_owned()))
+        .filter(|(name, _)| {
+            FORWARDED_HEADERS.contains(&name.as_str())
+                || name.as_str().starts_with(PARAM_HEADER_PREFIX)
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
     tracing::debug!(agent_id = %handle.agent_id, server, "opening a stream for a new session");
@@ -586,7 +641,9 @@ fn check_headers(app: &App, headers: &HeaderMap) -> Result<(), RelayError> {
     }
     if let Some(version) = headers.get(PROTOCOL_VERSION_HEADER) {
         let version = version.to_str().unwrap_or("");
-        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) {
+        // A stateless request's version is the upstream's to judge: it answers -32022
+        // with the versions it supports.
+        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) && !is_stateless(headers) {
             return Err(RelayError::UnsupportedProtocolVersion);
         }
     }
@@ -685,6 +742,8 @@ struct SseStream {
     filter: Box<dyn Fn(Bytes) -> Bytes + Send>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
+    /// A stateless request's session, ended with the stream.
+    _one_shot: Option<OneShot>,
 }
 
 fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
@@ -768,6 +827,80 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
 }
 
+/// Whether a message from the upstream is a response (result or error).
+fn is_answer(message: &[u8]) -> bool {
+    matches!(jsonrpc::classify(message), Ok(Kind::Response { .. }))
+}
+
+/// The HTTP status MCP 2026-07-28 gives a stateless request's answer: 404 with -32601
+/// (unknown or removed method), 400 with a protocol error of the request itself (parse,
+/// invalid request or params, header mismatch, missing client capability, unsupported
+/// version), 200 otherwise. A stdio upstream has no status of its own, so one rule serves
+/// every upstream.
+fn stateless_status(message: &[u8]) -> StatusCode {
+    match jsonrpc::classify(message) {
+        Ok(Kind::Response {
+            error_code: Some(code),
+            ..
+        }) => match code {
+            -32601 => StatusCode::NOT_FOUND,
+            -32700 | -32600 | -32602 | -32020 | -32021 | -32022 => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        },
+        _ => StatusCode::OK,
+    }
+}
+
+/// Whether a request belongs to a stateless revision (2026-07-28): no session, one POST.
+/// A version the relay does not know counts too when the request carries `Mcp-Method`,
+/// which only the stateless revisions send.
+fn is_stateless(headers: &HeaderMap) -> bool {
+    let Some(version) = headers
+        .get(PROTOCOL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    session_id(headers).is_none()
+        && (STATELESS_PROTOCOL_VERSIONS.contains(&version)
+            || !SUPPORTED_PROTOCOL_VERSIONS.contains(&version)
+                && headers.contains_key(METHOD_HEADER))
+}
+
+/// A stateless request carries one message, and its `Mcp-Method` (and, for a named target,
+/// `Mcp-Name`) header must say what the body says: intermediaries route and authorise by
+/// the headers, so a mismatch is refused before anything else reads them.
+fn check_method_headers(headers: &HeaderMap, messages: &[(Bytes, Kind)]) -> Result<(), RelayError> {
+    let [(raw, kind)] = messages else {
+        return Err(RelayError::InvalidRequest(
+            "a stateless request carries exactly one message",
+        ));
+    };
+    let method = match kind {
+        Kind::Request { method, .. } | Kind::Notification { method, .. } => method,
+        Kind::Response { .. } => {
+            return Err(RelayError::InvalidRequest(
+                "a stateless POST carries a request or a notification",
+            ));
+        }
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header(METHOD_HEADER) != Some(method.as_str()) {
+        return Err(RelayError::HeaderMismatch("Mcp-Method"));
+    }
+    let name = jsonrpc::target_name(raw, method);
+    if name.is_some() && header(NAME_HEADER) != name.as_deref() {
+        return Err(RelayError::HeaderMismatch("Mcp-Name"));
+    }
+    // A stdio upstream sees only the body: the header's version must be the body's.
+    if let Some(version) = jsonrpc::meta_protocol_version(raw)
+        && header(PROTOCOL_VERSION_HEADER) != Some(version.as_str())
+    {
+        return Err(RelayError::HeaderMismatch("MCP-Protocol-Version"));
+    }
+    Ok(())
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -797,13 +930,31 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
 const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The protocol revision header of MCP Streamable HTTP.
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
-/// The stateful revisions the relay serves; the stateless 2026 era is not served yet.
-const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] =
-    ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// The revisions the relay serves: stateful ones, then the stateless ones.
+const SUPPORTED_PROTOCOL_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+/// Stateless revisions: every request stands alone, with no session.
+const STATELESS_PROTOCOL_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// The 2026-era headers that repeat the body's method and target name.
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
 /// The session header of MCP Streamable HTTP.
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+/// Headers of MCP 2026-07-28 that carry tool arguments marked `x-mcp-header`.
+const PARAM_HEADER_PREFIX: &str = "mcp-param-";
 /// Request headers the upstream should see as a direct client would send them.
-const FORWARDED_HEADERS: [&str; 3] = ["mcp-protocol-version", "traceparent", "tracestate"];
+const FORWARDED_HEADERS: [&str; 5] = [
+    "mcp-protocol-version",
+    METHOD_HEADER,
+    NAME_HEADER,
+    "traceparent",
+    "tracestate",
+];
 
 #[cfg(test)]
 mod tests {

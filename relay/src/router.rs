@@ -124,6 +124,37 @@ enum EndReason {
     Closed,
 }
 
+/// A session that lives for one POST: a request of the stateless 2026 era. Dropping it
+/// (the POST's answer is complete, or its client went away) removes the session and closes
+/// its stream, which ends the upstream's process or HTTP request at the agent.
+#[derive(Debug)]
+pub(crate) struct OneShot {
+    registry: Arc<SessionRegistry>,
+    session: Arc<ClientSession>,
+    tasks: TaskTracker,
+}
+
+impl OneShot {
+    pub(crate) fn new(registry: Arc<SessionRegistry>, session: Arc<ClientSession>) -> Self {
+        let tasks = session.tasks.clone();
+        Self {
+            registry,
+            session,
+            tasks,
+        }
+    }
+}
+
+impl Drop for OneShot {
+    fn drop(&mut self) {
+        self.registry.remove(&self.session.id);
+        let session = self.session.clone();
+        self.tasks.spawn(async move {
+            session.close(CloseCode::Normal, "request answered").await;
+        });
+    }
+}
+
 // === impl SessionRegistry ===
 
 impl SessionRegistry {

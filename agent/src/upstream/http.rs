@@ -238,6 +238,15 @@ impl Bridge {
                     _ = self.session.relay_body(response, request_id, &self.sender, &self.calls) => {}
                 }
             }
+            Ok(response) if response.status().is_client_error() && carries_json(&response) => {
+                // A refusal with a JSON-RPC error (MCP 2026-07-28 answers 400 or 404 so)
+                // reaches the client as the upstream wrote it.
+                tracing::debug!(server = %self.name, status = %response.status(), "upstream refused a message with a JSON-RPC answer");
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    _ = self.session.relay_body(response, request_id, &self.sender, &self.calls) => {}
+                }
+            }
             Ok(response) => {
                 let status = response.status();
                 tracing::warn!(server = %self.name, %status, "upstream refused a message");
@@ -258,6 +267,15 @@ impl Bridge {
             }
         }
     }
+}
+
+/// Whether a response's body is JSON.
+fn carries_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"))
 }
 
 impl Session {
