@@ -132,11 +132,11 @@ async fn handle_post(
         return Err(RelayError::InsufficientScope("server"));
     }
     let headers = &parts.headers;
-    if !is_json(&headers) {
+    if !is_json(headers) {
         return Err(RelayError::UnsupportedMediaType);
     }
-    let streaming = accepts(&headers, "text/event-stream");
-    if !streaming && !accepts(&headers, "application/json") {
+    let streaming = accepts(headers, "text/event-stream");
+    if !streaming && !accepts(headers, "application/json") {
         return Err(RelayError::NotAcceptable);
     }
     let body = crate::body::read_limited(
