@@ -585,6 +585,9 @@ impl ClientSession {
             match &kind {
                 Kind::Response { id, error_code } => match state.pending.remove(id) {
                     Some(pending) => {
+                        // Idle time runs from the last answer, not the last request: a
+                        // slow answer must not leave its session already expired.
+                        self.touch();
                         if let Some(token) = &pending.progress_token {
                             state.progress.remove(token);
                         }

@@ -147,7 +147,7 @@ async fn fifty_sdk_clients_get_a_process_each_and_leave_none_behind() -> anyhow:
 async fn max_sessions_refuses_the_next_session_and_idle_sessions_expire() -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let relay = relay()
-        .session_idle_timeout(Duration::from_secs(2))
+        .session_idle_timeout(Duration::from_secs(5))
         .spawn()
         .await?;
     let policy = ToolPolicy::new(vec![], vec![], None, None)?.with_max_sessions(Some(2));
