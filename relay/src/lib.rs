@@ -8,6 +8,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+mod aggregate;
 pub mod audit;
 pub mod auth;
 mod body;
@@ -94,6 +95,8 @@ pub(crate) struct App {
     pepper: Pepper,
     agents: AgentRegistry,
     sessions: Arc<SessionRegistry>,
+    /// Sessions of the aggregated endpoint `/mcp`.
+    aggregates: aggregate::Aggregates,
     usage: UsageRecorder,
     /// Every task the relay spawns: connections, agent sessions, session dispatchers.
     tasks: TaskTracker,
@@ -156,6 +159,7 @@ impl Relay {
             key_touches: std::sync::Mutex::default(),
             metrics: relay_metrics,
             sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),
+            aggregates: aggregate::Aggregates::default(),
             config,
             store: shared_store,
             pepper,
@@ -262,6 +266,12 @@ impl BoundRelay {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(admin::routes())
+        .route(
+            "/mcp",
+            post(aggregate::post)
+                .get(aggregate::get)
+                .delete(aggregate::delete),
+        )
         .route(
             "/mcp/{agent}/{server}",
             post(mcp_endpoint::post)
@@ -473,6 +483,10 @@ async fn sweep_idle_sessions(app: Arc<App>) {
                 let abandoned = app.sessions.expire_abandoned_calls();
                 if abandoned > 0 {
                     tracing::info!(abandoned, "timed out calls whose clients went away");
+                }
+                let aggregated = app.aggregates.expire_idle(&app, idle).await;
+                if aggregated > 0 {
+                    tracing::info!(aggregated, "closed idle aggregated sessions");
                 }
                 let closed = app.sessions.expire_idle(idle).await;
                 if closed > 0 {

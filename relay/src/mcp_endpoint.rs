@@ -371,7 +371,7 @@ async fn handle_post(
 }
 
 /// Resolves the agent and server, opens a tunnel stream and creates the session.
-fn open_session(
+pub(crate) fn open_session(
     app: &Arc<App>,
     principal: Principal,
     agent: &str,
@@ -453,7 +453,7 @@ async fn existing_session(
 /// Authenticates a client key. A failure is counted against the source; a source over
 /// its failure limit waits for a 429 instead of getting a 401 at once. A valid key is
 /// never slowed.
-async fn authenticate(
+pub(crate) async fn authenticate(
     app: &Arc<App>,
     headers: &HeaderMap,
     extensions: &http::Extensions,
@@ -496,7 +496,7 @@ async fn authenticate(
 }
 
 /// The relay's answer to a rate limit or cap, counted.
-fn limited_error(app: &App, limited: &crate::guard::Limited) -> RelayError {
+pub(crate) fn limited_error(app: &App, limited: &crate::guard::Limited) -> RelayError {
     let scope = match limited {
         crate::guard::Limited::Rate { scope, .. }
         | crate::guard::Limited::Concurrency { scope, .. } => *scope,
@@ -510,7 +510,11 @@ fn limited_error(app: &App, limited: &crate::guard::Limited) -> RelayError {
 
 /// Refuses a whole POST: its status (403, 429), the error's headers, and a JSON-RPC error
 /// for each request so SDKs match them by id.
-fn refuse_requests(err: &RelayError, requests: &[Value], correlation: &CorrelationId) -> Response {
+pub(crate) fn refuse_requests(
+    err: &RelayError,
+    requests: &[Value],
+    correlation: &CorrelationId,
+) -> Response {
     err.log(correlation, &"POST refused");
     let answers: Vec<Bytes> = if requests.is_empty() {
         vec![Bytes::from(err.to_jsonrpc(None, correlation).to_string())]
@@ -576,7 +580,7 @@ fn rotation_headers(principal: &Principal) -> HeaderMap {
 }
 
 /// Refuses JSON nested deeper than `max` (objects and arrays), without parsing it.
-fn check_depth(body: &[u8], max: usize) -> Result<(), RelayError> {
+pub(crate) fn check_depth(body: &[u8], max: usize) -> Result<(), RelayError> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -607,7 +611,7 @@ fn check_depth(body: &[u8], max: usize) -> Result<(), RelayError> {
 
 /// Refuses a `Host` outside `http.allowed_hosts` (when set), an `Origin` outside
 /// `http.allowed_origins`, and an `MCP-Protocol-Version` this relay does not serve.
-fn check_headers(app: &App, headers: &HeaderMap) -> Result<(), RelayError> {
+pub(crate) fn check_headers(app: &App, headers: &HeaderMap) -> Result<(), RelayError> {
     let allowed = &app.config.http;
     if !allowed.allowed_hosts.is_empty() {
         let host = headers
@@ -660,7 +664,7 @@ fn check_names(agent: &str, server: &str) -> Result<(), RelayError> {
     Ok(())
 }
 
-fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
+pub(crate) fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
     let raw = jsonrpc::split_body(body).map_err(invalid)?;
     raw.into_iter()
         .map(|message| {
@@ -698,7 +702,7 @@ fn answer_requests_with(
     json_response(answers)
 }
 
-fn json_response(answers: Vec<Bytes>) -> Response {
+pub(crate) fn json_response(answers: Vec<Bytes>) -> Response {
     let body = match answers.len() {
         1 => answers.into_iter().next().unwrap_or_default(),
         _ => {
@@ -801,7 +805,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Frames one message as an SSE `message` event. JSON may contain line breaks only as
 /// whitespace; each line becomes its own `data:` line, which SSE joins back with `\n`.
-fn sse_event(message: &[u8]) -> Bytes {
+pub(crate) fn sse_event(message: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.len() + 32);
     buf.put_slice(b"event: message\n");
     for line in message.split(|&b| b == b'\n') {
@@ -814,7 +818,7 @@ fn sse_event(message: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-fn keepalive(app: &App) -> Interval {
+pub(crate) fn keepalive(app: &App) -> Interval {
     let period = app.config.limits.sse_keepalive;
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -823,7 +827,7 @@ fn keepalive(app: &App) -> Interval {
 
 // === headers ===
 
-fn session_id(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
 }
 
@@ -901,7 +905,7 @@ fn check_method_headers(headers: &HeaderMap, messages: &[(Bytes, Kind)]) -> Resu
     Ok(())
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -910,7 +914,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Whether `Accept` allows `media` (a missing header allows everything).
-fn accepts(headers: &HeaderMap, media: &str) -> bool {
+pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     let values: Vec<&str> = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -931,7 +935,7 @@ const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The protocol revision header of MCP Streamable HTTP.
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 /// The revisions the relay serves: stateful ones, then the stateless ones.
-const SUPPORTED_PROTOCOL_VERSIONS: [&str; 5] = [
+pub(crate) const SUPPORTED_PROTOCOL_VERSIONS: [&str; 5] = [
     "2024-11-05",
     "2025-03-26",
     "2025-06-18",
@@ -939,7 +943,7 @@ const SUPPORTED_PROTOCOL_VERSIONS: [&str; 5] = [
     "2026-07-28",
 ];
 /// Stateless revisions: every request stands alone, with no session.
-const STATELESS_PROTOCOL_VERSIONS: [&str; 1] = ["2026-07-28"];
+pub(crate) const STATELESS_PROTOCOL_VERSIONS: [&str; 1] = ["2026-07-28"];
 /// The 2026-era headers that repeat the body's method and target name.
 const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";

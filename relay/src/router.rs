@@ -476,6 +476,11 @@ impl ClientSession {
         Ok(rx)
     }
 
+    /// Whether the session has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.lock().ended.is_some()
+    }
+
     /// Resolves when the session has ended.
     pub(crate) async fn closed(&self) {
         self.closed.cancelled().await

@@ -236,6 +236,7 @@ async fn run_session<S>(
                         Ok(names) => {
                             tracing::info!(servers = ?names, "agent announced a new server list");
                             handle.set_servers(names);
+                            app.agents.changed();
                         }
                         // A bad list keeps the old one; the tunnel itself is fine.
                         Err(reason) => tracing::warn!(%reason, "agent server list refused"),

@@ -31,10 +31,23 @@ pub(crate) struct AgentHandle {
 }
 
 /// Connected agents.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AgentRegistry {
     agents: Mutex<HashMap<(String, String), AgentHandle>>,
     next_generation: AtomicU64,
+    /// Counts changes (an agent came, went, or announced other servers), for the
+    /// aggregated endpoint's list-changed notifications.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for AgentRegistry {
+    fn default() -> Self {
+        Self {
+            agents: Mutex::default(),
+            next_generation: AtomicU64::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl AgentHandle {
@@ -88,7 +101,30 @@ impl AgentRegistry {
             tracing::info!(agent = %old.name, "a newer tunnel replaces this agent's tunnel");
             old.tunnel.close();
         }
+        self.changed();
         handle
+    }
+
+    /// Notes that an agent's servers changed.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Follows changes to the set of agents and their servers.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The connected agents of an organisation, by name.
+    pub(crate) fn of_org(&self, org_id: &str) -> Vec<AgentHandle> {
+        let mut agents: Vec<AgentHandle> = self
+            .lock()
+            .values()
+            .filter(|h| h.org_id == org_id)
+            .cloned()
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        agents
     }
 
     /// Closes every tunnel that authenticated with key `key_id` (it was just revoked).
@@ -108,6 +144,8 @@ impl AgentRegistry {
             .is_some_and(|h| h.generation == handle.generation)
         {
             agents.remove(&key);
+            drop(agents);
+            self.changed();
         }
     }
 

@@ -1,0 +1,173 @@
+//! The aggregated endpoint `/mcp`: two agents with two servers each (server-everything on
+//! both, the conformance target on one, an rmcp Streamable HTTP server on the other),
+//! used by the official Python SDK. Names are prefixed by server, and by agent where two
+//! agents have a server of the same name; calls, prompts and resources reach the right
+//! upstream; the order is deterministic; a third agent connecting sends `list_changed`.
+
+use std::time::Duration;
+
+use outpost_test_support::conformance::node22;
+use outpost_test_support::{HttpMcpServer, agent, python, relay, workspace_root};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_sees_every_server_under_collision_free_names() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let node = node22();
+    let conf = workspace_root().join("tests/conformance/server-2025.mjs");
+    let alpha = agent(&relay, "alpha")
+        .server_everything("everything")
+        .stdio(
+            "conf",
+            node.to_str().unwrap(),
+            &[conf.to_str().unwrap(), "--stdio"],
+            &[],
+        )
+        .spawn()
+        .await?;
+    let fortune = HttpMcpServer::spawn("aggregated fortune").await?;
+    let beta = agent(&relay, "beta")
+        .server_everything("everything")
+        .http("fortune", &fortune.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let state = tempfile::tempdir()?;
+    let go = state.path().join("go");
+
+    let mut client = tokio::process::Command::new(python())
+        .arg(workspace_root().join("test-support/python/aggregate_client.py"))
+        .env("OUTPOST_URL", format!("{}/mcp", relay.base_url()))
+        .env("OUTPOST_KEY", &key)
+        .env("OUTPOST_CA", &relay.state.certs.ca)
+        .env("GO_FILE", &go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stderr = tokio::io::BufReader::new(client.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let listed = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = stderr.next_line().await? {
+            if line.contains("LISTED") {
+                return Ok::<bool, std::io::Error>(true);
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        Ok(false)
+    })
+    .await??;
+    assert!(listed, "the client failed before listing:\n{seen}");
+
+    // A third agent connects: the client hears list_changed and finds its tools.
+    let gamma = agent(&relay, "gamma")
+        .server_everything("extra")
+        .spawn()
+        .await?;
+    std::fs::write(&go, b"")?;
+    let output = tokio::time::timeout(Duration::from_secs(60), client.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "client failed:\n{seen}\n{stdout}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap())?;
+
+    assert_eq!(report["server"], "outpost");
+    let capabilities: Vec<&str> = report["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for capability in ["tools", "prompts", "resources"] {
+        assert!(capabilities.contains(&capability), "{capabilities:?}");
+    }
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "alpha__everything__echo",
+        "beta__everything__echo",
+        "conf__test_simple_text",
+        "fortune__fortune",
+    ] {
+        assert!(tools.contains(&name), "{name} missing from {tools:?}");
+    }
+    // Deterministic: by agent, then server name (alpha/conf, alpha/everything,
+    // beta/everything, beta/fortune), each upstream's own order kept.
+    let first_of = |prefix: &str| tools.iter().position(|t| t.starts_with(prefix)).unwrap();
+    assert!(first_of("conf__") < first_of("alpha__everything__"));
+    assert!(first_of("alpha__everything__") < first_of("beta__everything__"));
+    assert!(first_of("beta__everything__") < first_of("fortune__"));
+    assert_eq!(report["tools_stable"], true);
+
+    assert_eq!(
+        report["echoes"]["alpha__everything__echo"],
+        "Echo: via alpha__everything__echo"
+    );
+    assert_eq!(
+        report["echoes"]["beta__everything__echo"],
+        "Echo: via beta__everything__echo"
+    );
+    assert_eq!(report["echoes"]["fortune__echo"], "Echo: via fortune__echo");
+    assert_eq!(
+        report["conf_simple"],
+        "This is a simple text response for testing."
+    );
+    // As MCP answers an unknown tool: invalid params.
+    assert_eq!(report["unknown_error"], -32602);
+
+    let prompts: Vec<&str> = report["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(prompts.contains(&"conf__test_simple_prompt"), "{prompts:?}");
+    assert!(
+        prompts.iter().any(|p| p.starts_with("alpha__everything__")),
+        "{prompts:?}"
+    );
+    assert!(
+        report["prompt_text"].as_str().unwrap().contains("simple"),
+        "{report}"
+    );
+    assert_eq!(
+        report["read_uri"],
+        "outpost://alpha/conf/test://static-text"
+    );
+    assert!(
+        report["resources"].as_array().unwrap().iter().any(|u| u
+            .as_str()
+            .unwrap()
+            .starts_with("outpost://beta/everything/")),
+        "{report}"
+    );
+    assert!(
+        report["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "outpost://alpha/conf/test://template/{id}/data"),
+        "{report}"
+    );
+
+    assert_eq!(report["list_changed"], true);
+    let after: Vec<&str> = report["tools_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(after.contains(&"extra__echo"), "{after:?}");
+
+    gamma.stop().await;
+    beta.stop().await;
+    alpha.stop().await;
+    fortune.stop().await;
+    relay.stop().await;
+    Ok(())
+}
