@@ -171,3 +171,79 @@ async fn the_python_sdk_sees_every_server_under_collision_free_names() -> anyhow
     relay.stop().await;
     Ok(())
 }
+
+/// The official TypeScript SDK through `/mcp`: requests the upstream sends the client
+/// (sampling, elicitation) find their way back, progress streams, cancellation reaches
+/// the upstream and stops its work, and completion routes by prompt name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_answers_upstream_requests_through_the_aggregate() -> anyhow::Result<()>
+{
+    let relay = relay().spawn().await?;
+    let node = node22();
+    let conf = workspace_root().join("tests/conformance/server-2025.mjs");
+    let alpha = agent(&relay, "alpha")
+        .stdio(
+            "conf",
+            node.to_str().unwrap(),
+            &[conf.to_str().unwrap(), "--stdio"],
+            &[],
+        )
+        .spawn()
+        .await?;
+    let fortune = HttpMcpServer::spawn("ts fortune").await?;
+    let beta = agent(&relay, "beta")
+        .http("fortune", &fortune.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&node)
+            .arg(workspace_root().join("tests/conformance/sdk-client.mjs"))
+            .env("OUTPOST_URL", format!("{}/mcp", relay.base_url()))
+            .env("OUTPOST_KEY", &key)
+            .env("NODE_EXTRA_CA_CERTS", &relay.state.certs.ca)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "TypeScript client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap())?;
+    assert_eq!(report["server"], "outpost");
+    assert_eq!(
+        report["sampling"],
+        "LLM response: sampled: hello through two hops"
+    );
+    assert_eq!(report["samplingRequests"], 1);
+    assert!(
+        report["elicitation"].as_str().unwrap().contains("ada"),
+        "{report}"
+    );
+    assert_eq!(
+        report["progress"],
+        serde_json::json!([0, 50, 100]),
+        "{report}"
+    );
+    assert_eq!(report["cancelled"], true);
+    // The cancellation reached the upstream: its slow call stopped well before its 10 s.
+    tokio::time::timeout(Duration::from_secs(5), fortune.wait_for_no_slow_calls())
+        .await
+        .map_err(|_| anyhow::anyhow!("the upstream kept running the cancelled call"))?;
+    assert!(report["prompt"].as_str().unwrap().contains('a'), "{report}");
+    assert!(
+        report["completion"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
+        "{report}"
+    );
+    beta.stop().await;
+    alpha.stop().await;
+    fortune.stop().await;
+    relay.stop().await;
+    Ok(())
+}
