@@ -26,6 +26,8 @@ pub struct McpResponse {
     pub headers: reqwest::header::HeaderMap,
     /// Messages, in order (SSE events or the JSON body).
     pub messages: Vec<Value>,
+    /// SSE comment lines (keep-alives) seen.
+    pub comments: usize,
 }
 
 impl McpClient {
@@ -141,6 +143,7 @@ impl McpResponse {
             .unwrap_or("")
             .to_owned();
         let body = response.text().await?;
+        let comments = body.lines().filter(|l| l.starts_with(':')).count();
         let messages = if content_type.starts_with("text/event-stream") {
             parse_sse(&body)?
         } else if body.trim().is_empty() {
@@ -155,6 +158,7 @@ impl McpResponse {
             status,
             headers,
             messages,
+            comments,
         })
     }
 
