@@ -42,5 +42,13 @@ if [ "$(cat "$tools/.pip-stamp" 2>/dev/null)" != "$(stamp "$requirements")" ] ||
   stamp "$requirements" >"$tools/.pip-stamp"
 fi
 
+requirements2="$root/tools/requirements-mcp2.txt"
+if [ "$(cat "$tools/.pip2-stamp" 2>/dev/null)" != "$(stamp "$requirements2")" ] || [ ! -x "$tools/venv-mcp2/bin/python" ]; then
+  echo "setup-tools: installing the 2026-era Python SDK into $tools/venv-mcp2"
+  python3 -m venv "$tools/venv-mcp2"
+  "$tools/venv-mcp2/bin/pip" install --quiet --disable-pip-version-check -r "$requirements2"
+  stamp "$requirements2" >"$tools/.pip2-stamp"
+fi
+
 # The official MCP conformance suites and node 22 for their CLI.
 "$root/scripts/conformance.sh" setup
