@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -110,7 +110,11 @@ pub(crate) async fn get(State(app): State<Arc<App>>, request: Request) -> Respon
         let stop = aggregate.closed.child_token();
         app.tasks
             .spawn(follow(app.clone(), aggregate.clone(), tx, stop.clone()));
-        Ok(sse(&app, rx, None, Some(stop.drop_guard())))
+        Ok(endpoint::channel_sse_with(
+            &app,
+            rx,
+            Some(stop.drop_guard()),
+        ))
     }
     .await;
     respond(result, &correlation, "GET")
@@ -268,7 +272,7 @@ async fn handle_post(
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     if streaming {
-        Ok(sse(app, rx, None, None))
+        Ok(endpoint::channel_sse(app, rx))
     } else {
         let mut rx = rx;
         let mut answers = Vec::new();
@@ -379,42 +383,6 @@ fn instructions(upstreams: &[Arc<Upstream>]) -> String {
         }
     }
     text
-}
-
-/// An SSE response from a channel, with keep-alive comments; `guard` lives as long as it.
-fn sse(
-    app: &App,
-    rx: mpsc::Receiver<Bytes>,
-    session_header: Option<String>,
-    guard: Option<tokio_util::sync::DropGuard>,
-) -> Response {
-    let keepalive = endpoint::keepalive(app);
-    let body = futures_util::stream::unfold(
-        (rx, keepalive, guard),
-        |(mut rx, mut keepalive, guard)| async move {
-            tokio::select! {
-                biased;
-                message = rx.recv() => message.map(|m| {
-                    (Ok::<_, std::convert::Infallible>(endpoint::sse_event(&m)), (rx, keepalive, guard))
-                }),
-                _ = keepalive.tick() => {
-                    Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (rx, keepalive, guard)))
-                }
-            }
-        },
-    );
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
-        headers.insert(endpoint::SESSION_HEADER, id);
-    }
-    response
 }
 
 /// Feeds a GET stream: every upstream's server-initiated messages, and `list_changed`

@@ -12,6 +12,7 @@ mod aggregate;
 pub mod audit;
 pub mod auth;
 mod body;
+mod bridge;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -97,6 +98,8 @@ pub(crate) struct App {
     sessions: Arc<SessionRegistry>,
     /// Sessions of the aggregated endpoint `/mcp`.
     aggregates: aggregate::Aggregates,
+    /// Sessions of 2025-era clients on 2026-era upstreams.
+    bridges: bridge::Bridges,
     usage: UsageRecorder,
     /// Every task the relay spawns: connections, agent sessions, session dispatchers.
     tasks: TaskTracker,
@@ -160,6 +163,7 @@ impl Relay {
             metrics: relay_metrics,
             sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),
             aggregates: aggregate::Aggregates::default(),
+            bridges: bridge::Bridges::default(),
             config,
             store: shared_store,
             pepper,
@@ -489,6 +493,7 @@ async fn sweep_idle_sessions(app: Arc<App>) {
                     tracing::info!(aggregated, "closed idle aggregated sessions");
                 }
                 let closed = app.sessions.expire_idle(idle).await;
+                app.bridges.sweep();
                 if closed > 0 {
                     tracing::info!(closed, open = app.sessions.len(), "closed idle client sessions");
                 }

@@ -86,6 +86,7 @@ pub(crate) async fn delete(
     let correlation = CorrelationId::new();
     let result = async {
         let (principal, session) = existing_session(&app, &agent, &server, &headers, peer).await?;
+        app.bridges.remove(&session.id);
         if app.sessions.delete(&session.id, &principal).await {
             Ok(StatusCode::NO_CONTENT.into_response())
         } else {
@@ -246,6 +247,10 @@ async fn handle_post(
                 .get(id, &principal)
                 .filter(|s| s.agent == agent && s.server == server)
                 .ok_or(RelayError::SessionNotFound)?;
+            if let Some(bridge) = app.bridges.get(&session.id) {
+                drop(slots);
+                return Ok(crate::bridge::handle(app, bridge, messages, streaming).await);
+            }
             (session, false)
         }
         None if stateless => match open_session(app, principal, agent, server, headers) {
@@ -268,6 +273,16 @@ async fn handle_post(
             }
         }
     };
+    let initialize: Option<Value> = created
+        .then(|| {
+            messages.iter().find_map(|(raw, kind)| match kind {
+                Kind::Request { method, .. } if method == "initialize" => {
+                    serde_json::from_slice(raw).ok()
+                }
+                _ => None,
+            })
+        })
+        .flatten();
     // Forwarding runs in a task of its own: a client that hangs up mid-request must not
     // cut a message in half on the tunnel (which would end the session).
     let forwarding = {
@@ -283,6 +298,43 @@ async fn handle_post(
     };
     let session_header = created.then(|| session.id.clone());
     let deadline = Instant::now() + app.config.limits.call_timeout;
+    if let Some(initialize) = initialize {
+        // A new session: its answers are read whole, so that an upstream of the 2026 era
+        // (which refuses `initialize`) can be bridged before the client hears of it.
+        let mut answers = submission.initial;
+        let mut messages = submission.messages;
+        loop {
+            match tokio::time::timeout_at(deadline, messages.recv()).await {
+                Ok(Some(message)) => answers.push(message),
+                Ok(None) => break,
+                Err(_) => {
+                    answers.extend(session.expire_post(submission.post));
+                    break;
+                }
+            }
+        }
+        if let Some(answer) =
+            crate::bridge::bridge_if_modern(app, &session, &initialize, &answers).await
+        {
+            answers = vec![answer];
+        }
+        drop(slots);
+        let answers: Vec<Bytes> = answers.into_iter().map(filter).collect();
+        let mut response = if accepts(headers, "application/json") {
+            json_response(answers)
+        } else {
+            let (tx, rx) = mpsc::channel(answers.len().max(1));
+            for answer in answers {
+                let _ = tx.try_send(answer);
+            }
+            channel_sse(app, rx)
+        };
+        if let Some(id) = session_header.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            response.headers_mut().insert(SESSION_HEADER, id);
+        }
+        response.headers_mut().extend(rotation);
+        return Ok(response);
+    }
     if streaming {
         let Submission {
             post,
@@ -794,6 +846,43 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
         headers.insert(SESSION_HEADER, id);
     }
     response
+}
+
+/// An SSE response from a channel, with keep-alive comments; `guard` lives as long as it.
+pub(crate) fn channel_sse_with(
+    app: &App,
+    rx: mpsc::Receiver<Bytes>,
+    guard: Option<tokio_util::sync::DropGuard>,
+) -> Response {
+    let keepalive = keepalive(app);
+    let body = futures_util::stream::unfold(
+        (rx, keepalive, guard),
+        |(mut rx, mut keepalive, guard)| async move {
+            tokio::select! {
+                biased;
+                message = rx.recv() => message.map(|m| {
+                    (Ok::<_, std::convert::Infallible>(sse_event(&m)), (rx, keepalive, guard))
+                }),
+                _ = keepalive.tick() => {
+                    Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (rx, keepalive, guard)))
+                }
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// An SSE response from a channel, with keep-alive comments.
+pub(crate) fn channel_sse(app: &App, rx: mpsc::Receiver<Bytes>) -> Response {
+    channel_sse_with(app, rx, None)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -663,7 +663,8 @@ impl ClientSession {
         });
     }
 
-    fn touch(&self) {
+    /// Notes activity, for idle expiry.
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_active.store(ms, Ordering::Relaxed);
     }
