@@ -112,6 +112,7 @@ pub(crate) async fn get(State(app): State<Arc<App>>, request: Request) -> Respon
             .spawn(follow(app.clone(), aggregate.clone(), tx, stop.clone()));
         Ok(endpoint::channel_sse_with(
             &app,
+            None,
             rx,
             Some(stop.drop_guard()),
         ))

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 mod body;
 mod bridge;
+mod bridge_legacy;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -100,6 +101,8 @@ pub(crate) struct App {
     aggregates: aggregate::Aggregates,
     /// Sessions of 2025-era clients on 2026-era upstreams.
     bridges: bridge::Bridges,
+    /// Eras of upstreams, and calls of 2026-era clients on 2025-era upstreams held for input.
+    legacy: bridge_legacy::LegacyBridge,
     usage: UsageRecorder,
     /// Every task the relay spawns: connections, agent sessions, session dispatchers.
     tasks: TaskTracker,
@@ -164,6 +167,7 @@ impl Relay {
             sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),
             aggregates: aggregate::Aggregates::default(),
             bridges: bridge::Bridges::default(),
+            legacy: bridge_legacy::LegacyBridge::default(),
             config,
             store: shared_store,
             pepper,
@@ -494,6 +498,7 @@ async fn sweep_idle_sessions(app: Arc<App>) {
                 }
                 let closed = app.sessions.expire_idle(idle).await;
                 app.bridges.sweep();
+                app.legacy.sweep();
                 if closed > 0 {
                     tracing::info!(closed, open = app.sessions.len(), "closed idle client sessions");
                 }

@@ -253,6 +253,19 @@ async fn handle_post(
             }
             (session, false)
         }
+        None if stateless
+            && app.legacy.era(app, &principal, agent, server).await
+                == crate::bridge_legacy::Era::Legacy =>
+        {
+            drop(slots);
+            let Some((raw, Kind::Request { .. })) = messages.first() else {
+                // A notification to a bridged 2025 upstream has no session to reach.
+                return Ok(StatusCode::ACCEPTED.into_response());
+            };
+            return Ok(
+                crate::bridge_legacy::handle(app, principal, agent, server, raw, streaming).await,
+            );
+        }
         None if stateless => match open_session(app, principal, agent, server, headers) {
             Ok(session) => {
                 one_shot = Some(OneShot::new(app.sessions.clone(), session.clone()));
@@ -851,20 +864,28 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
 /// An SSE response from a channel, with keep-alive comments; `guard` lives as long as it.
 pub(crate) fn channel_sse_with(
     app: &App,
+    first: Option<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     guard: Option<tokio_util::sync::DropGuard>,
 ) -> Response {
     let keepalive = keepalive(app);
     let body = futures_util::stream::unfold(
-        (rx, keepalive, guard),
-        |(mut rx, mut keepalive, guard)| async move {
+        (first, rx, keepalive, guard),
+        |(first, mut rx, mut keepalive, guard)| async move {
+            if let Some(message) = first {
+                let event = sse_event(&message);
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (None, rx, keepalive, guard),
+                ));
+            }
             tokio::select! {
                 biased;
                 message = rx.recv() => message.map(|m| {
-                    (Ok::<_, std::convert::Infallible>(sse_event(&m)), (rx, keepalive, guard))
+                    (Ok(sse_event(&m)), (None, rx, keepalive, guard))
                 }),
                 _ = keepalive.tick() => {
-                    Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (rx, keepalive, guard)))
+                    Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (None, rx, keepalive, guard)))
                 }
             }
         },
@@ -882,7 +903,48 @@ pub(crate) fn channel_sse_with(
 
 /// An SSE response from a channel, with keep-alive comments.
 pub(crate) fn channel_sse(app: &App, rx: mpsc::Receiver<Bytes>) -> Response {
-    channel_sse_with(app, rx, None)
+    channel_sse_with(app, None, rx, None)
+}
+
+/// The response to a stateless request answered by the relay itself (a bridge): as for a
+/// passed-through one, a lone answer goes back as JSON with the revision's status, and
+/// anything before it opens an SSE stream. `rx` closes after the answer.
+pub(crate) async fn stateless_answer(
+    app: &App,
+    mut rx: mpsc::Receiver<Bytes>,
+    streaming: bool,
+) -> Response {
+    let first = if streaming {
+        let decide_by = Instant::now() + app.config.limits.sse_keepalive;
+        match tokio::time::timeout_at(decide_by, rx.recv()).await {
+            Ok(first) => first,
+            Err(_) => return channel_sse(app, rx),
+        }
+    } else {
+        None
+    };
+    match first {
+        Some(message) if is_answer(&message) => {
+            let status = stateless_status(&message);
+            let mut response = json_response(vec![message]);
+            *response.status_mut() = status;
+            response
+        }
+        Some(message) => channel_sse_with(app, Some(message), rx, None),
+        None => {
+            let mut answers = Vec::new();
+            while let Some(message) = rx.recv().await {
+                answers.push(message);
+            }
+            let status = match answers.last() {
+                Some(last) => stateless_status(last),
+                None => StatusCode::ACCEPTED,
+            };
+            let mut response = json_response(answers);
+            *response.status_mut() = status;
+            response
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

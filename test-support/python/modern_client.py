@@ -5,7 +5,8 @@ of the 2025 era.
 
 Run by test-support/tests/modern_sdk_through_relay.rs with:
   OUTPOST_URL, OUTPOST_KEY, OUTPOST_CA   the relay's /mcp/{agent}/{server}, a key, the CA
-  SCENARIO    "modern" (the 2026 conformance target) or "legacy" (server-everything)
+  SCENARIO    "modern" (the 2026 conformance target), "legacy" (server-everything), or
+              "pinned" (the 2025 conformance target, with the SDK pinned to 2026-07-28)
 
 Prints one JSON object; exits non-zero on any failure.
 """
@@ -34,13 +35,34 @@ async def main() -> int:
 
     async def on_elicit(context, params):
         elicited.append(params.message)
-        return types.ElicitResult(action="accept", content={"name": "Ada"})
+        return types.ElicitResult(
+            action="accept", content={"name": "Ada", "username": "ada", "email": "ada@example.com"}
+        )
+
+    sampled: list[str] = []
+
+    async def on_sample(context, params):
+        sampled.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text="Paris"),
+            model="outpost-test-model",
+            stopReason="endTurn",
+        )
 
     report: dict = {}
     scenario = os.environ["SCENARIO"]
     transport = streamable_http_client(os.environ["OUTPOST_URL"], http_client=http)
     async with http:
-        async with Client(transport, elicitation_callback=on_elicit, cache=None) as client:
+        # "pinned": this era only, no fallback to the handshake.
+        mode = "2026-07-28" if scenario == "pinned" else "auto"
+        async with Client(
+            transport,
+            mode=mode,
+            elicitation_callback=on_elicit,
+            sampling_callback=on_sample,
+            cache=None,
+        ) as client:
             report["protocol_version"] = client.protocol_version
             tools = await client.list_tools()
             report["tools"] = [t.name for t in tools.tools]
@@ -56,6 +78,16 @@ async def main() -> int:
                 report["prompt"] = prompt.messages[0].content.text
                 resource = await client.read_resource("test://static-text")
                 report["resource"] = resource.contents[0].text
+            elif scenario == "pinned":
+                # A 2025 server's sampling and elicitation requests arrive as Multi
+                # Round-Trip input requests.
+                sampling = await client.call_tool("test_sampling", {"prompt": "capital of France?"})
+                report["sampling"] = sampling.content[0].text
+                elicitation = await client.call_tool("test_elicitation", {"message": "who?"})
+                report["elicitation"] = elicitation.content[0].text
+                report["asked"] = sampled + elicited
+                prompt = await client.get_prompt("test_simple_prompt", {})
+                report["prompt"] = prompt.messages[0].content.text
             else:
                 echo = await client.call_tool("echo", {"message": "from the modern SDK"})
                 report["echo"] = echo.content[0].text

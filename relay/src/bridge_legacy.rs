@@ -1,0 +1,488 @@
+//! A client of the stateless 2026 era on an upstream of the stateful 2025 era. The relay
+//! learns an upstream's era once (it asks `server/discover`; a 2025 server refuses it) and
+//! then serves each stateless request of such an upstream itself: a session of its own
+//! with the upstream (`initialize` with the request's client capabilities and info), the
+//! request, and the session closed with the answer. `server/discover` is answered from the
+//! upstream's `initialize` result.
+//!
+//! Requests the upstream sends the client during a call (sampling, elicitation, roots)
+//! cannot reach a stateless client; the call is held open instead and the client gets an
+//! `InputRequiredResult` naming them, with a `requestState` that points at the held call.
+//! The client's retry carries `inputResponses`, which go to the upstream as the answers it
+//! waits for, and the held call goes on. Held calls live in this relay's memory: the retry
+//! must reach the same replica, and a held call not continued within the call timeout is
+//! closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::App;
+use crate::auth::Principal;
+use crate::error::{CorrelationId, RelayError};
+use crate::jsonrpc::{self, Kind};
+use crate::mcp_endpoint as endpoint;
+use crate::router::{ClientSession, OneShot};
+
+const MODERN: &str = "2026-07-28";
+/// The revision the relay speaks to 2025-era upstreams.
+const LEGACY: &str = "2025-11-25";
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+/// How long a learned era is trusted before it is asked again.
+const ERA_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long the era probe and the upstream's `initialize` may take.
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Held calls at once, over the relay.
+const MAX_HELD: usize = 1024;
+/// Results that carry cache hints (`ttlMs`, `cacheScope`) in the 2026 era.
+const CACHEABLE: [&str; 5] = [
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+/// An upstream's era, as learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Era {
+    /// Speaks 2026-07-28: requests pass through.
+    Modern,
+    /// Speaks only the 2025 handshake: requests are bridged here.
+    Legacy,
+}
+
+/// An upstream, as (organisation, agent, server).
+type Upstream = (String, String, String);
+
+/// Learned eras and held calls.
+#[derive(Debug, Default)]
+pub(crate) struct LegacyBridge {
+    eras: Mutex<HashMap<Upstream, (Era, Instant)>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// A call waiting for the client's input.
+#[derive(Debug)]
+struct Held {
+    /// The key that made it; only it may continue it.
+    key_id: String,
+    session: Arc<ClientSession>,
+    _one_shot: OneShot,
+    messages: mpsc::Receiver<Bytes>,
+    post: u64,
+    /// The id the call has upstream.
+    upstream_id: String,
+    /// Input key -> the id of the upstream's request it answers.
+    asked: HashMap<String, Value>,
+    until: Instant,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn fresh_id() -> String {
+    format!("outpost-legacy-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+impl LegacyBridge {
+    /// The era of `agent`/`server` for `principal`'s organisation: learned, or asked now.
+    pub(crate) async fn era(
+        &self,
+        app: &Arc<App>,
+        principal: &Principal,
+        agent: &str,
+        server: &str,
+    ) -> Era {
+        let key = (
+            principal.org_id.clone(),
+            agent.to_owned(),
+            server.to_owned(),
+        );
+        if let Some((era, at)) = self.eras().get(&key)
+            && at.elapsed() < ERA_TTL
+        {
+            return *era;
+        }
+        let era = match probe(app, principal, agent, server).await {
+            Some(era) => era,
+            // Unreachable now: pass the request through, which reports why.
+            None => return Era::Modern,
+        };
+        tracing::debug!(agent, server, ?era, "learned the upstream's era");
+        self.eras().insert(key, (era, Instant::now()));
+        era
+    }
+
+    /// Closes held calls nobody continued in time.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        self.held_lock().retain(|_, held| held.until > now);
+    }
+
+    fn eras(&self) -> MutexGuard<'_, HashMap<Upstream, (Era, Instant)>> {
+        self.eras.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held_lock(&self) -> MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Asks `server/discover`: a result naming 2026-07-28 is a modern server, any other answer
+/// a 2025 one. `None` when nothing answered.
+async fn probe(app: &Arc<App>, principal: &Principal, agent: &str, server: &str) -> Option<Era> {
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": fresh_id(),
+        "method": "server/discover",
+        "params": {"_meta": {
+            META_VERSION: MODERN,
+            META_CAPABILITIES: {},
+            META_CLIENT_INFO: {"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")},
+        }},
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("mcp-protocol-version", HeaderValue::from_static(MODERN));
+    headers.insert("mcp-method", HeaderValue::from_static("server/discover"));
+    let session = endpoint::open_session(app, principal.clone(), agent, server, &headers).ok()?;
+    let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let answer = tokio::time::timeout(SETUP_TIMEOUT, call(&session, message))
+        .await
+        .ok()?
+        .ok()?;
+    let modern = answer
+        .pointer("/result/supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|v| v == MODERN));
+    Some(if modern { Era::Modern } else { Era::Legacy })
+}
+
+/// Serves one stateless request (already checked against its headers) of a 2025-era
+/// upstream.
+pub(crate) async fn handle(
+    app: &Arc<App>,
+    principal: Principal,
+    agent: &str,
+    server: &str,
+    raw: &Bytes,
+    streaming: bool,
+) -> Response {
+    let message: Value = serde_json::from_slice(raw).unwrap_or_default();
+    let client_id = message.get("id").cloned().unwrap_or(Value::Null);
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+    let (tx, rx) = mpsc::channel(64);
+    let (app_task, agent, server) = (app.clone(), agent.to_owned(), server.to_owned());
+    app.tasks.spawn(async move {
+        let app = app_task;
+        let answer = serve(&app, &principal, &agent, &server, &method, params, &tx).await;
+        let message = match answer {
+            Ok(mut result) => {
+                if let Some(object) = result.as_object_mut() {
+                    object
+                        .entry("resultType")
+                        .or_insert_with(|| json!("complete"));
+                    // The era requires cache hints here. A 2025 server gives none: do not
+                    // cache, and never share (the answer came from this key's session).
+                    if CACHEABLE.contains(&method.as_str())
+                        && object.get("resultType") == Some(&json!("complete"))
+                    {
+                        object.entry("ttlMs").or_insert_with(|| json!(0));
+                        object
+                            .entry("cacheScope")
+                            .or_insert_with(|| json!("private"));
+                    }
+                }
+                json!({"jsonrpc": "2.0", "id": client_id, "result": result})
+            }
+            Err(Refusal::Rpc(code, text)) => {
+                json!({"jsonrpc": "2.0", "id": client_id, "error": {"code": code, "message": text}})
+            }
+            Err(Refusal::Relay(err)) => {
+                let correlation = CorrelationId::new();
+                err.log(&correlation, &"bridged call to a 2025-era upstream");
+                err.to_jsonrpc(Some(&client_id), &correlation)
+            }
+        };
+        let _ = tx.send(Bytes::from(message.to_string())).await;
+    });
+    endpoint::stateless_answer(app, rx, streaming).await
+}
+
+/// Why a bridged request failed.
+enum Refusal {
+    /// An error the upstream (or the era's rules) gives, passed on.
+    Rpc(i64, String),
+    /// The relay's own.
+    Relay(RelayError),
+}
+
+impl From<RelayError> for Refusal {
+    fn from(err: RelayError) -> Self {
+        Refusal::Relay(err)
+    }
+}
+
+async fn serve(
+    app: &Arc<App>,
+    principal: &Principal,
+    agent: &str,
+    server: &str,
+    method: &str,
+    mut params: Value,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<Value, Refusal> {
+    let meta = params.get("_meta").cloned().unwrap_or_else(|| json!({}));
+    if let Some(state) = params.get("requestState").and_then(Value::as_str) {
+        let held = app.legacy.held_lock().remove(state);
+        let Some(held) = held.filter(|h| h.key_id == principal.key_id.0) else {
+            return Err(Refusal::Rpc(
+                -32602,
+                "requestState names no call waiting for input here".into(),
+            ));
+        };
+        let responses = params
+            .get("inputResponses")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (key, upstream_request) in &held.asked {
+            let reply = match responses.get(key) {
+                Some(result) => json!({"jsonrpc": "2.0", "id": upstream_request, "result": result}),
+                None => json!({"jsonrpc": "2.0", "id": upstream_request,
+                    "error": {"code": -32602, "message": "the client gave no input for this request"}}),
+            };
+            send(&held.session, Bytes::from(reply.to_string())).await?;
+        }
+        return follow(app, held, tx).await;
+    }
+
+    // A session of its own with the upstream, as the client would have opened it.
+    let mut headers = HeaderMap::new();
+    headers.insert("mcp-protocol-version", HeaderValue::from_static(LEGACY));
+    let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
+    let one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let initialize = json!({
+        "jsonrpc": "2.0",
+        "id": fresh_id(),
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LEGACY,
+            "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),
+            "clientInfo": meta.get(META_CLIENT_INFO).cloned()
+                .unwrap_or_else(|| json!({"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")})),
+        },
+    });
+    let initialized = tokio::time::timeout(SETUP_TIMEOUT, call(&session, initialize))
+        .await
+        .map_err(|_| RelayError::Timeout)??;
+    let Some(init) = initialized.get("result").cloned() else {
+        return Err(upstream_error(&initialized));
+    };
+    send(
+        &session,
+        Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+    )
+    .await?;
+    if let Some(level) = meta.get(META_LOG_LEVEL)
+        && init
+            .get("capabilities")
+            .and_then(|c| c.get("logging"))
+            .is_some()
+    {
+        let set = json!({"jsonrpc": "2.0", "id": fresh_id(), "method": "logging/setLevel",
+            "params": {"level": level}});
+        let _ = tokio::time::timeout(SETUP_TIMEOUT, call(&session, set)).await;
+    }
+    if method == "server/discover" {
+        let mut result = json!({
+            "supportedVersions": [MODERN],
+            "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+            "_meta": {META_SERVER_INFO: init.get("serverInfo").cloned().unwrap_or_else(|| json!({}))},
+        });
+        if let Some(instructions) = init.get("instructions") {
+            result["instructions"] = instructions.clone();
+        }
+        return Ok(result);
+    }
+
+    // The request itself, without the 2026 envelope, under a relay-chosen id.
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        for key in [
+            META_VERSION,
+            META_CAPABILITIES,
+            META_CLIENT_INFO,
+            META_LOG_LEVEL,
+        ] {
+            meta.remove(key);
+        }
+        if meta.is_empty()
+            && let Some(params) = params.as_object_mut()
+        {
+            params.remove("_meta");
+        }
+    }
+    let upstream_id = fresh_id();
+    let message = json!({"jsonrpc": "2.0", "id": upstream_id, "method": method, "params": params});
+    let raw = Bytes::from(message.to_string());
+    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+    let submission = session
+        .submit(vec![(raw, kind)], true)
+        .await?
+        .ok_or(RelayError::Internal)?;
+    let mut initial = submission.initial;
+    let (fwd_tx, messages) = mpsc::channel(64);
+    // Messages submit already had come first.
+    for message in initial.drain(..) {
+        let _ = fwd_tx.try_send(message);
+    }
+    let mut inner = submission.messages;
+    app.tasks.spawn(async move {
+        while let Some(message) = inner.recv().await {
+            if fwd_tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let held = Held {
+        key_id: principal.key_id.0.clone(),
+        session,
+        _one_shot: one_shot,
+        messages,
+        post: submission.post,
+        upstream_id: format!("\"{upstream_id}\""),
+        asked: HashMap::new(),
+        until: Instant::now() + app.config.limits.call_timeout,
+    };
+    follow(app, held, tx).await
+}
+
+/// Reads a call's messages: notifications go to the client, the answer ends it, and
+/// requests to the client hold it and become an `InputRequiredResult`.
+async fn follow(
+    app: &Arc<App>,
+    mut held: Held,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<Value, Refusal> {
+    let mut asked = serde_json::Map::new();
+    held.asked.clear();
+    loop {
+        // Requests to the client come together: after the first, wait briefly for more.
+        let next = if asked.is_empty() {
+            tokio::time::timeout_at(held.until, held.messages.recv()).await
+        } else {
+            match tokio::time::timeout(std::time::Duration::from_millis(50), held.messages.recv())
+                .await
+            {
+                Ok(message) => Ok(message),
+                Err(_) => break,
+            }
+        };
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err(RelayError::SessionClosed.into()),
+            Err(_) => {
+                let _ = held.session.expire_post(held.post);
+                return Err(RelayError::Timeout.into());
+            }
+        };
+        match jsonrpc::classify(&message) {
+            Ok(Kind::Response { id, .. }) if id == held.upstream_id => {
+                let answer: Value = serde_json::from_slice(&message).unwrap_or_default();
+                return match answer.get("result") {
+                    Some(result) => Ok(result.clone()),
+                    None => Err(upstream_error(&answer)),
+                };
+            }
+            Ok(Kind::Request { method, .. }) => {
+                let request: Value = serde_json::from_slice(&message).unwrap_or_default();
+                let key = format!("input-{}", held.asked.len() + 1);
+                held.asked.insert(
+                    key.clone(),
+                    request.get("id").cloned().unwrap_or(Value::Null),
+                );
+                asked.insert(
+                    key,
+                    json!({"method": method, "params": request.get("params").cloned().unwrap_or_else(|| json!({}))}),
+                );
+            }
+            Ok(Kind::Notification { .. }) => {
+                let _ = tx.send(message).await;
+            }
+            _ => {}
+        }
+    }
+    // Hold the call for the client's retry.
+    let state = crate::auth::random_id("", 16);
+    {
+        let mut table = app.legacy.held_lock();
+        if table.len() >= MAX_HELD {
+            return Err(RelayError::TooManySessions.into());
+        }
+        table.insert(state.clone(), held);
+    }
+    Ok(json!({
+        "resultType": "input_required",
+        "inputRequests": asked,
+        "requestState": state,
+    }))
+}
+
+fn upstream_error(answer: &Value) -> Refusal {
+    let code = answer
+        .pointer("/error/code")
+        .and_then(Value::as_i64)
+        .unwrap_or(-32603);
+    let text = answer
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("the upstream refused the request")
+        .to_owned();
+    Refusal::Rpc(code, text)
+}
+
+/// Sends one request on a session and waits for its answer.
+async fn call(session: &ClientSession, message: Value) -> Result<Value, RelayError> {
+    let id = message
+        .get("id")
+        .map(Value::to_string)
+        .ok_or(RelayError::Internal)?;
+    let raw = Bytes::from(message.to_string());
+    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+    let submission = session
+        .submit(vec![(raw, kind)], false)
+        .await?
+        .ok_or(RelayError::Internal)?;
+    let mut pending = submission.initial;
+    let mut messages = submission.messages;
+    loop {
+        let message = match pending.pop() {
+            Some(message) => message,
+            None => messages.recv().await.ok_or(RelayError::SessionClosed)?,
+        };
+        if matches!(jsonrpc::classify(&message), Ok(Kind::Response { id: ref got, .. }) if *got == id)
+        {
+            return serde_json::from_slice(&message).map_err(|_| RelayError::Internal);
+        }
+    }
+}
+
+async fn send(session: &ClientSession, raw: Bytes) -> Result<(), RelayError> {
+    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+    session.submit(vec![(raw, kind)], false).await.map(|_| ())
+}
