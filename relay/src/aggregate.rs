@@ -33,9 +33,9 @@ use crate::mcp_endpoint as endpoint;
 use crate::router::ClientSession;
 
 /// Separates prefixes from names in tool and prompt names.
-const SEPARATOR: &str = "__";
+pub(crate) const SEPARATOR: &str = "__";
 /// The scheme of wrapped resource URIs.
-const URI_SCHEME: &str = "outpost://";
+pub(crate) const URI_SCHEME: &str = "outpost://";
 /// How long an upstream may take to answer `initialize` or a list.
 const UPSTREAM_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Pages of one list followed per upstream.
@@ -223,6 +223,13 @@ async fn handle_post(
         ));
     }
 
+    if endpoint::is_stateless(headers) {
+        if let Err(err) = endpoint::check_method_headers(headers, &messages) {
+            return Ok(endpoint::refuse_requests(&err, &requests, correlation));
+        }
+        let (raw, _) = &messages[0];
+        return Ok(crate::aggregate_modern::handle(app, principal, raw, streaming).await);
+    }
     let Some(id) = endpoint::session_id(headers) else {
         let initialize = messages.iter().find_map(|(raw, kind)| match kind {
             Kind::Request { id, method, .. } if method == "initialize" => Some((raw, id)),
@@ -1025,7 +1032,7 @@ impl Aggregate {
 }
 
 /// The servers `principal` may reach now, in (agent, server) order.
-fn targets(app: &App, principal: &Principal) -> Vec<(String, String)> {
+pub(crate) fn targets(app: &App, principal: &Principal) -> Vec<(String, String)> {
     let mut targets: Vec<(String, String)> = app
         .agents
         .of_org(&principal.org_id)

@@ -383,75 +383,26 @@ impl Bridge {
                 meta[META_LOG_LEVEL] = level;
             }
         }
-        let id = fresh_id();
-        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let raw = Bytes::from(message.to_string());
-        let mut headers = HeaderMap::new();
-        headers.insert("mcp-protocol-version", HeaderValue::from_static(MODERN));
-        if let Ok(value) = HeaderValue::from_str(method) {
-            headers.insert("mcp-method", value);
-        }
-        if let Some(name) = jsonrpc::target_name(&raw, method)
-            && let Ok(value) = HeaderValue::from_str(&name)
-        {
-            headers.insert("mcp-name", value);
-        }
-        let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
-        let anchor = &self.anchor;
-        let session = endpoint::open_session(
-            app,
-            anchor.principal.clone(),
-            &anchor.agent,
-            &anchor.server,
-            &headers,
-        )?;
-        let one_shot = OneShot::new(app.sessions.clone(), session.clone());
         let stop = CancellationToken::new();
         if let Some(client_id) = client_id {
             self.in_flight_lock()
                 .insert(client_id.to_owned(), stop.clone());
         }
-        let result = async {
-            let submission = session
-                .submit(vec![(raw, kind)], true)
-                .await?
-                .ok_or(RelayError::Internal)?;
-            let id_text = format!("\"{id}\"");
-            let deadline = Instant::now() + app.config.limits.call_timeout;
-            let mut initial = submission.initial.into_iter();
-            let mut messages = submission.messages;
-            loop {
-                let message = match initial.next() {
-                    Some(message) => message,
-                    None => tokio::select! {
-                        _ = stop.cancelled() => return Err(RelayError::SessionClosed),
-                        next = tokio::time::timeout_at(deadline, messages.recv()) => match next {
-                            Ok(Some(message)) => message,
-                            Ok(None) => return Err(RelayError::SessionClosed),
-                            Err(_) => {
-                                let _ = session.expire_post(submission.post);
-                                return Err(RelayError::Timeout);
-                            }
-                        },
-                    },
-                };
-                match jsonrpc::classify(&message) {
-                    Ok(Kind::Response { id, .. }) if id == id_text => {
-                        return serde_json::from_slice::<Value>(&message)
-                            .map_err(|_| RelayError::Internal);
-                    }
-                    Ok(Kind::Notification { .. }) => {
-                        let _ = tx.send(message).await;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let anchor = &self.anchor;
+        let result = one_shot_request(
+            app,
+            &anchor.principal,
+            &anchor.agent,
+            &anchor.server,
+            method,
+            params,
+            tx,
+            &stop,
+        )
         .await;
         if let Some(client_id) = client_id {
             self.in_flight_lock().remove(client_id);
         }
-        drop(one_shot);
         result
     }
 
@@ -463,5 +414,71 @@ impl Bridge {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sends one stateless (2026-era) request to `agent`/`server` on a one-shot stream, with
+/// the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers its body calls for,
+/// forwarding what comes before its answer (progress, logs) to `tx`. Returns the answer
+/// message (a result or an error). `stop` ends it early, which stops it upstream.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn one_shot_request(
+    app: &Arc<App>,
+    principal: &crate::auth::Principal,
+    agent: &str,
+    server: &str,
+    method: &str,
+    params: Value,
+    tx: &mpsc::Sender<Bytes>,
+    stop: &CancellationToken,
+) -> Result<Value, RelayError> {
+    let id = fresh_id();
+    let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let raw = Bytes::from(message.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("mcp-protocol-version", HeaderValue::from_static(MODERN));
+    if let Ok(value) = HeaderValue::from_str(method) {
+        headers.insert("mcp-method", value);
+    }
+    if let Some(name) = jsonrpc::target_name(&raw, method)
+        && let Ok(value) = HeaderValue::from_str(&name)
+    {
+        headers.insert("mcp-name", value);
+    }
+    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+    let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
+    let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let submission = session
+        .submit(vec![(raw, kind)], true)
+        .await?
+        .ok_or(RelayError::Internal)?;
+    let id_text = format!("\"{id}\"");
+    let deadline = Instant::now() + app.config.limits.call_timeout;
+    let mut initial = submission.initial.into_iter();
+    let mut messages = submission.messages;
+    loop {
+        let message = match initial.next() {
+            Some(message) => message,
+            None => tokio::select! {
+                _ = stop.cancelled() => return Err(RelayError::SessionClosed),
+                next = tokio::time::timeout_at(deadline, messages.recv()) => match next {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return Err(RelayError::SessionClosed),
+                    Err(_) => {
+                        let _ = session.expire_post(submission.post);
+                        return Err(RelayError::Timeout);
+                    }
+                },
+            },
+        };
+        match jsonrpc::classify(&message) {
+            Ok(Kind::Response { id, .. }) if id == id_text => {
+                return serde_json::from_slice::<Value>(&message).map_err(|_| RelayError::Internal);
+            }
+            Ok(Kind::Notification { .. }) => {
+                let _ = tx.send(message).await;
+            }
+            _ => {}
+        }
     }
 }

@@ -192,23 +192,8 @@ pub(crate) async fn handle(
         let app = app_task;
         let answer = serve(&app, &principal, &agent, &server, &method, params, &tx).await;
         let message = match answer {
-            Ok(mut result) => {
-                if let Some(object) = result.as_object_mut() {
-                    object
-                        .entry("resultType")
-                        .or_insert_with(|| json!("complete"));
-                    // The era requires cache hints here. A 2025 server gives none: do not
-                    // cache, and never share (the answer came from this key's session).
-                    if CACHEABLE.contains(&method.as_str())
-                        && object.get("resultType") == Some(&json!("complete"))
-                    {
-                        object.entry("ttlMs").or_insert_with(|| json!(0));
-                        object
-                            .entry("cacheScope")
-                            .or_insert_with(|| json!("private"));
-                    }
-                }
-                json!({"jsonrpc": "2.0", "id": client_id, "result": result})
+            Ok(result) => {
+                json!({"jsonrpc": "2.0", "id": client_id, "result": finish(&method, result)})
             }
             Err(Refusal::Rpc(code, text)) => {
                 json!({"jsonrpc": "2.0", "id": client_id, "error": {"code": code, "message": text}})
@@ -222,6 +207,54 @@ pub(crate) async fn handle(
         let _ = tx.send(Bytes::from(message.to_string())).await;
     });
     endpoint::stateless_answer(app, rx, streaming).await
+}
+
+/// Adds what the 2026 era requires of a result: `resultType`, and on lists and reads the
+/// cache hints. A 2025 server gives none: do not cache, and never share (the answer came
+/// from this key's session).
+fn finish(method: &str, mut result: Value) -> Value {
+    if let Some(object) = result.as_object_mut() {
+        object
+            .entry("resultType")
+            .or_insert_with(|| json!("complete"));
+        if CACHEABLE.contains(&method) && object.get("resultType") == Some(&json!("complete")) {
+            object.entry("ttlMs").or_insert_with(|| json!(0));
+            object
+                .entry("cacheScope")
+                .or_insert_with(|| json!("private"));
+        }
+    }
+    result
+}
+
+/// One stateless request to `agent`/`server`, whatever its era: passed through to a 2026
+/// server, bridged to a 2025 one. Returns the answer message (a result or an error), with
+/// no id; what comes before it goes to `tx`.
+pub(crate) async fn call_any_era(
+    app: &Arc<App>,
+    principal: &Principal,
+    agent: &str,
+    server: &str,
+    method: &str,
+    params: Value,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<Value, RelayError> {
+    match app.legacy.era(app, principal, agent, server).await {
+        Era::Modern => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            crate::bridge::one_shot_request(
+                app, principal, agent, server, method, params, tx, &stop,
+            )
+            .await
+        }
+        Era::Legacy => match serve(app, principal, agent, server, method, params, tx).await {
+            Ok(result) => Ok(json!({"jsonrpc": "2.0", "result": finish(method, result)})),
+            Err(Refusal::Rpc(code, message)) => {
+                Ok(json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}}))
+            }
+            Err(Refusal::Relay(err)) => Err(err),
+        },
+    }
 }
 
 /// Why a bridged request failed.

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod aggregate;
+mod aggregate_modern;
 pub mod audit;
 pub mod auth;
 mod body;

@@ -1009,7 +1009,7 @@ fn stateless_status(message: &[u8]) -> StatusCode {
 /// Whether a request belongs to a stateless revision (2026-07-28): no session, one POST.
 /// A version the relay does not know counts too when the request carries `Mcp-Method`,
 /// which only the stateless revisions send.
-fn is_stateless(headers: &HeaderMap) -> bool {
+pub(crate) fn is_stateless(headers: &HeaderMap) -> bool {
     let Some(version) = headers
         .get(PROTOCOL_VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -1025,7 +1025,10 @@ fn is_stateless(headers: &HeaderMap) -> bool {
 /// A stateless request carries one message, and its `Mcp-Method` (and, for a named target,
 /// `Mcp-Name`) header must say what the body says: intermediaries route and authorise by
 /// the headers, so a mismatch is refused before anything else reads them.
-fn check_method_headers(headers: &HeaderMap, messages: &[(Bytes, Kind)]) -> Result<(), RelayError> {
+pub(crate) fn check_method_headers(
+    headers: &HeaderMap,
+    messages: &[(Bytes, Kind)],
+) -> Result<(), RelayError> {
     let [(raw, kind)] = messages else {
         return Err(RelayError::InvalidRequest(
             "a stateless request carries exactly one message",

@@ -247,3 +247,81 @@ async fn the_typescript_sdk_answers_upstream_requests_through_the_aggregate() ->
     relay.stop().await;
     Ok(())
 }
+
+/// A client of the 2026 era (the Python SDK 2.x) on `/mcp`, over servers of both eras: a
+/// 2026 server over HTTP and 2025 servers over stdio and HTTP. No session: each request is
+/// answered from the upstreams it concerns, and a Multi Round-Trip Request's retry finds
+/// its server again by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_era_client_uses_the_aggregate_across_eras() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let modern =
+        outpost_test_support::conformance::Target::start("tests/conformance-2026/server-2026.mjs")
+            .await?;
+    let alpha = agent(&relay, "alpha")
+        .server_everything("everything")
+        .http("modern", &modern.url)
+        .spawn()
+        .await?;
+    let fortune = HttpMcpServer::spawn("modern fortune").await?;
+    let beta = agent(&relay, "beta")
+        .server_everything("everything")
+        .http("fortune", &fortune.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(
+            outpost_test_support::tools_dir().join("venv-mcp2/bin/python"),
+        )
+        .arg(workspace_root().join("test-support/python/aggregate_modern_client.py"))
+        .env("OUTPOST_URL", format!("{}/mcp", relay.base_url()))
+        .env("OUTPOST_KEY", &key)
+        .env("OUTPOST_CA", &relay.state.certs.ca)
+        .kill_on_drop(true)
+        .output(),
+    )
+    .await??;
+    assert!(
+        output.status.success(),
+        "client failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["protocol_version"], "2026-07-28", "{report}");
+    assert_eq!(report["server"], "outpost");
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "alpha__everything__echo",
+        "beta__everything__echo",
+        "fortune__fortune",
+        "modern__test_simple_text",
+    ] {
+        assert!(tools.contains(&name), "{name} missing from {tools:?}");
+    }
+    assert_eq!(
+        report["echoes"]["beta__everything__echo"],
+        "Echo: via beta__everything__echo"
+    );
+    assert_eq!(report["echoes"]["fortune__echo"], "Echo: via fortune__echo");
+    assert_eq!(
+        report["modern_simple"],
+        "This is a simple text response for testing."
+    );
+    assert_eq!(report["mrtr"], "Hello, Ada!", "{report}");
+    assert_eq!(
+        report["read_uri"],
+        "outpost://alpha/modern/test://static-text"
+    );
+    beta.stop().await;
+    alpha.stop().await;
+    fortune.stop().await;
+    relay.stop().await;
+    Ok(())
+}
