@@ -64,6 +64,13 @@ setup() {
     (cd "$project" && npm_quiet install --no-package-lock)
     printf '%s' "$want" >"$tools/.project-stamp"
   fi
+  local clients="$root/tests/clients-2026"
+  want="$(sha256sum "$clients/package.json" | cut -d' ' -f1)"
+  if [ "$(cat "$tools/.clients-stamp" 2>/dev/null)" != "$want" ] || [ ! -d "$clients/node_modules" ]; then
+    log "installing tests/clients-2026 dependencies"
+    (cd "$clients" && npm_quiet install --no-package-lock)
+    printf '%s' "$want" >"$tools/.clients-stamp"
+  fi
   "$node22" --version >/dev/null
 }
 

@@ -325,3 +325,92 @@ async fn a_2026_era_client_uses_the_aggregate_across_eras() -> anyhow::Result<()
     relay.stop().await;
     Ok(())
 }
+
+/// Runs the TypeScript SDK v2 client (2026 era) of `tests/clients-2026`.
+async fn ts2_client(
+    relay: &outpost_test_support::TestRelay,
+    key: &str,
+    url: &str,
+    scenario: &str,
+) -> anyhow::Result<Value> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(node22())
+            .arg(workspace_root().join("tests/clients-2026/client.mjs"))
+            .env("OUTPOST_URL", url)
+            .env("OUTPOST_KEY", key)
+            .env("NODE_EXTRA_CA_CERTS", &relay.state.certs.ca)
+            .env("SCENARIO", scenario)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "TypeScript v2 client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?)
+}
+
+/// The TypeScript SDK v2 (2026 era): on `/mcp` over servers of both eras, and pinned to
+/// 2026-07-28 on a 2025 server, whose sampling and elicitation requests the relay turns
+/// into Multi Round-Trip input requests that the SDK fulfils.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_v2_uses_the_aggregate_and_the_bridge() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let modern =
+        outpost_test_support::conformance::Target::start("tests/conformance-2026/server-2026.mjs")
+            .await?;
+    let node = node22();
+    let conf = workspace_root().join("tests/conformance/server-2025.mjs");
+    let alpha = agent(&relay, "alpha")
+        .server_everything("everything")
+        .http("modern", &modern.url)
+        .stdio(
+            "conf",
+            node.to_str().unwrap(),
+            &[conf.to_str().unwrap(), "--stdio"],
+            &[],
+        )
+        .spawn()
+        .await?;
+    let fortune = HttpMcpServer::spawn("ts2 fortune").await?;
+    let beta = agent(&relay, "beta")
+        .http("fortune", &fortune.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+
+    let aggregate = ts2_client(
+        &relay,
+        &key,
+        &format!("{}/mcp", relay.base_url()),
+        "aggregate",
+    )
+    .await?;
+    assert_eq!(aggregate["protocolVersion"], "2026-07-28", "{aggregate}");
+    assert_eq!(aggregate["server"], "outpost", "{aggregate}");
+    assert_eq!(aggregate["legacyEcho"], "Echo: ts2", "{aggregate}");
+    assert_eq!(aggregate["fortune"], "ts2 fortune", "{aggregate}");
+    assert_eq!(aggregate["mrtr"], "Hello, Ada!", "{aggregate}");
+
+    let pinned = ts2_client(&relay, &key, &relay.mcp_url("alpha", "conf"), "pinned").await?;
+    assert_eq!(pinned["protocolVersion"], "2026-07-28", "{pinned}");
+    assert_eq!(pinned["sampling"], "LLM response: Paris", "{pinned}");
+    assert!(
+        pinned["elicitation"].as_str().unwrap_or("").contains("ada"),
+        "{pinned}"
+    );
+    assert_eq!(
+        pinned["asked"],
+        serde_json::json!(["sampling", "elicitation"]),
+        "{pinned}"
+    );
+    beta.stop().await;
+    alpha.stop().await;
+    fortune.stop().await;
+    relay.stop().await;
+    Ok(())
+}
