@@ -147,9 +147,21 @@ mod tests {
     fn the_rules_of_sep_2243() {
         let hello = serde_json::json!({"region": "Hello"});
         assert!(check(hello.clone(), &[("mcp-param-region", "Hello")]).is_ok());
-        assert!(check(hello.clone(), &[("mcp-param-region", "=?base64?SGVsbG8=?=")]).is_ok());
+        assert!(
+            check(
+                hello.clone(),
+                &[("mcp-param-region", "=?base64?SGVsbG8=?=")]
+            )
+            .is_ok()
+        );
         assert!(check(hello.clone(), &[("mcp-param-region", "=?base64?SGVsbG8?=")]).is_err());
-        assert!(check(hello.clone(), &[("mcp-param-region", "=?base64?SGVs!!!bG8=?=")]).is_err());
+        assert!(
+            check(
+                hello.clone(),
+                &[("mcp-param-region", "=?base64?SGVs!!!bG8=?=")]
+            )
+            .is_err()
+        );
         assert!(check(hello.clone(), &[]).is_err());
         assert!(check(hello, &[("mcp-param-region", "Bye")]).is_err());
         // Without the whole wrapper, a value is literal.

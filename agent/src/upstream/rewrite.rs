@@ -61,7 +61,10 @@ pub(super) fn request(message: &[u8], key: Key) -> Option<Rewritten> {
     {
         token = Some(progress.to_string());
         *progress = Value::String(format!("{WIRE_PREFIX}{key}"));
-        params.insert("_meta".to_owned(), serde_json::value::to_raw_value(&meta).ok()?);
+        params.insert(
+            "_meta".to_owned(),
+            serde_json::value::to_raw_value(&meta).ok()?,
+        );
         top.insert(
             "params".to_owned(),
             serde_json::value::to_raw_value(&params).ok()?,
@@ -281,7 +284,8 @@ mod tests {
             back["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
             "listen-1"
         );
-        let cancelled = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"o:3"}}"#;
+        let cancelled =
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"o:3"}}"#;
         assert_eq!(route(cancelled), Routing::Event { key: 3, ends: true });
         let back = json(&restore_event(cancelled, 3, "\"listen-1\"", None).unwrap());
         assert_eq!(back["params"]["requestId"], "listen-1");
@@ -290,7 +294,9 @@ mod tests {
     #[test]
     fn what_names_no_request_is_unrouted() {
         assert_eq!(
-            route(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}"#),
+            route(
+                br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}"#
+            ),
             Routing::Unrouted
         );
         assert_eq!(

@@ -144,9 +144,10 @@ fn same_process(a: &StdioConfig, b: &StdioConfig) -> bool {
         && a.args == b.args
         && a.cwd == b.cwd
         && a.env.len() == b.env.len()
-        && a.env.iter().zip(&b.env).all(|((ka, va), (kb, vb))| {
-            ka == kb && va.expose_secret() == vb.expose_secret()
-        })
+        && a.env
+            .iter()
+            .zip(&b.env)
+            .all(|((ka, va), (kb, vb))| ka == kb && va.expose_secret() == vb.expose_secret())
 }
 
 // === the stream side ===
@@ -600,9 +601,11 @@ impl Supervisor {
             StdoutLine::Message(message) => message,
             StdoutLine::TooLong { len, id } => {
                 tracing::warn!(server = %self.name, len, "server wrote a message over the tunnel limit");
-                let key = id.and_then(|id| match rewrite::route(format!(r#"{{"id":{id}}}"#).as_bytes()) {
-                    Routing::Answer(key) => Some(key),
-                    _ => None,
+                let key = id.and_then(|id| {
+                    match rewrite::route(format!(r#"{{"id":{id}}}"#).as_bytes()) {
+                        Routing::Answer(key) => Some(key),
+                        _ => None,
+                    }
                 });
                 if let Some(key) = key {
                     let max = self.ctx.max_message_len;
@@ -625,11 +628,7 @@ impl Supervisor {
         match rewrite::route(&message) {
             Routing::Answer(key) => self.answer(key, message, running),
             Routing::Event { key, ends } => {
-                let route = if ends {
-                    self.routes.remove(&key)
-                } else {
-                    None
-                };
+                let route = if ends { self.routes.remove(&key) } else { None };
                 let events = match (&route, self.routes.get(&key)) {
                     (Some(Route::Client { events, .. }), _)
                     | (None, Some(Route::Client { events, .. })) => events,
@@ -687,10 +686,7 @@ impl Supervisor {
         if let Some(tools) = result.get("tools").and_then(|t| t.as_array()) {
             fetch.headers.add_page(tools);
         }
-        match (
-            result.get("nextCursor").and_then(|c| c.as_str()),
-            running,
-        ) {
+        match (result.get("nextCursor").and_then(|c| c.as_str()), running) {
             (Some(cursor), Some(run)) if fetch.pages < MAX_TOOL_PAGES => {
                 let key = self.key();
                 self.routes.insert(key, Route::ToolList);
@@ -836,8 +832,11 @@ impl Supervisor {
         let text = format!("the server {what} ({status}) during the call");
         for (key, route) in self.routes.drain() {
             if let Route::Client { answer, .. } = route {
-                let error =
-                    super::calls::error_response(&rewrite::wire_id(key), super::ERROR_UPSTREAM, &text);
+                let error = super::calls::error_response(
+                    &rewrite::wire_id(key),
+                    super::ERROR_UPSTREAM,
+                    &text,
+                );
                 let _ = answer.send(error);
             }
         }
