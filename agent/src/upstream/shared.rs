@@ -413,8 +413,9 @@ impl SharedProcess {
         {
             return Ok(());
         }
-        match replied.await {
-            Ok(Some(headers)) => {
+        // A child that does not list its tools in time does not hold the call up.
+        match tokio::time::timeout(TOOL_LIST_WAIT, replied).await {
+            Ok(Ok(Some(headers))) => {
                 headers.check(&call.params.name, call.params.arguments.as_ref(), meta)
             }
             _ => Ok(()),
@@ -458,6 +459,9 @@ enum Route {
 }
 
 struct Fetch {
+    /// Its page under way, and since when: a fetch the child never answers is given up.
+    key: Key,
+    started: Instant,
     version: String,
     pages: usize,
     headers: ToolHeaders,
@@ -494,7 +498,7 @@ impl Supervisor {
                     self.command(command, &mut running).await;
                 }
                 line = line => match line {
-                    Some(line) => self.from_child(line, running.as_ref()),
+                    Some(line) => self.route_output(line, running.as_ref()),
                     None => self.end(&mut running, Outcome::Exited).await,
                 },
                 _ = sleep_until(hang_at), if hang_at.is_some() => {
@@ -569,9 +573,17 @@ impl Supervisor {
                     let _ = reply.send(Some(tools.clone()));
                     return;
                 }
+                self.waiting.retain(|waiting| !waiting.is_closed());
                 self.waiting.push(reply);
-                if self.fetch.is_some() {
-                    return;
+                if let Some(fetch) = &self.fetch {
+                    if fetch.started.elapsed() < TOOL_LIST_WAIT {
+                        return;
+                    }
+                    let stale = fetch.key;
+                    self.routes.remove(&stale);
+                    let waiting = self.waiting.pop();
+                    self.tools_unknown();
+                    self.waiting.extend(waiting);
                 }
                 match self.ensure_running(running).await {
                     Ok(stdin) => {
@@ -582,6 +594,8 @@ impl Supervisor {
                             rewrite::own_request(key, "tools/list", &version, None),
                         );
                         self.fetch = Some(Fetch {
+                            key,
+                            started: Instant::now(),
                             version,
                             pages: 1,
                             headers: ToolHeaders::default(),
@@ -594,7 +608,7 @@ impl Supervisor {
     }
 
     /// Routes one message of the child's.
-    fn from_child(&mut self, line: StdoutLine, running: Option<&Running>) {
+    fn route_output(&mut self, line: StdoutLine, running: Option<&Running>) {
         // Any word from the child: it is not hung.
         self.hang_at = None;
         let message = match line {
@@ -695,6 +709,8 @@ impl Supervisor {
                     rewrite::own_request(key, "tools/list", &fetch.version, Some(cursor)),
                 );
                 fetch.pages += 1;
+                fetch.key = key;
+                fetch.started = Instant::now();
                 self.fetch = Some(fetch);
             }
             _ => {
@@ -860,6 +876,8 @@ fn write(stdin: &mpsc::Sender<Bytes>, message: Bytes) {
 const ERROR_HEADER_MISMATCH: i64 = -32020;
 /// JSON-RPC: method not found.
 const ERROR_METHOD_NOT_FOUND: i64 = -32601;
+/// How long a `tools/call` waits for the child's tool list before it goes unchecked.
+const TOOL_LIST_WAIT: Duration = Duration::from_secs(10);
 /// Requests in flight in one shared process.
 const MAX_ROUTES: usize = 4096;
 /// Pages of the agent's own `tools/list` followed.
