@@ -94,7 +94,7 @@ pub enum Transport {
 }
 
 /// A stdio server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StdioConfig {
     /// Program to run.
     pub command: String,

@@ -80,26 +80,20 @@ async fn the_2026_suite_passes_through_the_relay_to_an_http_server() -> anyhow::
     Ok(())
 }
 
-/// Over stdio the relay stands in for the server's HTTP side. Known gaps, each failing
-/// here by name so that closing one shows: `Mcp-Param-*` headers are not checked against
-/// the tool's `x-mcp-header` arguments (the relay would need the tool list), and a
-/// multi-round request whose `requestState` is signed by the server reaches a new process
-/// each round (a process per request), which cannot verify its predecessor's signature.
+/// Over stdio the agent stands in for the server's HTTP side: stateless requests share one
+/// process per server (so a multi-round `requestState` signed by the process verifies in
+/// the next round), and `Mcp-Param-*` headers are checked against the tools' `x-mcp-header`
+/// arguments by the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_2026_suite_through_the_relay_to_a_stdio_server_fails_only_the_known_gaps()
--> anyhow::Result<()> {
+async fn the_2026_suite_passes_through_the_relay_to_a_stdio_server() -> anyhow::Result<()> {
     let (direct, through) = through_relay(true, "run-2026").await?;
     assert!(failed(&direct).is_empty(), "{}", direct.output);
+    assert_eq!(failed(&through), Vec::<String>::new(), "{}", through.output);
     assert_eq!(
-        failed(&through),
-        [
-            "http-custom-header-server-validation",
-            "input-required-result-multi-round",
-            "input-required-result-multiple-input-requests",
-            "input-required-result-request-state",
-        ],
-        "{}",
+        through.summary, direct.summary,
+        "the same result as directly:\n{}",
         through.output
     );
+    assert_eq!(through.code, Some(0), "{}", through.output);
     Ok(())
 }

@@ -80,6 +80,7 @@ pub(crate) async fn run(
     let connected_at = tokio::time::Instant::now();
 
     let in_flight = InFlight::new();
+    let streams = TaskTracker::new();
     let context = UpstreamContext {
         in_flight: in_flight.clone(),
         http: agent.http.clone(),
@@ -87,8 +88,8 @@ pub(crate) async fn run(
         cancel: session_token.clone(),
         metrics: agent.metrics_arc(),
         redactor: agent.redactor(),
+        shared: std::sync::Arc::new(upstream::SharedProcesses::new(streams.clone())),
     };
-    let streams = TaskTracker::new();
     let mut draining = false;
     let mut drained = false;
     let drain = drain(&in_flight, config.tunnel.shutdown_grace);

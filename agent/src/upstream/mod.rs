@@ -1,9 +1,14 @@
-//! Bridges one tunnel stream to one local MCP server: a child process per stream for
-//! stdio servers, an MCP session per stream for Streamable HTTP servers. Owns the
-//! upstream side of each stream; does not own the tunnel (see `tunnel/`).
+//! Bridges one tunnel stream to one local MCP server. For stdio servers: a child process
+//! per stream in the stateful era (a stream is a client session), one child shared by all
+//! streams of a server in the stateless era (a stream is a request). For Streamable HTTP
+//! servers: an MCP session, or a request, per stream. Owns the upstream side of each
+//! stream; does not own the tunnel (see `tunnel/`).
 
 mod calls;
 mod http;
+mod param_headers;
+mod rewrite;
+mod shared;
 mod stdio;
 
 use bytes::Bytes;
@@ -13,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 pub(crate) use calls::{Admission, Calls, InFlight, ServerRuntime};
+pub(crate) use shared::SharedProcesses;
 
 use crate::config::{ServerConfig, Transport};
 use crate::metrics::Metrics;
@@ -33,6 +39,8 @@ pub(crate) struct UpstreamContext {
     pub(crate) metrics: Arc<Metrics>,
     /// Secrets to keep out of everything sent to the relay.
     pub(crate) redactor: Arc<Redactor>,
+    /// The stdio processes stateless streams share, one per server.
+    pub(crate) shared: Arc<SharedProcesses>,
 }
 
 impl UpstreamContext {
@@ -57,11 +65,23 @@ pub(crate) async fn serve(
 ) {
     let calls = ctx.calls(runtime);
     match &server.transport {
+        Transport::Stdio(config) if is_stateless(&meta) => {
+            shared::serve(&server.name, config, stream, meta, calls, ctx).await;
+        }
         Transport::Stdio(config) => stdio::serve(&server.name, config, stream, calls, ctx).await,
         Transport::Http(config) => {
             http::serve(&server.name, config, stream, meta, calls, ctx).await;
         }
     }
+}
+
+/// Whether a stream carries a request of a stateless revision (its `MCP-Protocol-Version`
+/// header, forwarded by the relay in the stream's open metadata).
+fn is_stateless(meta: &[(String, String)]) -> bool {
+    meta.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case(PROTOCOL_VERSION_HEADER)
+            && STATELESS_REVISIONS.contains(&value.trim())
+    })
 }
 
 /// Sends an upstream message to the relay. A message over the tunnel's limit is replaced
@@ -149,6 +169,12 @@ pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The MCP revisions in which every request stands alone (no initialize, no session):
+/// their streams carry one request each, and a stdio server's are served by one shared
+/// process. The only place the agent lists them.
+pub(crate) const STATELESS_REVISIONS: [&str; 1] = ["2026-07-28"];
+/// The stream metadata (an HTTP header at the relay) that names the request's revision.
+const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 /// JSON-RPC code: the upstream server could not be reached or failed the request.
 pub(crate) const ERROR_UPSTREAM: i64 = -32012;
 /// JSON-RPC code: the agent's call timeout answered the request.

@@ -1,5 +1,5 @@
-//! A stdio upstream: one child process per stream, newline-delimited JSON-RPC on its
-//! stdin and stdout, stderr to the log at a bounded rate (and redacted). The child gets
+//! A stdio upstream of the stateful (2025) era: one child process per stream (a client
+//! session), newline-delimited JSON-RPC on its stdin and stdout, stderr to the log at a bounded rate (and redacted). The child gets
 //! only the environment its config names. Stopping it: close stdin, wait, then SIGTERM and
 //! SIGKILL to its whole process group, and always reap it.
 //!
@@ -7,6 +7,9 @@
 //! call timed out (hung, then killed), has its in-flight calls answered with errors and
 //! is restarted with backoff; the client's `initialize` is replayed to it so the session
 //! survives. A child that keeps failing ends the stream.
+//!
+//! Stateless (2026-era) streams share one child per server instead: see `shared.rs`,
+//! which starts, stops and reads its child with the functions here.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -152,7 +155,7 @@ pub(super) async fn serve(
     }
 }
 
-fn spawn(config: &StdioConfig) -> std::io::Result<Child> {
+pub(super) fn spawn(config: &StdioConfig) -> std::io::Result<Child> {
     let mut command = Command::new(&config.command);
     command
         .args(&config.args)
@@ -180,12 +183,12 @@ struct Handshake {
 /// Restarts allowed: at most [`RESTART_LIMIT`] within [`RESTART_WINDOW`], with a delay
 /// that doubles from [`RESTART_MIN_DELAY`].
 #[derive(Debug, Default)]
-struct RestartBudget {
+pub(super) struct RestartBudget {
     recent: std::collections::VecDeque<Instant>,
 }
 
 impl RestartBudget {
-    fn next_delay(&mut self) -> Option<Duration> {
+    pub(super) fn next_delay(&mut self) -> Option<Duration> {
         let now = Instant::now();
         while self
             .recent
@@ -298,7 +301,7 @@ fn next_wake(calls: &Calls) -> Option<Instant> {
 }
 
 /// How long a server may stay silent after a call timed out before it counts as hung.
-fn hang_grace(call_timeout: Duration) -> Duration {
+pub(super) fn hang_grace(call_timeout: Duration) -> Duration {
     call_timeout.max(MIN_HANG_GRACE)
 }
 
@@ -426,7 +429,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Outcome {
+pub(super) enum Outcome {
     /// The server closed stdout or exited.
     Exited,
     /// The relay ended the stream (client session deleted, or the tunnel dropped).
@@ -439,7 +442,7 @@ enum Outcome {
 
 /// Writes one message as one line. JSON text can hold a line break only as whitespace, so
 /// replacing breaks with spaces keeps the message and the framing intact.
-async fn write_line(stdin: &mut ChildStdin, message: Bytes) -> std::io::Result<()> {
+pub(super) async fn write_line(stdin: &mut ChildStdin, message: Bytes) -> std::io::Result<()> {
     if message.contains(&b'\n') || message.contains(&b'\r') {
         let flat: Vec<u8> = message
             .iter()
@@ -453,7 +456,7 @@ async fn write_line(stdin: &mut ChildStdin, message: Bytes) -> std::io::Result<(
     stdin.flush().await
 }
 
-enum Line {
+pub(super) enum Line {
     /// `line` holds a message, without its line break.
     Message,
     /// The line exceeded the limit and was skipped; `id` is the request it seems to answer,
@@ -468,7 +471,7 @@ enum Line {
 
 /// Reads one line into `line`, never holding more than `max` bytes of it: an oversized line
 /// is skipped, keeping only its two ends to find the id of the request it answers.
-async fn read_line<R: AsyncBufRead + Unpin>(
+pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut BytesMut,
     max: usize,
@@ -556,7 +559,7 @@ fn sniff_id(fragment: &[u8]) -> Option<String> {
 
 /// Stops the child: it exited already, or stdin is closed and it gets a moment, then
 /// SIGTERM to its process group, then SIGKILL. Always reaps it.
-async fn stop(child: &mut Child, pid: Option<u32>, outcome: Outcome) -> String {
+pub(super) async fn stop(child: &mut Child, pid: Option<u32>, outcome: Outcome) -> String {
     let patience = match outcome {
         Outcome::Exited => EXIT_WAIT,
         Outcome::RelayClosed | Outcome::Cancelled => STOP_WAIT,
@@ -591,7 +594,7 @@ fn signal_group(pid: Option<u32>, signal: nix::sys::signal::Signal) {
 
 /// Copies the child's stderr to the log: lines cut to a length, at most a burst of lines
 /// and then a steady rate, with a count of what was suppressed.
-async fn log_stderr(
+pub(super) async fn log_stderr(
     server: String,
     stderr: tokio::process::ChildStderr,
     redactor: std::sync::Arc<crate::redact::Redactor>,
@@ -639,8 +642,8 @@ const STDERR_BURST: u32 = 50;
 const STDERR_PER_SECOND: f64 = 10.0;
 const STDERR_LINE: usize = 2048;
 /// Restarts of a crashing server allowed within [`RESTART_WINDOW`].
-const RESTART_LIMIT: usize = 5;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub(super) const RESTART_LIMIT: usize = 5;
+pub(super) const RESTART_WINDOW: Duration = Duration::from_secs(60);
 const RESTART_MIN_DELAY: Duration = Duration::from_millis(100);
 /// How long a restarted server has to answer the replayed `initialize`.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,204 @@
+//! Stateless (2026-07-28) requests to a stdio server share ONE process per server: many
+//! concurrent clients reach the same process, each answer (and each progress notification)
+//! reaches its own client although all of them use the same request id and progress token,
+//! a client that disconnects mid-call has its request cancelled upstream, and a crashed
+//! process fails only the requests it had in flight and is restarted for the next one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use outpost_test_support::conformance::node22;
+use outpost_test_support::{TestRelay, agent, relay};
+use serde_json::{Value, json};
+
+/// A minimal stateless stdio server: `whoami` answers with its pid and argument after a
+/// short wait (reporting progress first), `slow` never answers, `crash` exits. It records
+/// the requests it started and the cancellations it received.
+const SERVER: &str = r#"
+const fs = require('fs');
+const state = process.env.STATE;
+const write = (m) => process.stdout.write(JSON.stringify(m) + '\n');
+require('readline').createInterface({ input: process.stdin }).on('line', (line) => {
+  const msg = JSON.parse(line);
+  if (msg.method === 'notifications/cancelled') {
+    fs.appendFileSync(state + '/cancelled', JSON.stringify(msg.params.requestId) + '\n');
+    return;
+  }
+  if (msg.id === undefined) return;
+  if (msg.method === 'tools/list') {
+    return write({ jsonrpc: '2.0', id: msg.id, result: { tools: [] } });
+  }
+  const name = msg.params && msg.params.name;
+  const args = (msg.params && msg.params.arguments) || {};
+  const token = msg.params && msg.params._meta && msg.params._meta.progressToken;
+  fs.appendFileSync(state + '/started', name + '\n');
+  if (name === 'whoami') {
+    if (token !== undefined) {
+      write({ jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken: token, progress: 1, message: String(args.n) } });
+    }
+    setTimeout(() => write({ jsonrpc: '2.0', id: msg.id, result: { content: [{ type: 'text', text: `${process.pid} ${args.n}` }] } }), 20 + Math.random() * 80);
+  } else if (name === 'crash') {
+    process.exit(3);
+  }
+});
+"#;
+
+fn lines(dir: &Path, file: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One stateless `tools/call`, id 1 and progress token "tok" like every other client's.
+async fn call(relay: &TestRelay, key: &str, tool: &str, arguments: Value) -> anyhow::Result<Value> {
+    let client = relay.mcp_client(key, "site", "shared");
+    call_with(client, tool, arguments).await
+}
+
+async fn call_with(
+    client: outpost_test_support::McpClient,
+    tool: &str,
+    arguments: Value,
+) -> anyhow::Result<Value> {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "progressToken": "tok",
+            },
+        },
+    });
+    let response = client
+        .post_raw(
+            body.to_string().into_bytes(),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", tool),
+            ],
+        )
+        .await?;
+    Ok(json!({ "status": response.status, "messages": response.messages }))
+}
+
+fn answer(response: &Value) -> &Value {
+    response["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m.get("method").is_none()))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()> {
+    const CLIENTS: usize = 20;
+    let state = tempfile::tempdir()?;
+    let script = state.path().join("server.js");
+    std::fs::write(&script, SERVER)?;
+    let node = node22();
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "site")
+        .stdio(
+            "shared",
+            "/bin/sh",
+            &["-c", r#"echo $$ >> "$STATE/pids"; exec "$NODE" "$SCRIPT""#],
+            &[
+                ("STATE", state.path().to_str().unwrap()),
+                ("NODE", node.to_str().unwrap()),
+                ("SCRIPT", script.to_str().unwrap()),
+            ],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+
+    // Many concurrent clients, one process; each gets its own answer and progress.
+    let calls = (0..CLIENTS).map(|n| call(&relay, &key, "whoami", json!({ "n": n })));
+    let responses = futures_util::future::join_all(calls).await;
+    let pids = lines(state.path(), "pids");
+    assert_eq!(
+        pids.len(),
+        1,
+        "one process for all stateless requests: {pids:?}"
+    );
+    for (n, response) in responses.into_iter().enumerate() {
+        let response = response?;
+        let answer = answer(&response);
+        assert_eq!(answer["id"], 1, "the client's own id: {response}");
+        let text = answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("");
+        assert_eq!(text, format!("{} {n}", pids[0]), "{response}");
+        let progresses: Vec<&Value> = response["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .collect();
+        assert_eq!(progresses.len(), 1, "its own progress, once: {response}");
+        for progress in progresses {
+            assert_eq!(progress["params"]["progressToken"], "tok", "{response}");
+            assert_eq!(progress["params"]["message"], n.to_string(), "{response}");
+        }
+    }
+
+    // A client that leaves mid-call has its request cancelled in the process.
+    let leaving = tokio::time::timeout(
+        Duration::from_secs(3),
+        call(&relay, &key, "slow", json!({})),
+    )
+    .await;
+    assert!(leaving.is_err(), "slow is never answered");
+    wait_for("the process is asked to cancel the abandoned call", || {
+        !lines(state.path(), "cancelled").is_empty()
+    })
+    .await;
+    let cancelled = lines(state.path(), "cancelled");
+    assert!(cancelled[0].starts_with("\"o:"), "{cancelled:?}");
+
+    // A crash fails the calls in flight, and only those; the next call gets a new process.
+    let slow = tokio::spawn(call_with(
+        relay.mcp_client(&key, "site", "shared"),
+        "slow",
+        json!({}),
+    ));
+    wait_for("the second slow call reaches the process", || {
+        lines(state.path(), "started")
+            .iter()
+            .filter(|l| *l == "slow")
+            .count()
+            == 2
+    })
+    .await;
+    let crashed = call(&relay, &key, "crash", json!({})).await?;
+    assert_eq!(answer(&crashed)["error"]["code"], -32012, "{crashed}");
+    let slow = slow.await??;
+    assert_eq!(answer(&slow)["error"]["code"], -32012, "{slow}");
+    let after = call(&relay, &key, "whoami", json!({ "n": 99 })).await?;
+    let pids = lines(state.path(), "pids");
+    assert_eq!(pids.len(), 2, "restarted once: {pids:?}");
+    assert_eq!(
+        answer(&after)["result"]["content"][0]["text"],
+        format!("{} 99", pids[1]),
+        "{after}"
+    );
+
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
