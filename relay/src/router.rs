@@ -126,7 +126,8 @@ enum EndReason {
 
 /// A session that lives for one POST: a request of the stateless 2026 era. Dropping it
 /// (the POST's answer is complete, or its client went away) removes the session and closes
-/// its stream, which ends the upstream's process or HTTP request at the agent.
+/// its stream, which at the agent cancels the request in the shared stdio process or drops
+/// the HTTP request.
 #[derive(Debug)]
 pub(crate) struct OneShot {
     registry: Arc<SessionRegistry>,
