@@ -42,7 +42,7 @@ const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// How long a learned era is trusted before it is asked again.
 const ERA_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long the era probe and the upstream's `initialize` may take.
-const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Held calls at once, over the relay.
 const MAX_HELD: usize = 1024;
 /// Results that carry cache hints (`ttlMs`, `cacheScope`) in the 2026 era.
@@ -139,8 +139,9 @@ impl LegacyBridge {
     }
 }
 
-/// Asks `server/discover`: a result naming 2026-07-28 is a modern server, any other answer
-/// a 2025 one. `None` when nothing answered.
+/// Asks `server/discover`: a result naming 2026-07-28 is a modern server, any other answer,
+/// or none within the setup timeout, a 2025 one. `None` when the upstream could not be
+/// reached at all.
 async fn probe(app: &Arc<App>, principal: &Principal, agent: &str, server: &str) -> Option<Era> {
     let message = json!({
         "jsonrpc": "2.0",
@@ -157,10 +158,12 @@ async fn probe(app: &Arc<App>, principal: &Principal, agent: &str, server: &str)
     headers.insert("mcp-method", HeaderValue::from_static("server/discover"));
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers).ok()?;
     let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
-    let answer = tokio::time::timeout(SETUP_TIMEOUT, call(&session, message))
-        .await
-        .ok()?
-        .ok()?;
+    let answer = match tokio::time::timeout(SETUP_TIMEOUT, call(&session, message)).await {
+        Ok(answer) => answer.ok()?,
+        // Some 2025 servers never answer a request that comes before `initialize`; a 2026
+        // server must answer `server/discover`.
+        Err(_) => return Some(Era::Legacy),
+    };
     let modern = answer
         .pointer("/result/supportedVersions")
         .and_then(Value::as_array)

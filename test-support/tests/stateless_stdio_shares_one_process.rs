@@ -11,8 +11,9 @@ use outpost_test_support::conformance::node22;
 use outpost_test_support::{TestRelay, agent, relay};
 use serde_json::{Value, json};
 
-/// A minimal stateless stdio server: `whoami` answers with its pid and argument after a
-/// short wait (reporting progress first), `slow` never answers, `crash` exits. It records
+/// A minimal stateless stdio server: it answers `server/discover` (the relay asks it once, to
+/// learn its era), `whoami` answers with its pid and argument after a short wait (reporting
+/// progress first), `slow` never answers, `crash` exits. It records
 /// the requests it started and the cancellations it received.
 const SERVER: &str = r#"
 const fs = require('fs');
@@ -25,6 +26,9 @@ require('readline').createInterface({ input: process.stdin }).on('line', (line) 
     return;
   }
   if (msg.id === undefined) return;
+  if (msg.method === 'server/discover') {
+    return write({ jsonrpc: '2.0', id: msg.id, result: { supportedVersions: ['2026-07-28'], capabilities: { tools: {} } } });
+  }
   if (msg.method === 'tools/list') {
     return write({ jsonrpc: '2.0', id: msg.id, result: { tools: [] } });
   }
