@@ -363,13 +363,16 @@ impl Session {
         calls: &Calls,
     ) -> BodyEnd {
         let mut guard = EventSizeGuard::new(self.max_message_len + SSE_OVERHEAD);
-        // The SSE parser buffers a whole event; refuse to let one grow past the limit.
+        let mut lines = LineAligner::default();
+        // The SSE parser buffers a whole event; refuse to let one grow past the limit. It
+        // also rescans its whole buffer for each chunk it gets, so it gets whole lines only:
+        // a 10 MiB line in 16 KiB chunks would otherwise be scanned 640 times.
         let bytes = response.bytes_stream().map(move |chunk| {
             let chunk = chunk?;
             if !guard.feed(&chunk) {
                 return Err(EventTooLarge.into());
             }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(lines.feed(&chunk))
         });
         let mut events = bytes.eventsource();
         while let Some(event) = events.next().await {
@@ -550,6 +553,39 @@ impl EventSizeGuard {
     }
 }
 
+/// Regroups a byte stream so that each chunk ends at a line end: bytes after the last line
+/// end wait for the next chunk. A `\r` at the very end waits too, since a `\n` may follow.
+/// Never holds more than one (unfinished) line.
+#[derive(Debug, Default)]
+struct LineAligner {
+    pending: bytes::BytesMut,
+}
+
+impl LineAligner {
+    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let end = match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(at) => Some(at + 1),
+            // A `\r` followed by another byte (not `\n`, there is none) ends its line.
+            None => chunk[..chunk.len().saturating_sub(1)]
+                .iter()
+                .rposition(|&b| b == b'\r')
+                .map(|at| at + 1),
+        };
+        match end {
+            Some(end) => {
+                self.pending.extend_from_slice(&chunk[..end]);
+                let complete = self.pending.split().freeze();
+                self.pending.extend_from_slice(&chunk[end..]);
+                complete
+            }
+            None => {
+                self.pending.extend_from_slice(chunk);
+                Bytes::new()
+            }
+        }
+    }
+}
+
 /// One SSE event grew past the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("an upstream event exceeds the tunnel's message limit")]
@@ -600,7 +636,19 @@ const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
-    use super::EventSizeGuard;
+    use super::{EventSizeGuard, LineAligner};
+
+    #[test]
+    fn chunks_are_regrouped_at_line_ends() {
+        let mut lines = LineAligner::default();
+        assert_eq!(lines.feed(b"data: {\"a\""), "");
+        assert_eq!(lines.feed(b":1}\n\nda"), "data: {\"a\":1}\n\n");
+        assert_eq!(lines.feed(b"ta: x\r"), "", "a final \\r may start a \\r\\n");
+        assert_eq!(lines.feed(b"\n\r\n"), "data: x\r\n\r\n");
+        assert_eq!(lines.feed(b"data: y\rdata: z"), "data: y\r");
+        assert_eq!(lines.feed(b"\r\r"), "data: z\r");
+        assert_eq!(lines.feed(b"\n"), "\r\n");
+    }
 
     #[test]
     fn events_are_measured_across_chunks_and_line_endings() {
