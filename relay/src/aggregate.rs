@@ -12,7 +12,6 @@
 //! produce `list_changed` notifications on the GET stream.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Body;
@@ -30,12 +29,12 @@ use crate::auth::Principal;
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Kind};
 use crate::mcp_endpoint as endpoint;
-use crate::router::ClientSession;
+use crate::router::{ClientSession, relay_request_id};
 
 /// Separates prefixes from names in tool and prompt names.
-pub(crate) const SEPARATOR: &str = "__";
+const SEPARATOR: &str = "__";
 /// The scheme of wrapped resource URIs.
-pub(crate) const URI_SCHEME: &str = "outpost://";
+const URI_SCHEME: &str = "outpost://";
 /// How long an upstream may take to answer `initialize` or a list.
 const UPSTREAM_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Pages of one list followed per upstream.
@@ -75,12 +74,6 @@ struct Upstream {
     session: Arc<ClientSession>,
     capabilities: Value,
     instructions: Option<String>,
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn fresh_id() -> String {
-    format!("outpost-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
 // === HTTP ===
@@ -573,11 +566,7 @@ impl Aggregate {
         let mut renamed: Vec<Arc<Upstream>> = kept
             .iter()
             .map(|u| {
-                let prefix = if counts[u.server.as_str()] > 1 {
-                    format!("{}{SEPARATOR}{}", u.agent, u.server)
-                } else {
-                    u.server.clone()
-                };
+                let prefix = prefix_of(&u.agent, &u.server, counts[u.server.as_str()] > 1);
                 if prefix == u.prefix {
                     u.clone()
                 } else {
@@ -632,7 +621,10 @@ impl Aggregate {
                 return None;
             }
         };
-        let answer = match call(&session, "initialize", self.init.clone()).await {
+        let answer = match session
+            .call("initialize", self.init.clone(), UPSTREAM_SETUP_TIMEOUT)
+            .await
+        {
             Ok(answer) => answer,
             Err(err) => {
                 tracing::warn!(agent, server, error = %err, "aggregated session: upstream did not initialize");
@@ -651,7 +643,7 @@ impl Aggregate {
         };
         let initialized =
             Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        let _ = send(&session, initialized).await;
+        let _ = session.send(initialized).await;
         Some(Arc::new(Upstream {
             agent: agent.to_owned(),
             server: server.to_owned(),
@@ -685,7 +677,7 @@ impl Aggregate {
                     if !self.principal.scope.allows_tool(&name) {
                         return None;
                     }
-                    item["name"] = json!(format!("{}{SEPARATOR}{name}", u.prefix));
+                    item["name"] = json!(prefixed(&u.prefix, &name));
                     Some(item.take())
                 })
                 .await
@@ -693,7 +685,7 @@ impl Aggregate {
             "prompts/list" => {
                 self.list(app, "prompts", "prompts", |u, item| {
                     let name = item.get("name").and_then(Value::as_str)?.to_owned();
-                    item["name"] = json!(format!("{}{SEPARATOR}{name}", u.prefix));
+                    item["name"] = json!(prefixed(&u.prefix, &name));
                     Some(item.take())
                 })
                 .await
@@ -717,7 +709,10 @@ impl Aggregate {
             "logging/setLevel" => {
                 for upstream in self.upstreams() {
                     if upstream.capabilities.get("logging").is_some() {
-                        let _ = call(&upstream.session, method, params.clone()).await;
+                        let _ = upstream
+                            .session
+                            .call(method, params.clone(), UPSTREAM_SETUP_TIMEOUT)
+                            .await;
                     }
                 }
                 Ok(json!({}))
@@ -760,7 +755,7 @@ impl Aggregate {
                         Some(cursor) => json!({"cursor": cursor}),
                         None => json!({}),
                     };
-                    match call(&upstream.session, &method, params).await {
+                    match upstream.session.call(&method, params, UPSTREAM_SETUP_TIMEOUT).await {
                         Ok(answer) => {
                             let result = answer.get("result").cloned().unwrap_or_default();
                             if let Some(list) = result.get(field).and_then(Value::as_array) {
@@ -804,13 +799,13 @@ impl Aggregate {
         tx: &mpsc::Sender<Bytes>,
     ) -> Option<Bytes> {
         let target = match method {
-            "tools/call" | "prompts/get" => self.unprefix_field(&mut params, "/name"),
+            "tools/call" | "prompts/get" => find_prefixed(&self.upstreams(), &mut params, "/name"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                self.unwrap_field(&mut params, "/uri")
+                find_wrapped(&self.upstreams(), &mut params, "/uri")
             }
             "completion/complete" => match params.pointer("/ref/type").and_then(Value::as_str) {
-                Some("ref/prompt") => self.unprefix_field(&mut params, "/ref/name"),
-                Some("ref/resource") => self.unwrap_field(&mut params, "/ref/uri"),
+                Some("ref/prompt") => find_prefixed(&self.upstreams(), &mut params, "/ref/name"),
+                Some("ref/resource") => find_wrapped(&self.upstreams(), &mut params, "/ref/uri"),
                 _ => None,
             },
             _ => {
@@ -844,7 +839,7 @@ impl Aggregate {
                 ));
             }
         }
-        let upstream_id = fresh_id();
+        let upstream_id = relay_request_id();
         let message =
             json!({"jsonrpc": "2.0", "id": upstream_id, "method": method, "params": params});
         let raw = Bytes::from(message.to_string());
@@ -937,7 +932,7 @@ impl Aggregate {
         match jsonrpc::classify(&message) {
             Ok(Kind::Request { .. }) => {
                 let mut value: Value = serde_json::from_slice(&message).unwrap_or_default();
-                let id = fresh_id();
+                let id = relay_request_id();
                 let original = value.get("id").cloned().unwrap_or(Value::Null);
                 self.outbound
                     .lock()
@@ -973,7 +968,7 @@ impl Aggregate {
         };
         let mut value: Value = serde_json::from_slice(raw).unwrap_or_default();
         value["id"] = original;
-        let _ = send(&upstream.session, Bytes::from(value.to_string())).await;
+        let _ = upstream.session.send(Bytes::from(value.to_string())).await;
     }
 
     /// Cancellation goes to the upstream of the request it names; other notifications
@@ -987,43 +982,15 @@ impl Aggregate {
                     let mut value: Value = serde_json::from_slice(raw).unwrap_or_default();
                     value["params"]["requestId"] =
                         serde_json::from_str(&upstream_id).unwrap_or(Value::Null);
-                    let _ = send(&upstream.session, Bytes::from(value.to_string())).await;
+                    let _ = upstream.session.send(Bytes::from(value.to_string())).await;
                 }
             }
             _ => {
                 for upstream in self.upstreams() {
-                    let _ = send(&upstream.session, raw.clone()).await;
+                    let _ = upstream.session.send(raw.clone()).await;
                 }
             }
         }
-    }
-
-    /// Finds the upstream a prefixed name at `pointer` belongs to, and restores the name.
-    fn unprefix_field(&self, params: &mut Value, pointer: &str) -> Option<Arc<Upstream>> {
-        let name = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
-        // The longest matching prefix wins: names may themselves contain the separator.
-        let upstream = self
-            .upstreams()
-            .into_iter()
-            .filter(|u| name.starts_with(&format!("{}{SEPARATOR}", u.prefix)))
-            .max_by_key(|u| u.prefix.len())?;
-        let original = name[upstream.prefix.len() + SEPARATOR.len()..].to_owned();
-        *params.pointer_mut(pointer)? = json!(original);
-        Some(upstream)
-    }
-
-    /// Finds the upstream of a wrapped URI at `pointer`, and restores the URI.
-    fn unwrap_field(&self, params: &mut Value, pointer: &str) -> Option<Arc<Upstream>> {
-        let uri = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
-        let rest = uri.strip_prefix(URI_SCHEME)?;
-        let (agent, rest) = rest.split_once('/')?;
-        let (server, original) = rest.split_once('/')?;
-        let upstream = self
-            .upstreams()
-            .into_iter()
-            .find(|u| u.agent == agent && u.server == server)?;
-        *params.pointer_mut(pointer)? = json!(original);
-        Some(upstream)
     }
 
     fn routes_lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<Upstream>, String)>> {
@@ -1052,7 +1019,83 @@ pub(crate) fn targets(app: &App, principal: &Principal) -> Vec<(String, String)>
 }
 
 fn wrap_uri(upstream: &Upstream, uri: &str) -> String {
-    format!("{URI_SCHEME}{}/{}/{uri}", upstream.agent, upstream.server)
+    wrap(&upstream.agent, &upstream.server, uri)
+}
+
+// === naming, shared with the 2026-era aggregate ===
+
+/// A server reachable through `/mcp`, as far as its names go.
+pub(crate) trait Named {
+    fn agent(&self) -> &str;
+    fn server(&self) -> &str;
+    /// `server`, or `agent__server` when the server's name is not unique.
+    fn prefix(&self) -> &str;
+}
+
+impl Named for Arc<Upstream> {
+    fn agent(&self) -> &str {
+        &self.agent
+    }
+    fn server(&self) -> &str {
+        &self.server
+    }
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// The prefix of `server` on `agent`: the agent's name joins it when `repeated`.
+pub(crate) fn prefix_of(agent: &str, server: &str, repeated: bool) -> String {
+    if repeated {
+        format!("{agent}{SEPARATOR}{server}")
+    } else {
+        server.to_owned()
+    }
+}
+
+/// A tool or prompt name as `/mcp` shows it.
+pub(crate) fn prefixed(prefix: &str, name: &str) -> String {
+    format!("{prefix}{SEPARATOR}{name}")
+}
+
+/// `uri` of `server` on `agent`, as `/mcp` names it.
+pub(crate) fn wrap(agent: &str, server: &str, uri: &str) -> String {
+    format!("{URI_SCHEME}{agent}/{server}/{uri}")
+}
+
+/// The item a prefixed name at `pointer` belongs to, and the name restored in `params`.
+/// The longest matching prefix wins: names may themselves contain the separator.
+pub(crate) fn find_prefixed<T: Named + Clone>(
+    items: &[T],
+    params: &mut Value,
+    pointer: &str,
+) -> Option<T> {
+    let name = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
+    let item = items
+        .iter()
+        .filter(|i| name.starts_with(&format!("{}{SEPARATOR}", i.prefix())))
+        .max_by_key(|i| i.prefix().len())?
+        .clone();
+    *params.pointer_mut(pointer)? = json!(name[item.prefix().len() + SEPARATOR.len()..]);
+    Some(item)
+}
+
+/// The item a wrapped URI at `pointer` belongs to, and the URI restored in `params`.
+pub(crate) fn find_wrapped<T: Named + Clone>(
+    items: &[T],
+    params: &mut Value,
+    pointer: &str,
+) -> Option<T> {
+    let uri = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
+    let rest = uri.strip_prefix(URI_SCHEME)?;
+    let (agent, rest) = rest.split_once('/')?;
+    let (server, original) = rest.split_once('/')?;
+    let item = items
+        .iter()
+        .find(|i| i.agent() == agent && i.server() == server)?
+        .clone();
+    *params.pointer_mut(pointer)? = json!(original);
+    Some(item)
 }
 
 fn answer(id: &Value, result: Result<Value, (i64, String)>) -> Bytes {
@@ -1069,45 +1112,6 @@ fn error_answer(id: &Value, err: &RelayError) -> Bytes {
     let correlation = CorrelationId::new();
     err.log(&correlation, &"aggregated call");
     Bytes::from(err.to_jsonrpc(Some(id), &correlation).to_string())
-}
-
-/// Sends one request on an upstream session and waits for its answer.
-async fn call(session: &ClientSession, method: &str, params: Value) -> Result<Value, RelayError> {
-    let id = fresh_id();
-    let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-    let raw = Bytes::from(message.to_string());
-    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
-    let id_text = format!("\"{id}\"");
-    let submission = session
-        .submit(vec![(raw, kind)], false)
-        .await?
-        .ok_or(RelayError::Internal)?;
-    let mut pending: Vec<Bytes> = submission.initial;
-    let mut messages = submission.messages;
-    let deadline = Instant::now() + UPSTREAM_SETUP_TIMEOUT;
-    loop {
-        let message = match pending.pop() {
-            Some(message) => message,
-            None => match tokio::time::timeout_at(deadline, messages.recv()).await {
-                Ok(Some(message)) => message,
-                Ok(None) => return Err(RelayError::SessionClosed),
-                Err(_) => {
-                    let _ = session.expire_post(submission.post);
-                    return Err(RelayError::Timeout);
-                }
-            },
-        };
-        if matches!(jsonrpc::classify(&message), Ok(Kind::Response { ref id, .. }) if *id == id_text)
-        {
-            return serde_json::from_slice(&message).map_err(|_| RelayError::Internal);
-        }
-    }
-}
-
-/// Sends a notification or a response upstream.
-async fn send(session: &ClientSession, raw: Bytes) -> Result<(), RelayError> {
-    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
-    session.submit(vec![(raw, kind)], false).await.map(|_| ())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::App;
-use crate::aggregate::{SEPARATOR, URI_SCHEME, targets};
+use crate::aggregate::{Named, find_prefixed, find_wrapped, prefix_of, prefixed, targets, wrap};
 use crate::auth::Principal;
 use crate::bridge_legacy::call_any_era;
 use crate::error::{CorrelationId, RelayError};
@@ -27,6 +27,18 @@ struct Target {
     agent: String,
     server: String,
     prefix: String,
+}
+
+impl Named for Target {
+    fn agent(&self) -> &str {
+        &self.agent
+    }
+    fn server(&self) -> &str {
+        &self.server
+    }
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 /// Serves one stateless request (already checked against its headers) at `/mcp`.
@@ -77,11 +89,7 @@ fn current_targets(app: &App, principal: &Principal) -> Vec<Target> {
             Target {
                 agent: agent.clone(),
                 server: server.clone(),
-                prefix: if repeated {
-                    format!("{agent}{SEPARATOR}{server}")
-                } else {
-                    server.clone()
-                },
+                prefix: prefix_of(agent, server, repeated),
             }
         })
         .collect()
@@ -113,11 +121,11 @@ async fn serve(
         }
         "tools/call" | "prompts/get" | "resources/read" | "completion/complete" => {
             let routed = match method {
-                "tools/call" | "prompts/get" => unprefix(&targets, &mut params, "/name"),
-                "resources/read" => unwrap(&targets, &mut params, "/uri"),
+                "tools/call" | "prompts/get" => find_prefixed(&targets, &mut params, "/name"),
+                "resources/read" => find_wrapped(&targets, &mut params, "/uri"),
                 _ => match params.pointer("/ref/type").and_then(Value::as_str) {
-                    Some("ref/prompt") => unprefix(&targets, &mut params, "/ref/name"),
-                    Some("ref/resource") => unwrap(&targets, &mut params, "/ref/uri"),
+                    Some("ref/prompt") => find_prefixed(&targets, &mut params, "/ref/name"),
+                    Some("ref/resource") => find_wrapped(&targets, &mut params, "/ref/uri"),
                     _ => None,
                 },
             };
@@ -147,7 +155,7 @@ async fn serve(
             {
                 for content in contents {
                     if let Some(uri) = content.get("uri").and_then(Value::as_str) {
-                        content["uri"] = json!(wrap(&target, uri));
+                        content["uri"] = json!(wrap_target(&target, uri));
                     }
                 }
             }
@@ -261,19 +269,19 @@ async fn list(
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .filter(|name| field != "tools" || principal.scope.allows_tool(name))
-                    .map(|name| item["name"] = json!(format!("{}{SEPARATOR}{name}", target.prefix)))
+                    .map(|name| item["name"] = json!(prefixed(&target.prefix, &name)))
                     .is_some(),
                 "resources" => item
                     .get("uri")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .map(|uri| item["uri"] = json!(wrap(target, &uri)))
+                    .map(|uri| item["uri"] = json!(wrap_target(target, &uri)))
                     .is_some(),
                 _ => item
                     .get("uriTemplate")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .map(|t| item["uriTemplate"] = json!(wrap(target, &t)))
+                    .map(|t| item["uriTemplate"] = json!(wrap_target(target, &t)))
                     .is_some(),
             };
             if renamed {
@@ -290,32 +298,6 @@ async fn list(
     }))
 }
 
-fn wrap(target: &Target, uri: &str) -> String {
-    format!("{URI_SCHEME}{}/{}/{uri}", target.agent, target.server)
-}
-
-/// The target a prefixed name at `pointer` belongs to (longest prefix), name restored.
-fn unprefix(targets: &[Target], params: &mut Value, pointer: &str) -> Option<Target> {
-    let name = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
-    let target = targets
-        .iter()
-        .filter(|t| name.starts_with(&format!("{}{SEPARATOR}", t.prefix)))
-        .max_by_key(|t| t.prefix.len())?
-        .clone();
-    *params.pointer_mut(pointer)? = json!(name[target.prefix.len() + SEPARATOR.len()..]);
-    Some(target)
-}
-
-/// The target of a wrapped URI at `pointer`, URI restored.
-fn unwrap(targets: &[Target], params: &mut Value, pointer: &str) -> Option<Target> {
-    let uri = params.pointer(pointer).and_then(Value::as_str)?.to_owned();
-    let rest = uri.strip_prefix(URI_SCHEME)?;
-    let (agent, rest) = rest.split_once('/')?;
-    let (server, original) = rest.split_once('/')?;
-    let target = targets
-        .iter()
-        .find(|t| t.agent == agent && t.server == server)?
-        .clone();
-    *params.pointer_mut(pointer)? = json!(original);
-    Some(target)
+fn wrap_target(target: &Target, uri: &str) -> String {
+    wrap(&target.agent, &target.server, uri)
 }

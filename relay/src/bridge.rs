@@ -11,7 +11,6 @@
 //! [`ClientSession`] the client initialized (`router.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::response::{IntoResponse, Response};
@@ -26,7 +25,7 @@ use crate::App;
 use crate::error::{CorrelationId, RelayError};
 use crate::jsonrpc::{self, Kind};
 use crate::mcp_endpoint as endpoint;
-use crate::router::{ClientSession, OneShot};
+use crate::router::{ClientSession, OneShot, relay_request_id};
 
 /// The stateless revision the relay speaks to upstreams it bridges.
 const MODERN: &str = "2026-07-28";
@@ -61,12 +60,6 @@ pub(crate) struct Bridge {
     awaiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// Client request id -> what stops its upstream request, for cancellation.
     in_flight: Mutex<HashMap<String, CancellationToken>>,
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn fresh_id() -> String {
-    format!("outpost-bridge-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Bridges {
@@ -310,7 +303,7 @@ impl Bridge {
         request: &Value,
         tx: &mpsc::Sender<Bytes>,
     ) -> Result<Value, RelayError> {
-        let id = fresh_id();
+        let id = relay_request_id();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.awaiting_lock().insert(format!("\"{id}\""), reply_tx);
         let message = json!({
@@ -432,7 +425,7 @@ pub(crate) async fn one_shot_request(
     tx: &mpsc::Sender<Bytes>,
     stop: &CancellationToken,
 ) -> Result<Value, RelayError> {
-    let id = fresh_id();
+    let id = relay_request_id();
     let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
     let raw = Bytes::from(message.to_string());
     let mut headers = HeaderMap::new();

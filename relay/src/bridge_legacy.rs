@@ -14,7 +14,6 @@
 //! closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::response::Response;
@@ -29,7 +28,7 @@ use crate::auth::Principal;
 use crate::error::{CorrelationId, RelayError};
 use crate::jsonrpc::{self, Kind};
 use crate::mcp_endpoint as endpoint;
-use crate::router::{ClientSession, OneShot};
+use crate::router::{ClientSession, OneShot, relay_request_id};
 
 const MODERN: &str = "2026-07-28";
 /// The revision the relay speaks to 2025-era upstreams.
@@ -89,12 +88,6 @@ struct Held {
     until: Instant,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn fresh_id() -> String {
-    format!("outpost-legacy-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
-}
-
 impl LegacyBridge {
     /// The era of `agent`/`server` for `principal`'s organisation: learned, or asked now.
     pub(crate) async fn era(
@@ -143,26 +136,22 @@ impl LegacyBridge {
 /// or none within the setup timeout, a 2025 one. `None` when the upstream could not be
 /// reached at all.
 async fn probe(app: &Arc<App>, principal: &Principal, agent: &str, server: &str) -> Option<Era> {
-    let message = json!({
-        "jsonrpc": "2.0",
-        "id": fresh_id(),
-        "method": "server/discover",
-        "params": {"_meta": {
-            META_VERSION: MODERN,
-            META_CAPABILITIES: {},
-            META_CLIENT_INFO: {"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")},
-        }},
-    });
+    let params = json!({"_meta": {
+        META_VERSION: MODERN,
+        META_CAPABILITIES: {},
+        META_CLIENT_INFO: {"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")},
+    }});
     let mut headers = HeaderMap::new();
     headers.insert("mcp-protocol-version", HeaderValue::from_static(MODERN));
     headers.insert("mcp-method", HeaderValue::from_static("server/discover"));
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers).ok()?;
     let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
-    let answer = match tokio::time::timeout(SETUP_TIMEOUT, call(&session, message)).await {
-        Ok(answer) => answer.ok()?,
+    let answer = match session.call("server/discover", params, SETUP_TIMEOUT).await {
+        Ok(answer) => answer,
         // Some 2025 servers never answer a request that comes before `initialize`; a 2026
         // server must answer `server/discover`.
-        Err(_) => return Some(Era::Legacy),
+        Err(RelayError::Timeout) => return Some(Era::Legacy),
+        Err(_) => return None,
     };
     let modern = answer
         .pointer("/result/supportedVersions")
@@ -303,7 +292,7 @@ async fn serve(
                 None => json!({"jsonrpc": "2.0", "id": upstream_request,
                     "error": {"code": -32602, "message": "the client gave no input for this request"}}),
             };
-            send(&held.session, Bytes::from(reply.to_string())).await?;
+            held.session.send(Bytes::from(reply.to_string())).await?;
         }
         return follow(app, held, tx).await;
     }
@@ -314,36 +303,31 @@ async fn serve(
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
     let one_shot = OneShot::new(app.sessions.clone(), session.clone());
     let initialize = json!({
-        "jsonrpc": "2.0",
-        "id": fresh_id(),
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LEGACY,
-            "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),
-            "clientInfo": meta.get(META_CLIENT_INFO).cloned()
-                .unwrap_or_else(|| json!({"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")})),
-        },
+        "protocolVersion": LEGACY,
+        "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),
+        "clientInfo": meta.get(META_CLIENT_INFO).cloned()
+            .unwrap_or_else(|| json!({"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")})),
     });
-    let initialized = tokio::time::timeout(SETUP_TIMEOUT, call(&session, initialize))
-        .await
-        .map_err(|_| RelayError::Timeout)??;
+    let initialized = session
+        .call("initialize", initialize, SETUP_TIMEOUT)
+        .await?;
     let Some(init) = initialized.get("result").cloned() else {
         return Err(upstream_error(&initialized));
     };
-    send(
-        &session,
-        Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-    )
-    .await?;
+    session
+        .send(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ))
+        .await?;
     if let Some(level) = meta.get(META_LOG_LEVEL)
         && init
             .get("capabilities")
             .and_then(|c| c.get("logging"))
             .is_some()
     {
-        let set = json!({"jsonrpc": "2.0", "id": fresh_id(), "method": "logging/setLevel",
-            "params": {"level": level}});
-        let _ = tokio::time::timeout(SETUP_TIMEOUT, call(&session, set)).await;
+        let _ = session
+            .call("logging/setLevel", json!({"level": level}), SETUP_TIMEOUT)
+            .await;
     }
     if method == "server/discover" {
         let mut result = json!({
@@ -373,7 +357,7 @@ async fn serve(
             params.remove("_meta");
         }
     }
-    let upstream_id = fresh_id();
+    let upstream_id = relay_request_id();
     let message = json!({"jsonrpc": "2.0", "id": upstream_id, "method": method, "params": params});
     let raw = Bytes::from(message.to_string());
     let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
@@ -490,35 +474,4 @@ fn upstream_error(answer: &Value) -> Refusal {
         .unwrap_or("the upstream refused the request")
         .to_owned();
     Refusal::Rpc(code, text)
-}
-
-/// Sends one request on a session and waits for its answer.
-async fn call(session: &ClientSession, message: Value) -> Result<Value, RelayError> {
-    let id = message
-        .get("id")
-        .map(Value::to_string)
-        .ok_or(RelayError::Internal)?;
-    let raw = Bytes::from(message.to_string());
-    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
-    let submission = session
-        .submit(vec![(raw, kind)], false)
-        .await?
-        .ok_or(RelayError::Internal)?;
-    let mut pending = submission.initial;
-    let mut messages = submission.messages;
-    loop {
-        let message = match pending.pop() {
-            Some(message) => message,
-            None => messages.recv().await.ok_or(RelayError::SessionClosed)?,
-        };
-        if matches!(jsonrpc::classify(&message), Ok(Kind::Response { id: ref got, .. }) if *got == id)
-        {
-            return serde_json::from_slice(&message).map_err(|_| RelayError::Internal);
-        }
-    }
-}
-
-async fn send(session: &ClientSession, raw: Bytes) -> Result<(), RelayError> {
-    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
-    session.submit(vec![(raw, kind)], false).await.map(|_| ())
 }

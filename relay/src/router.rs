@@ -477,6 +477,52 @@ impl ClientSession {
         Ok(rx)
     }
 
+    /// Sends a request of the relay's own (a bridge's or the aggregate's) and waits up to
+    /// `within` for its answer, which is returned whole (a result or an error).
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        within: std::time::Duration,
+    ) -> Result<Value, RelayError> {
+        let id = relay_request_id();
+        let message =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let raw = Bytes::from(message.to_string());
+        let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+        let id_text = format!("\"{id}\"");
+        let submission = self
+            .submit(vec![(raw, kind)], false)
+            .await?
+            .ok_or(RelayError::Internal)?;
+        let mut pending = submission.initial;
+        let mut messages = submission.messages;
+        let deadline = Instant::now() + within;
+        loop {
+            let message = match pending.pop() {
+                Some(message) => message,
+                None => match tokio::time::timeout_at(deadline, messages.recv()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return Err(RelayError::SessionClosed),
+                    Err(_) => {
+                        let _ = self.expire_post(submission.post);
+                        return Err(RelayError::Timeout);
+                    }
+                },
+            };
+            if matches!(jsonrpc::classify(&message), Ok(Kind::Response { ref id, .. }) if *id == id_text)
+            {
+                return serde_json::from_slice(&message).map_err(|_| RelayError::Internal);
+            }
+        }
+    }
+
+    /// Sends a notification or a response of the relay's own.
+    pub(crate) async fn send(&self, raw: Bytes) -> Result<(), RelayError> {
+        let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+        self.submit(vec![(raw, kind)], false).await.map(|_| ())
+    }
+
     /// Whether the session has ended.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled() || self.lock().ended.is_some()
@@ -684,6 +730,13 @@ impl ClientSession {
         // Critical sections do no I/O and leave the state consistent between statements.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// An id for a request the relay itself sends upstream (bridges, the aggregate): unique in
+/// the process, so it never meets a client's id in the same session.
+pub(crate) fn relay_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("outpost-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn request_id(kind: &Kind) -> Option<&String> {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Process, TestRelay, tools_dir, workspace_root};
+use crate::{Process, TestRelay, agent, relay, tools_dir, workspace_root};
 
 /// Node 22, which the suites' CLI needs.
 pub fn node22() -> PathBuf {
@@ -129,4 +129,55 @@ pub async fn run_suite(subcommand: &str, url: &str) -> anyhow::Result<SuiteRun> 
         summary,
         output,
     })
+}
+
+/// Runs `scripts/conformance.sh SUBCOMMAND` against `target` (a script of the workspace)
+/// directly, in HTTP mode, and then through the relay: the same script behind an agent,
+/// over stdio or over Streamable HTTP, reached at `/mcp/site/conf` through [`InjectAuth`].
+/// The relay's `Origin` allow-list names the proxy's origin, so the suites'
+/// DNS-rebinding scenario meets the relay's own check. Returns (directly, through).
+pub async fn direct_and_through_relay(
+    target: &str,
+    subcommand: &str,
+    over_stdio: bool,
+) -> anyhow::Result<(SuiteRun, SuiteRun)> {
+    let direct_target = Target::start(target).await?;
+    let direct = run_suite(subcommand, &direct_target.url).await?;
+    anyhow::ensure!(direct.code == Some(0), "directly:\n{}", direct.output);
+
+    let port = free_port()?;
+    let origins = [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ];
+    let origins: Vec<&str> = origins.iter().map(String::as_str).collect();
+    let relay = relay().allow(&[], &origins).spawn().await?;
+    let script = workspace_root().join(target);
+    let (builder, _http_target) = if over_stdio {
+        let node = node22();
+        let builder = agent(&relay, "site").stdio(
+            "conf",
+            node.to_str().unwrap(),
+            &[script.to_str().unwrap(), "--stdio"],
+            &[],
+        );
+        (builder, None)
+    } else {
+        let http_target = Target::start(target).await?;
+        (
+            agent(&relay, "site").http("conf", &http_target.url),
+            Some(http_target),
+        )
+    };
+    let agent = builder.spawn().await?;
+    let key = relay.client_key().await?;
+    let proxy = InjectAuth::start(&relay, &key, port).await?;
+    let through = run_suite(subcommand, &format!("{}/mcp/site/conf", proxy.base)).await?;
+    println!(
+        "directly: {}\nthrough the relay: {}",
+        direct.summary, through.summary
+    );
+    agent.stop().await;
+    relay.stop().await;
+    Ok((direct, through))
 }

@@ -6,46 +6,13 @@
 //! allow-list names the proxy's origin, so the suite's DNS-rebinding scenario meets the
 //! relay's own check.
 
-use outpost_test_support::conformance::{InjectAuth, Target, free_port, node22, run_suite};
-use outpost_test_support::{agent, relay, workspace_root};
+use outpost_test_support::conformance::direct_and_through_relay;
 
 const TARGET: &str = "tests/conformance/server-2025.mjs";
 
 async fn through_relay(over_stdio: bool) -> anyhow::Result<()> {
-    let direct_target = Target::start(TARGET).await?;
-    let direct = run_suite("run-2025", &direct_target.url).await?;
-    assert_eq!(direct.code, Some(0), "directly:\n{}", direct.output);
+    let (direct, through) = direct_and_through_relay(TARGET, "run-2025", over_stdio).await?;
     assert!(direct.summary.contains("failed=0"), "{}", direct.summary);
-
-    let port = free_port()?;
-    let origins = [
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-    ];
-    let origins: Vec<&str> = origins.iter().map(String::as_str).collect();
-    let relay = relay().allow(&[], &origins).spawn().await?;
-    let script = workspace_root().join(TARGET);
-    let (builder, _http_target) = if over_stdio {
-        let node = node22();
-        let builder = agent(&relay, "site").stdio(
-            "conf",
-            node.to_str().unwrap(),
-            &[script.to_str().unwrap(), "--stdio"],
-            &[],
-        );
-        (builder, None)
-    } else {
-        let target = Target::start(TARGET).await?;
-        (
-            agent(&relay, "site").http("conf", &target.url),
-            Some(target),
-        )
-    };
-    let agent = builder.spawn().await?;
-    let key = relay.client_key().await?;
-    let proxy = InjectAuth::start(&relay, &key, port).await?;
-
-    let through = run_suite("run-2025", &format!("{}/mcp/site/conf", proxy.base)).await?;
     assert_eq!(
         through.code,
         Some(0),
@@ -57,12 +24,6 @@ async fn through_relay(over_stdio: bool) -> anyhow::Result<()> {
         "the same result as directly:\n{}",
         through.output
     );
-    println!(
-        "directly: {}\nthrough the relay: {}",
-        direct.summary, through.summary
-    );
-    agent.stop().await;
-    relay.stop().await;
     Ok(())
 }
 

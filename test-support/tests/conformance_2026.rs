@@ -4,54 +4,12 @@
 //! the target `tests/conformance-2026/server-2026.mjs` behind the agent, compared with the
 //! same suite against the target directly.
 
-use outpost_test_support::conformance::{
-    InjectAuth, SuiteRun, Target, free_port, node22, run_suite,
-};
-use outpost_test_support::{agent, relay, workspace_root};
+use outpost_test_support::conformance::{SuiteRun, direct_and_through_relay};
 
 const TARGET: &str = "tests/conformance-2026/server-2026.mjs";
 
 async fn through_relay(over_stdio: bool, subcommand: &str) -> anyhow::Result<(SuiteRun, SuiteRun)> {
-    let direct_target = Target::start(TARGET).await?;
-    let direct = run_suite(subcommand, &direct_target.url).await?;
-    assert_eq!(direct.code, Some(0), "directly:\n{}", direct.output);
-
-    let port = free_port()?;
-    let origins = [
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-    ];
-    let origins: Vec<&str> = origins.iter().map(String::as_str).collect();
-    let relay = relay().allow(&[], &origins).spawn().await?;
-    let script = workspace_root().join(TARGET);
-    let (builder, _http_target) = if over_stdio {
-        let node = node22();
-        let builder = agent(&relay, "site").stdio(
-            "conf",
-            node.to_str().unwrap(),
-            &[script.to_str().unwrap(), "--stdio"],
-            &[],
-        );
-        (builder, None)
-    } else {
-        let target = Target::start(TARGET).await?;
-        (
-            agent(&relay, "site").http("conf", &target.url),
-            Some(target),
-        )
-    };
-    let agent = builder.spawn().await?;
-    let key = relay.client_key().await?;
-    let proxy = InjectAuth::start(&relay, &key, port).await?;
-
-    let through = run_suite(subcommand, &format!("{}/mcp/site/conf", proxy.base)).await?;
-    println!(
-        "directly: {}\nthrough the relay: {}",
-        direct.summary, through.summary
-    );
-    agent.stop().await;
-    relay.stop().await;
-    Ok((direct, through))
+    direct_and_through_relay(TARGET, subcommand, over_stdio).await
 }
 
 /// The scenarios a run failed.
