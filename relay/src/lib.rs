@@ -20,6 +20,7 @@ pub mod control;
 pub mod error;
 pub mod guard;
 mod jsonrpc;
+mod listen;
 mod mcp_endpoint;
 mod metrics;
 mod router;
