@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod aggregate;
+mod aggregate_listen;
 mod aggregate_modern;
 pub mod audit;
 pub mod auth;
