@@ -3,7 +3,8 @@
 //! 2026 server passed through) and the relay's own list changes. The client hears the
 //! update of a resource it named by its wrapped URI, with the URI wrapped, and
 //! `notifications/tools/list_changed` when a third agent connects and when it disconnects.
-//! `server/discover` says so; an unknown wrapped URI or a bad filter is -32602.
+//! `server/discover` says so; an unknown wrapped URI or a bad filter is -32602. When the
+//! client goes, the upstream listens end with it (the agent has nothing left in flight).
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ async fn a_2026_client_hears_agents_come_and_go_and_wrapped_updates() -> anyhow:
     let alpha = agent(&relay, "alpha")
         .conformance_2025("conf")
         .http("modern", &modern.url)
+        .shutdown_grace(Duration::from_secs(30))
         .spawn()
         .await?;
     let key = relay.client_key().await?;
@@ -81,8 +83,11 @@ async fn a_2026_client_hears_agents_come_and_go_and_wrapped_updates() -> anyhow:
         .next_of(TOOLS_CHANGED, Duration::from_secs(15))
         .await?;
 
+    // The client goes: every upstream listen ends with it, so the agent has nothing left
+    // in flight and stops at once instead of waiting out its grace period.
     listen.stop().await?;
-    alpha.stop().await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), alpha.stop()).await;
+    assert!(stopped.is_ok(), "an upstream listen outlived its client");
     drop(modern);
     relay.stop().await;
     Ok(())
