@@ -91,7 +91,7 @@ pub(crate) async fn serve<T: Named + Clone + Send + Sync + 'static>(
 
     // The acknowledgement, once every upstream has acknowledged (or ended, or is late).
     let mut waiting: HashSet<String> = running.keys().cloned().collect();
-    let mut honored_uris = Vec::new();
+    let mut honored_uris = HashSet::new();
     let mut early = Vec::new();
     let ack_by = tokio::time::Instant::now() + ACK_WAIT;
     while !waiting.is_empty() {
@@ -120,7 +120,13 @@ pub(crate) async fn serve<T: Named + Clone + Send + Sync + 'static>(
         }
     }
     let honored = Filter {
-        uris: honored_uris,
+        // In the order the client asked for them.
+        uris: filter
+            .uris
+            .iter()
+            .filter(|uri| honored_uris.contains(*uri))
+            .cloned()
+            .collect(),
         ..filter.clone()
     };
     if tx

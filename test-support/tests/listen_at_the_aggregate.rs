@@ -3,7 +3,8 @@
 //! 2026 server passed through) and the relay's own list changes. The client hears the
 //! update of a resource it named by its wrapped URI, with the URI wrapped, and
 //! `notifications/tools/list_changed` when a third agent connects and when it disconnects.
-//! `server/discover` says so; an unknown wrapped URI or a bad filter is -32602. When the
+//! The 2026 server's own tool list change and resource update pass too. `server/discover`
+//! says so; an unknown wrapped URI or a bad filter is -32602. When the
 //! client goes, the upstream listens end with it (the agent has nothing left in flight).
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use outpost_test_support::{McpClient, agent, relay};
 use serde_json::json;
 
 const WATCHED: &str = "outpost://alpha/conf/test://watched-resource";
+const MODERN_WATCHED: &str = "outpost://alpha/modern/test://watched-resource";
 const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,10 +64,40 @@ async fn a_2026_client_hears_agents_come_and_go_and_wrapped_updates() -> anyhow:
     let bad = raw_listen(&relay, &key, &url, json!({"resourceSubscriptions": "all"})).await?;
     assert_eq!(bad.error_code(), Some(-32602), "{:?}", bad.messages);
 
-    let filter = json!({"toolsListChanged": true, "resourceSubscriptions": [WATCHED]});
+    let filter = json!({"toolsListChanged": true,
+        "resourceSubscriptions": [WATCHED, MODERN_WATCHED]});
     let (mut listen, acked) = ListenClient::open(&relay, &key, &url, &filter).await?;
     assert_eq!(acked, filter);
     listen.update_of(WATCHED).await?;
+
+    // The 2026 server's own changes, through its passed-through listen.
+    let tools = McpClient::new(relay.http_client(), url.clone(), &key);
+    let call = |tool: &'static str| {
+        let body = json!({"jsonrpc": "2.0", "id": tool, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}}}});
+        let tools = tools.clone();
+        async move {
+            tools
+                .post_raw(
+                    body.to_string().into_bytes(),
+                    &[
+                        ("mcp-protocol-version", "2026-07-28"),
+                        ("mcp-method", "tools/call"),
+                        ("mcp-name", tool),
+                    ],
+                )
+                .await?
+                .result()
+        }
+    };
+    call("modern__test_trigger_tool_change").await?;
+    listen
+        .next_of(TOOLS_CHANGED, Duration::from_secs(15))
+        .await?;
+    call("modern__test_trigger_resource_change").await?;
+    listen.update_of(MODERN_WATCHED).await?;
 
     let gamma = agent(&relay, "gamma")
         .server_everything("extra")
