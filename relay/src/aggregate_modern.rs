@@ -3,6 +3,7 @@
 //! the upstreams it concerns, each reached statelessly whatever its era (passed through to
 //! a 2026 server, bridged to a 2025 one, `bridge_legacy.rs`). Multi Round-Trip Requests
 //! pass through: the retry names the same tool, so it is routed to the same upstream.
+//! `subscriptions/listen` is served by `aggregate_listen.rs`.
 
 use std::sync::Arc;
 
@@ -14,9 +15,9 @@ use tokio::sync::mpsc;
 use crate::App;
 use crate::aggregate::{Named, find_prefixed, find_wrapped, prefix_of, prefixed, targets, wrap};
 use crate::auth::Principal;
-use crate::bridge_legacy::call_any_era;
+use crate::bridge_legacy::{answer_message, call_any_era};
 use crate::error::{CorrelationId, RelayError};
-use crate::mcp_endpoint as endpoint;
+use crate::mcp_endpoint::{self as endpoint, LISTEN_METHOD};
 
 /// Pages of one list followed per upstream.
 const MAX_PAGES: usize = 50;
@@ -59,6 +60,9 @@ pub(crate) async fn handle(
         .unwrap_or("")
         .to_owned();
     let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+    if method == LISTEN_METHOD {
+        return listen(app, principal, client_id, params, streaming).await;
+    }
     let (tx, rx) = mpsc::channel(64);
     let app_task = app.clone();
     app.tasks.spawn(async move {
@@ -75,6 +79,42 @@ pub(crate) async fn handle(
                 err.to_jsonrpc(Some(&client_id), &correlation)
             }
         };
+        let _ = tx.send(Bytes::from(message.to_string())).await;
+    });
+    endpoint::stateless_answer(app, rx, streaming).await
+}
+
+/// A listen stream at `/mcp` (`aggregate_listen.rs`), under the key's cap on listen
+/// streams rather than its in-flight calls.
+async fn listen(
+    app: &Arc<App>,
+    principal: Principal,
+    client_id: Value,
+    params: Value,
+    streaming: bool,
+) -> Response {
+    let slot = match app.guard.admit_listen(&principal.key_id.0) {
+        Ok(slot) => slot,
+        Err(limited) => {
+            return endpoint::refuse_requests(
+                &endpoint::limited_error(app, &limited),
+                &[client_id],
+                &CorrelationId::new(),
+            );
+        }
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let app_task = app.clone();
+    app.tasks.spawn(async move {
+        let app = app_task;
+        let _slot = slot;
+        let answer = if streaming {
+            let targets = || current_targets(&app, &principal);
+            crate::aggregate_listen::serve(&app, &principal, targets, &client_id, params, &tx).await
+        } else {
+            Err(crate::listen::needs_stream())
+        };
+        let message = answer_message(&client_id, LISTEN_METHOD, answer);
         let _ = tx.send(Bytes::from(message.to_string())).await;
     });
     endpoint::stateless_answer(app, rx, streaming).await
@@ -192,10 +232,22 @@ async fn discover(
         .collect();
     let has = |name: &str| capabilities.iter().any(|c| c.get(name).is_some());
     let mut merged = serde_json::Map::new();
-    for name in ["tools", "prompts", "resources", "completions"] {
+    for name in ["tools", "prompts", "resources"] {
         if has(name) {
-            merged.insert(name.to_owned(), json!({}));
+            // The relay itself tells a listening client when the reachable servers change,
+            // and passes on the upstreams' own list changes.
+            merged.insert(name.to_owned(), json!({"listChanged": true}));
         }
+    }
+    if capabilities
+        .iter()
+        .any(|c| c.pointer("/resources/subscribe") == Some(&json!(true)))
+        && let Some(resources) = merged.get_mut("resources")
+    {
+        resources["subscribe"] = json!(true);
+    }
+    if has("completions") {
+        merged.insert("completions".to_owned(), json!({}));
     }
     result(json!({
         "resultType": "complete",

@@ -6,6 +6,8 @@
 //! client's `initialize`, the `Mcp-Method`/`Mcp-Name` headers), and a Multi Round-Trip
 //! Request's input requests (`InputRequiredResult`) become ordinary requests to the client
 //! (sampling, elicitation, roots), whose answers go back as `inputResponses`.
+//! `resources/subscribe` is served with a `subscriptions/listen` upstream whose resource
+//! updates reach the client as server-initiated messages (the GET stream).
 //!
 //! Owns the bridged sessions; the session id, its key and its expiry stay with the
 //! [`ClientSession`] the client initialized (`router.rs`).
@@ -38,6 +40,12 @@ const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const MAX_ROUNDS: usize = 8;
 /// How long `server/discover` may take when a session is bridged.
 const DISCOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a `resources/subscribe` waits for the upstream listen's acknowledgement.
+const LISTEN_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The least time between two upstream listens of one session, when the upstream ends one.
+const RELISTEN_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+/// The 2026 era's request for change notifications.
+const LISTEN: &str = endpoint::LISTEN_METHOD;
 /// Messages buffered for one POST's response.
 const CHANNEL_DEPTH: usize = 64;
 
@@ -60,6 +68,11 @@ pub(crate) struct Bridge {
     awaiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// Client request id -> what stops its upstream request, for cancellation.
     in_flight: Mutex<HashMap<String, CancellationToken>>,
+    /// URIs the client subscribed to with `resources/subscribe`.
+    subscriptions: Mutex<Vec<String>>,
+    /// Ends the upstream `subscriptions/listen` that carries their updates (when dropped:
+    /// replaced by the next one, or with the bridge).
+    listen: Mutex<Option<tokio_util::sync::DropGuard>>,
 }
 
 impl Bridges {
@@ -113,6 +126,8 @@ pub(crate) async fn bridge_if_modern(
         log_level: Mutex::new(None),
         awaiting: Mutex::default(),
         in_flight: Mutex::default(),
+        subscriptions: Mutex::default(),
+        listen: Mutex::default(),
     });
     let (tx, _rx) = mpsc::channel(CHANNEL_DEPTH);
     let discovered = tokio::time::timeout(
@@ -236,7 +251,7 @@ pub(crate) async fn handle(
 impl Bridge {
     /// Answers one client request: locally for what the 2026 era removed, else upstream.
     async fn request(
-        &self,
+        self: &Arc<Self>,
         app: &Arc<App>,
         id: &str,
         method: &str,
@@ -253,6 +268,25 @@ impl Bridge {
                 return Ok(json!({"jsonrpc": "2.0", "result": {}}));
             }
             "initialize" => return Err(RelayError::InvalidRequest("the session is initialized")),
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+                    return Ok(json!({"jsonrpc": "2.0", "error": {"code": -32602,
+                        "message": "Invalid params: uri is required"}}));
+                };
+                let uris = {
+                    let mut subscriptions = self
+                        .subscriptions
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    subscriptions.retain(|u| u != uri);
+                    if method == "resources/subscribe" {
+                        subscriptions.push(uri.to_owned());
+                    }
+                    subscriptions.clone()
+                };
+                self.relisten(app, uris).await;
+                return Ok(json!({"jsonrpc": "2.0", "result": {}}));
+            }
             _ => {}
         }
         let mut params = params;
@@ -294,6 +328,70 @@ impl Bridge {
         Err(RelayError::InvalidRequest(
             "the upstream asked for input too many times",
         ))
+    }
+
+    /// Replaces the upstream `subscriptions/listen` with one for `uris` (none: no listen),
+    /// and waits (up to [`LISTEN_ACK_TIMEOUT`]) for its acknowledgement, so that an update
+    /// right after the client's subscription reaches it. Its resource updates go to the
+    /// client as server-initiated messages (the GET stream). It lasts until replaced, or
+    /// the session ends; one the upstream ends is opened again, at most once a second.
+    async fn relisten(self: &Arc<Self>, app: &Arc<App>, uris: Vec<String>) {
+        let stop = CancellationToken::new();
+        let previous = self
+            .listen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(stop.clone().drop_guard());
+        drop(previous);
+        if uris.is_empty() {
+            return;
+        }
+        let (acked_tx, acked) = oneshot::channel::<()>();
+        let (bridge, app_task) = (Arc::downgrade(self), app.clone());
+        let anchor = self.anchor.clone();
+        app.tasks.spawn(async move {
+            let app = &app_task;
+            let mut acked_tx = Some(acked_tx);
+            loop {
+                let Some(this) = bridge.upgrade() else { return };
+                let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+                let params = json!({"notifications": {"resourceSubscriptions": uris}});
+                let listen = async move {
+                    let _ = this.stateless(app, LISTEN, params, &tx, None).await;
+                };
+                let pass = async {
+                    while let Some(message) = rx.recv().await {
+                        let Some((method, mut params)) = crate::listen::notification(&message)
+                        else {
+                            continue;
+                        };
+                        if method == "notifications/subscriptions/acknowledged" {
+                            if let Some(acked) = acked_tx.take() {
+                                let _ = acked.send(());
+                            }
+                            continue;
+                        }
+                        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+                            meta.remove(crate::listen::SUBSCRIPTION_ID);
+                        }
+                        let note = json!({"jsonrpc": "2.0", "method": method, "params": params});
+                        anchor.push(Bytes::from(note.to_string()));
+                    }
+                };
+                let next_try = Instant::now() + RELISTEN_SPACING;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = anchor.closed() => return,
+                    _ = async { tokio::join!(listen, pass) } => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = anchor.closed() => return,
+                    _ = tokio::time::sleep_until(next_try) => {}
+                }
+            }
+        });
+        let _ = tokio::time::timeout(LISTEN_ACK_TIMEOUT, acked).await;
     }
 
     /// Sends one input request to the client on the POST's stream and waits for its answer.

@@ -169,6 +169,7 @@ pub(crate) async fn handle(
     server: &str,
     raw: &Bytes,
     streaming: bool,
+    slots: Vec<crate::guard::Slot>,
 ) -> Response {
     let message: Value = serde_json::from_slice(raw).unwrap_or_default();
     let client_id = message.get("id").cloned().unwrap_or(Value::Null);
@@ -182,23 +183,41 @@ pub(crate) async fn handle(
     let (app_task, agent, server) = (app.clone(), agent.to_owned(), server.to_owned());
     app.tasks.spawn(async move {
         let app = app_task;
-        let answer = serve(&app, &principal, &agent, &server, &method, params, &tx).await;
-        let message = match answer {
-            Ok(result) => {
-                json!({"jsonrpc": "2.0", "id": client_id, "result": finish(&method, result)})
-            }
-            Err(Refusal::Rpc(code, text)) => {
-                json!({"jsonrpc": "2.0", "id": client_id, "error": {"code": code, "message": text}})
-            }
-            Err(Refusal::Relay(err)) => {
-                let correlation = CorrelationId::new();
-                err.log(&correlation, &"bridged call to a 2025-era upstream");
-                err.to_jsonrpc(Some(&client_id), &correlation)
-            }
+        // The request's in-flight (or listen) slots, held until it is answered.
+        let _slots = slots;
+        let answer = if method != endpoint::LISTEN_METHOD {
+            serve(&app, &principal, &agent, &server, &method, params, &tx).await
+        } else if !streaming {
+            Err(crate::listen::needs_stream())
+        } else {
+            crate::listen::bridged(&app, &principal, &agent, &server, &client_id, params, &tx).await
         };
+        let message = answer_message(&client_id, &method, answer);
         let _ = tx.send(Bytes::from(message.to_string())).await;
     });
     endpoint::stateless_answer(app, rx, streaming).await
+}
+
+/// The answer to the client's request `client_id`: the result as the 2026 era has it, or
+/// the error.
+pub(crate) fn answer_message(
+    client_id: &Value,
+    method: &str,
+    answer: Result<Value, Refusal>,
+) -> Value {
+    match answer {
+        Ok(result) => {
+            json!({"jsonrpc": "2.0", "id": client_id, "result": finish(method, result)})
+        }
+        Err(Refusal::Rpc(code, text)) => {
+            json!({"jsonrpc": "2.0", "id": client_id, "error": {"code": code, "message": text}})
+        }
+        Err(Refusal::Relay(err)) => {
+            let correlation = CorrelationId::new();
+            err.log(&correlation, &"bridged request");
+            err.to_jsonrpc(Some(client_id), &correlation)
+        }
+    }
 }
 
 /// Adds what the 2026 era requires of a result: `resultType`, and on lists and reads the
@@ -250,7 +269,7 @@ pub(crate) async fn call_any_era(
 }
 
 /// Why a bridged request failed.
-enum Refusal {
+pub(crate) enum Refusal {
     /// An error the upstream (or the era's rules) gives, passed on.
     Rpc(i64, String),
     /// The relay's own.
@@ -297,38 +316,8 @@ async fn serve(
         return follow(app, held, tx).await;
     }
 
-    // A session of its own with the upstream, as the client would have opened it.
-    let mut headers = HeaderMap::new();
-    headers.insert("mcp-protocol-version", HeaderValue::from_static(LEGACY));
-    let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
-    let one_shot = OneShot::new(app.sessions.clone(), session.clone());
-    let initialize = json!({
-        "protocolVersion": LEGACY,
-        "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),
-        "clientInfo": meta.get(META_CLIENT_INFO).cloned()
-            .unwrap_or_else(|| json!({"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")})),
-    });
-    let initialized = session
-        .call("initialize", initialize, SETUP_TIMEOUT)
-        .await?;
-    let Some(init) = initialized.get("result").cloned() else {
-        return Err(upstream_error(&initialized));
-    };
-    session
-        .send(Bytes::from_static(
-            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        ))
-        .await?;
-    if let Some(level) = meta.get(META_LOG_LEVEL)
-        && init
-            .get("capabilities")
-            .and_then(|c| c.get("logging"))
-            .is_some()
-    {
-        let _ = session
-            .call("logging/setLevel", json!({"level": level}), SETUP_TIMEOUT)
-            .await;
-    }
+    let (session, one_shot, init) =
+        open_legacy_session(app, principal, agent, server, &meta).await?;
     if method == "server/discover" {
         let mut result = json!({
             "supportedVersions": [MODERN],
@@ -390,6 +379,51 @@ async fn serve(
         until: Instant::now() + app.config.limits.call_timeout,
     };
     follow(app, held, tx).await
+}
+
+/// A session of the relay's own with a 2025-era upstream, as the client of the stateless
+/// request (`meta` is its `_meta`) would have opened it: `initialize` with its capabilities
+/// and info, `notifications/initialized`, and its log level where the server has logging.
+/// Returns the session, the guard that ends it, and the server's `initialize` result.
+pub(crate) async fn open_legacy_session(
+    app: &Arc<App>,
+    principal: &Principal,
+    agent: &str,
+    server: &str,
+    meta: &Value,
+) -> Result<(Arc<ClientSession>, OneShot, Value), Refusal> {
+    let mut headers = HeaderMap::new();
+    headers.insert("mcp-protocol-version", HeaderValue::from_static(LEGACY));
+    let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
+    let one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let initialize = json!({
+        "protocolVersion": LEGACY,
+        "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),
+        "clientInfo": meta.get(META_CLIENT_INFO).cloned()
+            .unwrap_or_else(|| json!({"name": "outpost-relay", "version": env!("CARGO_PKG_VERSION")})),
+    });
+    let initialized = session
+        .call("initialize", initialize, SETUP_TIMEOUT)
+        .await?;
+    let Some(init) = initialized.get("result").cloned() else {
+        return Err(upstream_error(&initialized));
+    };
+    session
+        .send(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ))
+        .await?;
+    if let Some(level) = meta.get(META_LOG_LEVEL)
+        && init
+            .get("capabilities")
+            .and_then(|c| c.get("logging"))
+            .is_some()
+    {
+        let _ = session
+            .call("logging/setLevel", json!({"level": level}), SETUP_TIMEOUT)
+            .await;
+    }
+    Ok((session, one_shot, init))
 }
 
 /// Reads a call's messages: notifications go to the client, the answer ends it, and

@@ -66,6 +66,9 @@ pub struct RateLimits {
     pub max_in_flight_per_key: usize,
     /// Calls in flight per agent, over all keys.
     pub max_in_flight_per_agent: usize,
+    /// `subscriptions/listen` streams open per key at once. They do not count as calls in
+    /// flight (they stay open as long as the client wants).
+    pub max_listen_streams_per_key: usize,
     /// Failed authentications per source address and minute before its failures are
     /// answered slowly (with 429).
     pub failures_per_minute: u64,
@@ -483,6 +486,7 @@ impl Default for RateLimits {
             tool_burst: DEFAULT_TOOL_BURST,
             max_in_flight_per_key: DEFAULT_IN_FLIGHT_PER_KEY,
             max_in_flight_per_agent: DEFAULT_IN_FLIGHT_PER_AGENT,
+            max_listen_streams_per_key: DEFAULT_LISTEN_STREAMS_PER_KEY,
             failures_per_minute: DEFAULT_FAILURES_PER_MINUTE,
             failure_tarpit: DEFAULT_FAILURE_TARPIT,
             max_tracked: DEFAULT_MAX_TRACKED,
@@ -571,6 +575,7 @@ const DEFAULT_TOOL_RATE: u32 = 100;
 const DEFAULT_TOOL_BURST: u32 = 200;
 const DEFAULT_IN_FLIGHT_PER_KEY: usize = 64;
 const DEFAULT_IN_FLIGHT_PER_AGENT: usize = 512;
+const DEFAULT_LISTEN_STREAMS_PER_KEY: usize = 16;
 const DEFAULT_FAILURES_PER_MINUTE: u64 = 30;
 const DEFAULT_FAILURE_TARPIT: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_TRACKED: usize = 100_000;

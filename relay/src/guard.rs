@@ -23,6 +23,10 @@ pub struct Guard {
     buckets: Mutex<HashMap<BucketKey, Bucket>>,
     in_flight_keys: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     in_flight_agents: Mutex<HashMap<(String, String), Arc<AtomicUsize>>>,
+    /// Open `subscriptions/listen` streams per key.
+    listen_keys: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Open `subscriptions/listen` streams over the relay, for the metric.
+    listen_total: Arc<AtomicUsize>,
     failures: Mutex<HashMap<String, Failures>>,
 }
 
@@ -111,6 +115,8 @@ impl Guard {
             buckets: Mutex::default(),
             in_flight_keys: Mutex::default(),
             in_flight_agents: Mutex::default(),
+            listen_keys: Mutex::default(),
+            listen_total: Arc::default(),
             failures: Mutex::default(),
         }
     }
@@ -174,6 +180,34 @@ impl Guard {
         Ok(Slot {
             counters: [key, agent],
         })
+    }
+
+    /// Takes a slot for one open `subscriptions/listen` stream of the key, or refuses. A
+    /// listen stream stays open as long as its client wants, so it holds this slot instead
+    /// of an in-flight call slot, which it would hold forever.
+    pub fn admit_listen(&self, key_id: &str) -> Result<Slot, Limited> {
+        let refused = Limited::Concurrency {
+            retry_after: Duration::from_secs(1),
+            scope: "listen",
+        };
+        let key = counter(
+            &self.listen_keys,
+            key_id.to_owned(),
+            self.settings.max_tracked,
+        )
+        .ok_or(refused.clone())?;
+        if !try_increment(&key, self.settings.max_listen_streams_per_key) {
+            return Err(refused);
+        }
+        self.listen_total.fetch_add(1, Ordering::AcqRel);
+        Ok(Slot {
+            counters: [key, self.listen_total.clone()],
+        })
+    }
+
+    /// `subscriptions/listen` streams open now, over the relay.
+    pub fn listen_streams(&self) -> usize {
+        self.listen_total.load(Ordering::Acquire)
     }
 
     /// Notes a failed authentication from `source`; returns the delay to answer it with
@@ -310,10 +344,28 @@ mod tests {
             tool_burst: 2,
             max_in_flight_per_key: 2,
             max_in_flight_per_agent: 3,
+            max_listen_streams_per_key: 1,
             failures_per_minute: 2,
             failure_tarpit: Duration::from_millis(500),
             max_tracked: 4,
         }
+    }
+
+    #[test]
+    fn listen_streams_are_capped_per_key_and_not_as_calls() {
+        let guard = Guard::new(settings());
+        let open = guard.admit_listen("k").unwrap();
+        assert_eq!(guard.admit_listen("k").unwrap_err().retry_after_secs(), 1);
+        guard.admit_listen("other").unwrap();
+        // Calls in flight are another budget.
+        let _calls = [
+            guard.admit_call("k", "o", "a").unwrap(),
+            guard.admit_call("k", "o", "a").unwrap(),
+        ];
+        assert_eq!(guard.listen_streams(), 1);
+        drop(open);
+        assert_eq!(guard.listen_streams(), 0);
+        guard.admit_listen("k").unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod aggregate;
+mod aggregate_listen;
 mod aggregate_modern;
 pub mod audit;
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod control;
 pub mod error;
 pub mod guard;
 mod jsonrpc;
+mod listen;
 mod mcp_endpoint;
 mod metrics;
 mod router;

@@ -213,22 +213,33 @@ async fn handle_post(
         if method == "tools/list" && principal.scope.limits_tools() {
             tool_lists.insert(id.clone());
         }
-        if !matches!(method.as_str(), "initialize" | "ping") {
-            match app
-                .guard
-                .admit_call(&principal.key_id.0, &principal.org_id, agent)
-            {
-                Ok(slot) => slots.push(slot),
-                Err(limited) => {
-                    return Ok(refuse_requests(
-                        &limited_error(app, &limited),
-                        &requests,
-                        correlation,
-                    ));
-                }
+        let admitted = if method == LISTEN_METHOD {
+            // A listen stream stays open as long as its client wants: it takes a listen
+            // slot of the key, not an in-flight call slot it would hold forever.
+            Some(app.guard.admit_listen(&principal.key_id.0))
+        } else if !matches!(method.as_str(), "initialize" | "ping") {
+            Some(
+                app.guard
+                    .admit_call(&principal.key_id.0, &principal.org_id, agent),
+            )
+        } else {
+            None
+        };
+        match admitted {
+            Some(Ok(slot)) => slots.push(slot),
+            Some(Err(limited)) => {
+                return Ok(refuse_requests(
+                    &limited_error(app, &limited),
+                    &requests,
+                    correlation,
+                ));
             }
+            None => {}
         }
     }
+    let listening = messages
+        .iter()
+        .any(|(_, kind)| matches!(kind, Kind::Request { method, .. } if method == LISTEN_METHOD));
     let scope = principal.scope.clone();
     let rotation = rotation_headers(&principal);
     let filter = move |message: Bytes| -> Bytes {
@@ -257,14 +268,14 @@ async fn handle_post(
             && app.legacy.era(app, &principal, agent, server).await
                 == crate::bridge_legacy::Era::Legacy =>
         {
-            drop(slots);
             let Some((raw, Kind::Request { .. })) = messages.first() else {
                 // A notification to a bridged 2025 upstream has no session to reach.
                 return Ok(StatusCode::ACCEPTED.into_response());
             };
-            return Ok(
-                crate::bridge_legacy::handle(app, principal, agent, server, raw, streaming).await,
-            );
+            return Ok(crate::bridge_legacy::handle(
+                app, principal, agent, server, raw, streaming, slots,
+            )
+            .await);
         }
         None if stateless => match open_session(app, principal, agent, server, headers) {
             Ok(session) => {
@@ -388,7 +399,8 @@ async fn handle_post(
             initial: initial.into_iter().map(&filter).collect(),
             messages,
             keepalive: keepalive(app),
-            deadline: Some((deadline, post)),
+            // A listen stream has no answer to wait for: it lasts while the client stays.
+            deadline: (!listening).then_some((deadline, post)),
             session,
             stop: CancellationToken::new(),
             get_stream: false,
@@ -1101,6 +1113,8 @@ pub(crate) const STATELESS_PROTOCOL_VERSIONS: [&str; 1] = ["2026-07-28"];
 /// The 2026-era headers that repeat the body's method and target name.
 const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
+/// The 2026 era's request for change notifications, answered by a long-lived stream.
+pub(crate) const LISTEN_METHOD: &str = "subscriptions/listen";
 /// The session header of MCP Streamable HTTP.
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
 /// Headers of MCP 2026-07-28 that carry tool arguments marked `x-mcp-header`.

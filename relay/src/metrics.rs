@@ -28,6 +28,7 @@ pub(crate) struct RelayMetrics {
     latency: Histogram,
     agents: Gauge,
     sessions: Gauge,
+    listen_streams: Gauge,
     usage_dropped: Gauge,
     audit_dropped: Gauge,
 }
@@ -60,7 +61,7 @@ impl RelayMetrics {
         let limited = Family::<ScopeLabel, Counter>::default();
         registry.register(
             "rate_limited",
-            "Requests refused by a rate limit or in-flight cap, by scope (key, tool, agent)",
+            "Requests refused by a rate limit or in-flight cap, by scope (key, tool, agent, listen)",
             limited.clone(),
         );
         let calls = Family::<StatusLabel, Counter>::default();
@@ -89,6 +90,13 @@ impl RelayMetrics {
             "Client MCP sessions open",
             sessions.clone(),
         );
+        let listen_streams = Gauge::default();
+        registry.register(
+            "listen_streams",
+            "subscriptions/listen streams open (2026-era clients); refusals over \
+             rate_limits.max_listen_streams_per_key count in rate_limited{scope=\"listen\"}",
+            listen_streams.clone(),
+        );
         let usage_dropped = Gauge::default();
         registry.register(
             "usage_events_dropped",
@@ -109,6 +117,7 @@ impl RelayMetrics {
             latency,
             agents,
             sessions,
+            listen_streams,
             usage_dropped,
             audit_dropped,
         }
@@ -149,6 +158,9 @@ async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
     metrics
         .sessions
         .set(i64::try_from(app.sessions.len()).unwrap_or(i64::MAX));
+    metrics
+        .listen_streams
+        .set(i64::try_from(app.guard.listen_streams()).unwrap_or(i64::MAX));
     metrics.usage_dropped.set(
         i64::try_from(
             app.usage

@@ -517,6 +517,16 @@ impl ClientSession {
         }
     }
 
+    /// Sends a message of the relay's own to the client as a server-initiated one: on the
+    /// GET stream, else the newest streaming POST, else the backlog.
+    pub(crate) fn push(&self, message: Outbound) {
+        let target = route_elsewhere(&mut self.lock(), message.clone());
+        if let Some(tx) = target {
+            // A full stream drops it, as for the upstream's own messages.
+            let _ = tx.try_send(message);
+        }
+    }
+
     /// Sends a notification or a response of the relay's own.
     pub(crate) async fn send(&self, raw: Bytes) -> Result<(), RelayError> {
         let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;

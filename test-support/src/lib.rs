@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 pub mod conformance;
+pub mod listen;
 mod mcp_server;
 mod process;
 
@@ -124,6 +125,12 @@ pub struct TestRelay {
 }
 
 impl RelayBuilder {
+    /// Sets how many `subscriptions/listen` streams a key may hold open.
+    pub fn max_listen_streams_per_key(mut self, max: usize) -> Self {
+        self.rate_limits.max_listen_streams_per_key = max;
+        self
+    }
+
     /// Sets the call timeout.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.limits.call_timeout = timeout;
@@ -619,6 +626,15 @@ impl AgentBuilder {
         let script = script.to_string_lossy().into_owned();
         let node = node.to_string_lossy().into_owned();
         self.stdio(name, &node, &[&script, "stdio"], &[])
+    }
+
+    /// Adds the 2025-era conformance target `tests/conformance/server-2025.mjs` over stdio
+    /// (its `test://watched-resource` sends an update right after a subscription).
+    pub fn conformance_2025(self, name: &str) -> Self {
+        let node = conformance::node22().to_string_lossy().into_owned();
+        let script = workspace_root().join("tests/conformance/server-2025.mjs");
+        let script = script.to_string_lossy().into_owned();
+        self.stdio(name, &node, &[&script, "--stdio"], &[])
     }
 
     /// Adds a Streamable HTTP server.

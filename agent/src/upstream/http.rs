@@ -97,11 +97,16 @@ pub(super) async fn serve(
             continue;
         }
         if !initialized {
-            // The first exchange (initialize) completes before anything else is sent, so
-            // every later message carries the session id the server may assign.
-            bridge.clone().exchange(message).await;
             initialized = true;
-            continue;
+            if super::calls::method(&message).as_deref() == Some("initialize") {
+                // The first exchange (initialize) completes before anything else is sent,
+                // so every later message carries the session id the server may assign.
+                bridge.clone().exchange(message).await;
+                continue;
+            }
+            // A stateless request (2026 era) opens no session: it runs like any other, so
+            // the stream's end (its client went away) still stops it. A listen stream
+            // would otherwise hold the upstream request open until the upstream ends it.
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
