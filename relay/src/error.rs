@@ -52,6 +52,13 @@ pub enum RelayError {
     /// The relay holds as many sessions as it may.
     #[error("too many sessions")]
     TooManySessions,
+    /// A `Last-Event-ID` that is not an event id this relay issues.
+    #[error("bad request: Last-Event-ID is not an event id of this relay")]
+    LastEventIdInvalid,
+    /// A `Last-Event-ID` this session cannot resume from: another session's, a stream
+    /// already answered and delivered, or one whose later events were evicted.
+    #[error("cannot resume: the Last-Event-ID is {0}")]
+    LastEventIdNotFound(&'static str),
     /// A GET stream is already open for this session.
     #[error("a GET stream is already open for this session")]
     StreamConflict,
@@ -171,7 +178,10 @@ impl RelayError {
             RelayError::BodyTooLarge(_) | RelayError::MessageTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            RelayError::SessionNotFound => StatusCode::NOT_FOUND,
+            RelayError::SessionNotFound | RelayError::LastEventIdNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            RelayError::LastEventIdInvalid => StatusCode::BAD_REQUEST,
             RelayError::StreamConflict => StatusCode::CONFLICT,
             RelayError::SessionClosed => StatusCode::NOT_FOUND,
             RelayError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
