@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 pub mod conformance;
+mod cut_proxy;
 mod mcp_server;
 mod process;
 
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use certs::Certs;
 pub use client::{McpClient, McpResponse};
+pub use cut_proxy::CutProxy;
 pub use mcp_server::HttpMcpServer;
 pub use process::Process;
 
@@ -127,6 +129,13 @@ impl RelayBuilder {
     /// Sets the call timeout.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.limits.call_timeout = timeout;
+        self
+    }
+
+    /// Sets what each session keeps for `Last-Event-ID` resumption.
+    pub fn replay_limits(mut self, events: usize, bytes: usize) -> Self {
+        self.limits.replay_events_per_session = events;
+        self.limits.replay_bytes_per_session = bytes;
         self
     }
 
