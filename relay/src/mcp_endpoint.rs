@@ -926,6 +926,17 @@ impl SseStream {
     }
 }
 
+impl Drop for SseStream {
+    /// A client that closes its connection as soon as it has the answer (the Python SDK
+    /// does) may drop the response before it sees the channel close: if everything was
+    /// handed over by then, the stream counts as delivered all the same.
+    fn drop(&mut self) {
+        if self.initial.is_empty() && self.messages.is_closed() && self.messages.is_empty() {
+            self.delivered();
+        }
+    }
+}
+
 fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         if let Some(prelude) = s.prelude.take() {

@@ -143,6 +143,11 @@ impl ReplayBuffer {
             self.bytes -= old.body.len();
             if let Some(cursor) = self.streams.get_mut(&old.stream) {
                 cursor.evicted = cursor.evicted.max(old.seq);
+                // A complete stream with nothing left cannot be resumed: forget it, so
+                // streams whose responses were never seen to end do not pile up.
+                if cursor.finished && cursor.evicted == cursor.last {
+                    self.streams.remove(&old.stream);
+                }
             }
         }
         self.bytes += body.len();
@@ -355,6 +360,12 @@ mod tests {
         replay.release(post);
         assert!(!replay.holds(post));
         assert_eq!(replay.kept_bytes(), 0);
+        // A complete stream whose events were all evicted is forgotten.
+        let old = StreamName::Post(2);
+        replay.push(old, Bytes::from_static(b"abcd"));
+        replay.finish(old);
+        replay.push(StreamName::Get, Bytes::from(vec![0u8; 10]));
+        assert!(!replay.holds(old));
     }
 
     #[tokio::test(start_paused = true)]
