@@ -61,8 +61,17 @@ pub(crate) async fn get(
             return Err(RelayError::NotAcceptable);
         }
         if let Some(last) = headers.get(LAST_EVENT_ID_HEADER) {
-            let last = last.to_str().map_err(|_| RelayError::LastEventIdInvalid)?;
-            let resumed = session.resume(last)?;
+            let resumed = last
+                .to_str()
+                .map_err(|_| RelayError::LastEventIdInvalid)
+                .and_then(|last| session.resume(last));
+            app.metrics.resumption(match &resumed {
+                Ok(_) => "resumed",
+                Err(RelayError::LastEventIdEvicted) => "evicted",
+                Err(RelayError::LastEventIdInvalid) => "invalid",
+                Err(_) => "unknown",
+            });
+            let resumed = resumed?;
             let filter = scope_filter(&principal, None);
             let get_stream = resumed.stream == StreamName::Get;
             let stream = SseStream {

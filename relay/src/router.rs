@@ -1033,10 +1033,8 @@ impl From<crate::replay::ReplayError> for RelayError {
     fn from(err: crate::replay::ReplayError) -> Self {
         match err {
             crate::replay::ReplayError::Malformed => RelayError::LastEventIdInvalid,
-            crate::replay::ReplayError::Evicted => {
-                RelayError::LastEventIdNotFound("too old: the events after it were evicted")
-            }
-            _ => RelayError::LastEventIdNotFound("unknown in this session"),
+            crate::replay::ReplayError::Evicted => RelayError::LastEventIdEvicted,
+            _ => RelayError::LastEventIdUnknown,
         }
     }
 }

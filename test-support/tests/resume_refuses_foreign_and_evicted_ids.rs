@@ -3,7 +3,7 @@
 //! what came after it on that stream. An id of another session gets 404, as does one
 //! sent with another key (the session is not found for it); an id the relay never issued
 //! gets 400; an id whose later events were evicted from the buffer (here held to three
-//! events) gets 404 saying it is too old.
+//! events) gets 404 saying it is too old. Each outcome is counted in the metrics.
 
 use outpost_test_support::{McpResponse, agent, relay};
 use serde_json::json;
@@ -67,6 +67,24 @@ async fn resumption_stays_in_its_session_and_its_buffer() -> anyhow::Result<()> 
         400,
         "Last-Event-ID",
     );
+
+    // Operators see why resumptions fail (the intruder's never reached a session).
+    let metrics = relay
+        .http_client()
+        .get(format!("http://{}/metrics", relay.metrics_addr.unwrap()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for (result, count) in [
+        ("resumed", 1),
+        ("evicted", 1),
+        ("unknown", 1),
+        ("invalid", 1),
+    ] {
+        let line = format!("outpost_relay_stream_resumptions_total{{result=\"{result}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 
     agent.stop().await;
     relay.stop().await;
