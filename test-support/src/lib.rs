@@ -276,6 +276,20 @@ impl TestRelay {
         format!("https://localhost:{}", self.addr.port())
     }
 
+    /// The text of its Prometheus `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics_addr
+            .ok_or_else(|| anyhow::anyhow!("the relay serves no metrics"))?;
+        Ok(self
+            .http_client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// The MCP endpoint of one server of one agent.
     pub fn mcp_url(&self, agent: &str, server: &str) -> String {
         format!("{}/mcp/{agent}/{server}", self.base_url())

@@ -69,13 +69,7 @@ async fn resumption_stays_in_its_session_and_its_buffer() -> anyhow::Result<()> 
     );
 
     // Operators see why resumptions fail (the intruder's never reached a session).
-    let metrics = relay
-        .http_client()
-        .get(format!("http://{}/metrics", relay.metrics_addr.unwrap()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = relay.metrics().await?;
     for (result, count) in [
         ("resumed", 1),
         ("evicted", 1),
