@@ -413,7 +413,7 @@ async fn follow(
                         _ = stop.cancelled() => return,
                         message = messages.recv() => {
                             let Some(message) = message else { return };
-                            let message = aggregate.for_client(&upstream, message);
+                            let message = aggregate.for_client(&upstream, message.body);
                             if tx.send(message).await.is_err() {
                                 return;
                             }
@@ -876,9 +876,9 @@ impl Aggregate {
         let result = loop {
             let next = match pending.pop_front() {
                 Some(message) => Some(message),
-                None if late => messages.recv().await,
+                None if late => messages.recv().await.map(|m| m.body),
                 None => match tokio::time::timeout_at(deadline, messages.recv()).await {
-                    Ok(message) => message,
+                    Ok(message) => message.map(|m| m.body),
                     Err(_) => {
                         pending.extend(upstream.session.expire_post(submission.post));
                         late = true;

@@ -553,7 +553,7 @@ pub(crate) async fn one_shot_request(
             None => tokio::select! {
                 _ = stop.cancelled() => return Err(RelayError::SessionClosed),
                 next = tokio::time::timeout_at(deadline, messages.recv()) => match next {
-                    Ok(Some(message)) => message,
+                    Ok(Some(message)) => message.body,
                     Ok(None) => return Err(RelayError::SessionClosed),
                     Err(_) => {
                         let _ = session.expire_post(submission.post);

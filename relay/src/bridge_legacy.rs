@@ -363,7 +363,7 @@ async fn serve(
     let mut inner = submission.messages;
     app.tasks.spawn(async move {
         while let Some(message) = inner.recv().await {
-            if fwd_tx.send(message).await.is_err() {
+            if fwd_tx.send(message.body).await.is_err() {
                 return;
             }
         }

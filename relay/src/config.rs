@@ -135,6 +135,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Deepest JSON nesting accepted in a request body; 400 beyond.
     pub max_json_depth: usize,
+    /// Events a 2025-era session keeps in memory for `Last-Event-ID` resumption, over
+    /// all its SSE streams; the oldest is dropped first. 0 keeps none.
+    pub replay_events_per_session: usize,
+    /// Bytes of messages a session keeps for resumption, over all its SSE streams.
+    pub replay_bytes_per_session: usize,
 }
 
 /// Tunnel settings offered to agents in the welcome.
@@ -509,6 +514,8 @@ impl Default for Limits {
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            replay_events_per_session: DEFAULT_REPLAY_EVENTS_PER_SESSION,
+            replay_bytes_per_session: DEFAULT_REPLAY_BYTES_PER_SESSION,
         }
     }
 }
@@ -568,6 +575,8 @@ const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+const DEFAULT_REPLAY_EVENTS_PER_SESSION: usize = 1_024;
+const DEFAULT_REPLAY_BYTES_PER_SESSION: usize = 4 * 1024 * 1024;
 /// The `medium` plan: 100 requests per second.
 const DEFAULT_RATE: u32 = 100;
 const DEFAULT_BURST: u32 = 200;

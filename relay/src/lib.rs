@@ -24,6 +24,7 @@ mod jsonrpc;
 mod listen;
 mod mcp_endpoint;
 mod metrics;
+mod replay;
 mod router;
 pub mod scope;
 mod server;
@@ -167,7 +168,13 @@ impl Relay {
             guard: guard::Guard::new(config.rate_limits.clone()),
             key_touches: std::sync::Mutex::default(),
             metrics: relay_metrics,
-            sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),
+            sessions: Arc::new(SessionRegistry::new(
+                config.limits.max_sessions,
+                replay::ReplayLimits {
+                    events: config.limits.replay_events_per_session,
+                    bytes: config.limits.replay_bytes_per_session,
+                },
+            )),
             aggregates: aggregate::Aggregates::default(),
             bridges: bridge::Bridges::default(),
             legacy: bridge_legacy::LegacyBridge::default(),

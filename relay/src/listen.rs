@@ -242,7 +242,7 @@ pub(crate) async fn bridged(
             _ = tx.closed() => return Ok(closing(id)),
             _ = app.shutdown.cancelled() => return Ok(closing(id)),
             message = messages.recv() => {
-                let Some(message) = message else {
+                let Some(message) = message.map(|outbound| outbound.body) else {
                     return Err(RelayError::SessionClosed.into());
                 };
                 if let Some((method, params)) = notification(&message) {

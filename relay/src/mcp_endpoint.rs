@@ -24,7 +24,8 @@ use crate::App;
 use crate::auth::{self, KeyKind, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
-use crate::router::{ClientSession, OneShot, Submission};
+use crate::replay::StreamName;
+use crate::router::{ClientSession, OneShot, Outbound, Submission};
 
 /// `POST /mcp/{agent}/{server}`
 pub(crate) async fn post(
@@ -44,7 +45,9 @@ pub(crate) async fn post(
     respond(result, &correlation, "POST", &agent, &server)
 }
 
-/// `GET /mcp/{agent}/{server}`: the session's stream of server-initiated messages.
+/// `GET /mcp/{agent}/{server}`: the session's stream of server-initiated messages, or,
+/// with `Last-Event-ID`, the resumption of the session's stream that id names (a POST's
+/// or the GET stream): what it missed, then what comes next.
 pub(crate) async fn get(
     State(app): State<Arc<App>>,
     Path((agent, server)): Path<(String, String)>,
@@ -53,11 +56,53 @@ pub(crate) async fn get(
 ) -> Response {
     let correlation = CorrelationId::new();
     let result = async {
-        let (_, session) = existing_session(&app, &agent, &server, &headers, peer).await?;
+        let (principal, session) = existing_session(&app, &agent, &server, &headers, peer).await?;
         if !accepts(&headers, "text/event-stream") {
             return Err(RelayError::NotAcceptable);
         }
-        let messages = session.attach_get_stream()?;
+        if let Some(last) = headers.get(LAST_EVENT_ID_HEADER) {
+            let resumed = last
+                .to_str()
+                .map_err(|_| RelayError::LastEventIdInvalid)
+                .and_then(|last| session.resume(last));
+            app.metrics.resumption(match &resumed {
+                Ok(_) => "resumed",
+                Err(RelayError::LastEventIdEvicted) => "evicted",
+                Err(RelayError::LastEventIdInvalid) => "invalid",
+                Err(_) => "unknown",
+            });
+            let resumed = resumed?;
+            let filter = scope_filter(&principal, None);
+            let get_stream = resumed.stream == StreamName::Get;
+            let stream = SseStream {
+                initial: resumed
+                    .replay
+                    .into_iter()
+                    .map(|out| Outbound {
+                        body: filter(out.body),
+                        ..out
+                    })
+                    .collect(),
+                messages: resumed.messages,
+                keepalive: keepalive(&app),
+                deadline: resumed.deadline,
+                session: session.clone(),
+                // A resumed POST stream, like the POST's own, ends with its answers.
+                stop: if get_stream {
+                    app.shutdown.clone()
+                } else {
+                    CancellationToken::new()
+                },
+                get_stream,
+                filter: Box::new(filter),
+                resumable: Some(resumed.stream),
+                prelude: None,
+                _slots: Vec::new(),
+                _one_shot: None,
+            };
+            return Ok(sse_response(stream, None));
+        }
+        let (before, messages) = session.attach_resumable_get_stream()?;
         let stream = SseStream {
             initial: VecDeque::new(),
             messages,
@@ -67,6 +112,8 @@ pub(crate) async fn get(
             stop: app.shutdown.clone(),
             get_stream: true,
             filter: Box::new(|message| message),
+            resumable: Some(StreamName::Get),
+            prelude: priming(&headers, &session, StreamName::Get, before),
             _slots: Vec::new(),
             _one_shot: None,
         };
@@ -240,15 +287,8 @@ async fn handle_post(
     let listening = messages
         .iter()
         .any(|(_, kind)| matches!(kind, Kind::Request { method, .. } if method == LISTEN_METHOD));
-    let scope = principal.scope.clone();
     let rotation = rotation_headers(&principal);
-    let filter = move |message: Bytes| -> Bytes {
-        if tool_lists.is_empty() {
-            message
-        } else {
-            filter_tool_list(message, &tool_lists, &scope)
-        }
-    };
+    let filter = scope_filter(&principal, Some(tool_lists));
 
     let mut one_shot = None;
     let (session, created) = match session_id(headers) {
@@ -307,12 +347,21 @@ async fn handle_post(
             })
         })
         .flatten();
+    // A 2025-era SSE response can be resumed with `Last-Event-ID` if the client's
+    // connection breaks; a new session's first answers are read whole, and a stateless
+    // request has no session to resume in.
+    let resumable = streaming && !stateless && !created;
     // Forwarding runs in a task of its own: a client that hangs up mid-request must not
     // cut a message in half on the tunnel (which would end the session).
     let forwarding = {
         let session = session.clone();
-        app.tasks
-            .spawn(async move { session.submit(messages, streaming).await })
+        app.tasks.spawn(async move {
+            if resumable {
+                session.submit_resumable(messages).await
+            } else {
+                session.submit(messages, streaming).await
+            }
+        })
     };
     let submitted = forwarding.await.unwrap_or(Err(RelayError::Internal));
     let submission = match submitted {
@@ -329,7 +378,7 @@ async fn handle_post(
         let mut messages = submission.messages;
         loop {
             match tokio::time::timeout_at(deadline, messages.recv()).await {
-                Ok(Some(message)) => answers.push(message),
+                Ok(Some(message)) => answers.push(message.body),
                 Ok(None) => break,
                 Err(_) => {
                     answers.extend(session.expire_post(submission.post));
@@ -379,6 +428,7 @@ async fn handle_post(
                         .await
                         .ok()
                         .flatten()
+                        .map(|message| message.body)
                 }
             };
             match first {
@@ -395,16 +445,25 @@ async fn handle_post(
                 None => {}
             }
         }
+        let resumable = resumable.then_some(StreamName::Post(post));
         let stream = SseStream {
-            initial: initial.into_iter().map(&filter).collect(),
+            initial: initial
+                .into_iter()
+                .map(|body| Outbound {
+                    seq: None,
+                    body: filter(body),
+                })
+                .collect(),
             messages,
             keepalive: keepalive(app),
             // A listen stream has no answer to wait for: it lasts while the client stays.
             deadline: (!listening).then_some((deadline, post)),
+            prelude: resumable.and_then(|stream| priming(headers, &session, stream, 0)),
             session,
             stop: CancellationToken::new(),
             get_stream: false,
             filter: Box::new(filter),
+            resumable,
             _slots: slots,
             _one_shot: one_shot,
         };
@@ -416,7 +475,7 @@ async fn handle_post(
         let mut messages = submission.messages;
         loop {
             match tokio::time::timeout_at(deadline, messages.recv()).await {
-                Ok(Some(message)) => answers.push(message),
+                Ok(Some(message)) => answers.push(message.body),
                 Ok(None) => break,
                 Err(_) => {
                     answers.extend(session.expire_post(submission.post));
@@ -425,7 +484,7 @@ async fn handle_post(
                     while let Ok(Some(message)) =
                         tokio::time::timeout(LATE_ANSWER_WAIT, messages.recv()).await
                     {
-                        answers.push(message);
+                        answers.push(message.body);
                     }
                     break;
                 }
@@ -608,10 +667,32 @@ pub(crate) fn refuse_requests(
     response
 }
 
-/// Removes tools out of the key's scope from a `tools/list` result it asked for.
+/// What a client's stream passes through for this key: tools out of its scope removed
+/// from the answers to `lists` (the ids of its `tools/list` requests), or, when the ids
+/// are not known (a resumed stream), from any answer that lists tools.
+fn scope_filter(
+    principal: &Principal,
+    lists: Option<std::collections::HashSet<String>>,
+) -> impl Fn(Bytes) -> Bytes + Send + 'static {
+    let scope = principal.scope.clone();
+    let filters = match &lists {
+        Some(lists) => !lists.is_empty(),
+        None => scope.limits_tools(),
+    };
+    move |message: Bytes| -> Bytes {
+        if filters {
+            filter_tool_list(message, lists.as_ref(), &scope)
+        } else {
+            message
+        }
+    }
+}
+
+/// Removes tools out of the key's scope from a `tools/list` result it asked for (any
+/// result that lists tools, when `lists` is `None`).
 fn filter_tool_list(
     message: Bytes,
-    lists: &std::collections::HashSet<String>,
+    lists: Option<&std::collections::HashSet<String>>,
     scope: &crate::scope::Scope,
 ) -> Bytes {
     let Ok(mut value) = serde_json::from_slice::<Value>(&message) else {
@@ -619,7 +700,7 @@ fn filter_tool_list(
     };
     let is_list_answer = value
         .get("id")
-        .map(|id| lists.contains(&id.to_string()))
+        .map(|id| lists.is_none_or(|lists| lists.contains(&id.to_string())))
         .unwrap_or(false);
     if !is_list_answer {
         return message;
@@ -810,8 +891,8 @@ pub(crate) fn json_response(answers: Vec<Bytes>) -> Response {
 /// One SSE response: messages from a channel, keep-alive comments, and for POSTs a
 /// deadline after which unanswered requests get a timeout error.
 struct SseStream {
-    initial: VecDeque<Bytes>,
-    messages: mpsc::Receiver<Bytes>,
+    initial: VecDeque<Outbound>,
+    messages: mpsc::Receiver<Outbound>,
     keepalive: Interval,
     deadline: Option<(Instant, u64)>,
     session: Arc<ClientSession>,
@@ -821,37 +902,97 @@ struct SseStream {
     get_stream: bool,
     /// Applied to each message before it is sent (hides tools out of the key's scope).
     filter: Box<dyn Fn(Bytes) -> Bytes + Send>,
+    /// The session's stream this response carries, when it can be resumed: its events
+    /// get ids, and once it has delivered a complete stream the kept events are released.
+    resumable: Option<StreamName>,
+    /// Sent first: the priming event (an id, no data) of MCP 2025-11-25.
+    prelude: Option<Bytes>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
     /// A stateless request's session, ended with the stream.
     _one_shot: Option<OneShot>,
 }
 
+impl SseStream {
+    /// One message as an SSE event, with its id when the stream is resumable.
+    fn render(&self, message: &Outbound) -> Bytes {
+        let id = message
+            .seq
+            .zip(self.resumable)
+            .map(|(seq, stream)| self.session.event_id(stream, seq));
+        sse_event_with_id(&message.body, id.as_deref())
+    }
+
+    /// A message from the channel: filtered, then rendered.
+    fn render_filtered(&self, message: Outbound) -> Bytes {
+        let body = (self.filter)(message.body);
+        self.render(&Outbound { body, ..message })
+    }
+
+    /// The channel closed: everything the stream had was handed to the connection.
+    fn delivered(&self) {
+        if let Some(stream) = self.resumable {
+            self.session.release_delivered(stream);
+        }
+    }
+
+    async fn next_from_channel(&mut self) -> Option<Bytes> {
+        match self.messages.recv().await {
+            Some(message) => Some(self.render_filtered(message)),
+            None => {
+                self.delivered();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SseStream {
+    /// A client that closes its connection as soon as it has the answer (the Python SDK
+    /// does) may drop the response before it sees the channel close: if everything was
+    /// handed over by then, the stream counts as delivered all the same.
+    fn drop(&mut self) {
+        if self.initial.is_empty() && self.messages.is_closed() && self.messages.is_empty() {
+            self.delivered();
+        }
+    }
+}
+
 fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
     let body = futures_util::stream::unfold(stream, |mut s| async move {
+        if let Some(prelude) = s.prelude.take() {
+            return Some((Ok::<_, std::convert::Infallible>(prelude), s));
+        }
         if let Some(message) = s.initial.pop_front() {
-            return Some((Ok::<_, std::convert::Infallible>(sse_event(&message)), s));
+            let event = s.render(&message);
+            return Some((Ok(event), s));
         }
         let deadline = s.deadline.map(|(at, _)| at);
         tokio::select! {
             biased;
-            message = s.messages.recv() => message.map(|m| (Ok(sse_event(&(s.filter)(m))), s)),
+            message = s.messages.recv() => match message {
+                Some(message) => {
+                    let event = s.render_filtered(message);
+                    Some((Ok(event), s))
+                }
+                None => {
+                    s.delivered();
+                    None
+                }
+            },
             _ = sleep_until_opt(deadline) => {
                 if let Some((_, post)) = s.deadline.take() {
                     // The POST is gone from the session, so its channel closes once any
                     // answer that raced the deadline has been read: the stream ends then.
-                    s.initial.extend(s.session.expire_post(post));
+                    s.initial.extend(s.session.expire_post_events(post));
                 }
                 match s.initial.pop_front() {
-                    Some(message) => Some((Ok(sse_event(&message)), s)),
+                    Some(message) => {
+                        let event = s.render(&message);
+                        Some((Ok(event), s))
+                    }
                     // Nothing expired: the last answer is on its way through the channel.
-                    None => match s.messages.recv().await {
-                        Some(m) => {
-                            let event = sse_event(&(s.filter)(m));
-                            Some((Ok(event), s))
-                        }
-                        None => None,
-                    },
+                    None => s.next_from_channel().await.map(|event| (Ok(event), s)),
                 }
             }
             _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
@@ -969,7 +1110,17 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Frames one message as an SSE `message` event. JSON may contain line breaks only as
 /// whitespace; each line becomes its own `data:` line, which SSE joins back with `\n`.
 pub(crate) fn sse_event(message: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(message.len() + 32);
+    sse_event_with_id(message, None)
+}
+
+/// As [`sse_event`], with an `id:` line when `id` is given.
+fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.len() + 64);
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.as_bytes());
+        buf.put_u8(b'\n');
+    }
     buf.put_slice(b"event: message\n");
     for line in message.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -979,6 +1130,27 @@ pub(crate) fn sse_event(message: &[u8]) -> Bytes {
     }
     buf.put_u8(b'\n');
     buf.freeze()
+}
+
+/// The priming event MCP 2025-11-25 has a server send first on a resumable stream: the
+/// id of the stream's position (`seq`), and no data. Only for clients of that revision
+/// or later; older ones may try to parse the empty data.
+fn priming(
+    headers: &HeaderMap,
+    session: &ClientSession,
+    stream: StreamName,
+    seq: u64,
+) -> Option<Bytes> {
+    let version = headers
+        .get(PROTOCOL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())?;
+    let primes = version >= PRIMING_SINCE
+        && SUPPORTED_PROTOCOL_VERSIONS.contains(&version)
+        && !STATELESS_PROTOCOL_VERSIONS.contains(&version);
+    primes.then(|| {
+        let id = session.event_id(stream, seq);
+        Bytes::from(format!("id: {id}\ndata: \n\n"))
+    })
 }
 
 pub(crate) fn keepalive(app: &App) -> Interval {
@@ -1117,6 +1289,10 @@ const NAME_HEADER: &str = "mcp-name";
 pub(crate) const LISTEN_METHOD: &str = "subscriptions/listen";
 /// The session header of MCP Streamable HTTP.
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+/// The SSE header a client resumes a broken stream with.
+const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+/// The first revision whose clients expect a priming event on a resumable stream.
+const PRIMING_SINCE: &str = "2025-11-25";
 /// Headers of MCP 2026-07-28 that carry tool arguments marked `x-mcp-header`.
 const PARAM_HEADER_PREFIX: &str = "mcp-param-";
 /// Request headers the upstream should see as a direct client would send them.

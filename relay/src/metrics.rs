@@ -31,6 +31,12 @@ pub(crate) struct RelayMetrics {
     listen_streams: Gauge,
     usage_dropped: Gauge,
     audit_dropped: Gauge,
+    resumptions: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,7 +115,14 @@ impl RelayMetrics {
             "Audit events dropped because the queue was full",
             audit_dropped.clone(),
         );
+        let resumptions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "stream_resumptions",
+            "GETs with Last-Event-ID, by result (resumed, unknown, evicted, invalid)",
+            resumptions.clone(),
+        );
         Self {
+            resumptions,
             registry,
             auth_failures,
             limited,
@@ -126,6 +139,13 @@ impl RelayMetrics {
     /// Counts a request refused by a limit.
     pub(crate) fn limited(&self, scope: &'static str) {
         self.limited.get_or_create(&ScopeLabel { scope }).inc();
+    }
+
+    /// Counts a `Last-Event-ID` resumption by its result.
+    pub(crate) fn resumption(&self, result: &'static str) {
+        self.resumptions
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts an answered call.

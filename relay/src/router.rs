@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::auth::{Principal, now_ms};
 use crate::error::{CorrelationId, RelayError};
 use crate::jsonrpc::{self, Kind};
+use crate::replay::{ReplayBuffer, ReplayLimits, StreamName};
 use crate::store::{CallStatus, UsageEvent};
 use crate::usage::UsageRecorder;
 
@@ -30,6 +31,8 @@ use crate::usage::UsageRecorder;
 pub(crate) struct SessionRegistry {
     sessions: Mutex<HashMap<String, Arc<ClientSession>>>,
     max: usize,
+    /// What each session may keep for `Last-Event-ID` resumption.
+    replay: ReplayLimits,
 }
 
 /// One client session: a key talking to one server of one agent.
@@ -55,10 +58,32 @@ pub(crate) struct ClientSession {
     tasks: TaskTracker,
     /// How long a call may take.
     call_timeout: std::time::Duration,
+    /// The random tag of this session's SSE event ids (see `replay.rs`).
+    replay_tag: String,
 }
 
 /// A message from the upstream for the client, as one SSE event's data.
-pub(crate) type Outbound = Bytes;
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    /// Its position in its stream when that stream is resumable: the SSE event's id.
+    pub(crate) seq: Option<u64>,
+    /// The JSON-RPC message.
+    pub(crate) body: Bytes,
+}
+
+/// What a `GET` with `Last-Event-ID` gets: the stream it names, the kept events after
+/// the id, and the channel of the stream's next messages.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// The stream resumed.
+    pub(crate) stream: StreamName,
+    /// Kept events after the id, in order.
+    pub(crate) replay: Vec<Outbound>,
+    /// The stream's messages from now on; closes after a POST's last answer.
+    pub(crate) messages: mpsc::Receiver<Outbound>,
+    /// For a POST still unanswered: when its requests time out, and the POST.
+    pub(crate) deadline: Option<(Instant, u64)>,
+}
 
 /// What a POST gets back from [`ClientSession::submit`]: a channel of messages for its
 /// response, which closes after the last response to its requests.
@@ -67,12 +92,12 @@ pub(crate) struct Submission {
     /// The POST's id within the session.
     pub(crate) post: u64,
     /// Messages to send before those of the channel (errors found while submitting).
-    pub(crate) initial: Vec<Outbound>,
+    pub(crate) initial: Vec<Bytes>,
     /// Messages for this POST's response.
     pub(crate) messages: mpsc::Receiver<Outbound>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Requests awaiting a response, by canonical id.
     pending: HashMap<String, Pending>,
@@ -83,10 +108,12 @@ struct State {
     /// The client's GET stream, if open.
     get_stream: Option<mpsc::Sender<Outbound>>,
     /// Messages for the client that found no open stream.
-    backlog: VecDeque<Outbound>,
+    backlog: VecDeque<Bytes>,
     next_post: u64,
     /// Set once the upstream stream has ended: new requests fail with this.
     ended: Option<EndReason>,
+    /// Events of the resumable streams, for `Last-Event-ID`. Memory only.
+    replay: ReplayBuffer,
 }
 
 #[derive(Debug)]
@@ -159,11 +186,13 @@ impl Drop for OneShot {
 // === impl SessionRegistry ===
 
 impl SessionRegistry {
-    /// An empty registry holding at most `max` sessions.
-    pub(crate) fn new(max: usize) -> Self {
+    /// An empty registry holding at most `max` sessions, each keeping at most `replay`
+    /// for resumption.
+    pub(crate) fn new(max: usize, replay: ReplayLimits) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             max,
+            replay,
         }
     }
 
@@ -187,13 +216,24 @@ impl SessionRegistry {
         let Stream {
             sender, receiver, ..
         } = stream;
+        let replay = ReplayBuffer::new(self.replay);
         let session = Arc::new(ClientSession {
             id: crate::auth::random_id("", 16),
             principal,
             agent: agent.to_owned(),
             server: server.to_owned(),
             sender,
-            state: Mutex::new(State::default()),
+            replay_tag: replay.tag().to_owned(),
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                posts: HashMap::new(),
+                progress: HashMap::new(),
+                get_stream: None,
+                backlog: VecDeque::new(),
+                next_post: 0,
+                ended: None,
+                replay,
+            }),
             last_active: AtomicU64::new(0),
             created: Instant::now(),
             closed: shutdown.child_token(),
@@ -282,6 +322,24 @@ impl ClientSession {
         messages: Vec<(Bytes, Kind)>,
         streaming: bool,
     ) -> Result<Option<Submission>, RelayError> {
+        self.submit_to(messages, streaming, false).await
+    }
+
+    /// As [`Self::submit`] for a client's SSE POST whose stream can be resumed: its
+    /// messages are numbered and kept until they are delivered (see `replay.rs`).
+    pub(crate) async fn submit_resumable(
+        &self,
+        messages: Vec<(Bytes, Kind)>,
+    ) -> Result<Option<Submission>, RelayError> {
+        self.submit_to(messages, true, true).await
+    }
+
+    async fn submit_to(
+        &self,
+        messages: Vec<(Bytes, Kind)>,
+        streaming: bool,
+        resumable: bool,
+    ) -> Result<Option<Submission>, RelayError> {
         self.touch();
         let (submission, messages) = {
             let mut state = self.lock();
@@ -347,6 +405,9 @@ impl ClientSession {
                 }
                 // With nothing to wait for, the channel closes at once (its sender drops).
                 if !fresh.is_empty() {
+                    if resumable {
+                        state.replay.open(StreamName::Post(post));
+                    }
                     state.posts.insert(
                         post,
                         Post {
@@ -379,7 +440,7 @@ impl ClientSession {
                                 CallStatus::Error,
                             )
                             .into_iter()
-                            .map(|(_, body)| body),
+                            .map(|(_, out)| out.body),
                         );
                     }
                     (_, Some(_)) => {}
@@ -405,6 +466,7 @@ impl ClientSession {
             post.open = post.open.saturating_sub(1);
             if post.open == 0 {
                 state.posts.remove(&pending.post);
+                state.replay.finish(StreamName::Post(pending.post));
             }
         }
     }
@@ -412,9 +474,17 @@ impl ClientSession {
     /// Fails a POST's unanswered requests with a timeout, tells the upstream to cancel
     /// them, and returns the error responses for the caller to deliver.
     pub(crate) fn expire_post(&self, post: u64) -> Vec<Bytes> {
+        self.expire_post_events(post)
+            .into_iter()
+            .map(|out| out.body)
+            .collect()
+    }
+
+    /// As [`Self::expire_post`], with the errors' positions in a resumable stream.
+    pub(crate) fn expire_post_events(&self, post: u64) -> Vec<Outbound> {
         let failed = self.fail_post(post, &RelayError::Timeout, CallStatus::Timeout);
         self.cancel_upstream(failed.iter().map(|(id, _)| id.clone()).collect());
-        failed.into_iter().map(|(_, body)| body).collect()
+        failed.into_iter().map(|(_, out)| out).collect()
     }
 
     /// Times out the requests of POSTs whose client went away and whose deadline passed;
@@ -458,8 +528,22 @@ impl ClientSession {
         });
     }
 
-    /// Attaches the client's GET stream. Queued messages are delivered first.
+    /// Attaches a GET stream of the relay's own (the aggregate's), not kept for
+    /// resumption. Queued messages are delivered first.
     pub(crate) fn attach_get_stream(&self) -> Result<mpsc::Receiver<Outbound>, RelayError> {
+        self.attach_get(false).map(|(_, rx)| rx)
+    }
+
+    /// Attaches the client's GET stream, resumable: queued messages come first, and
+    /// every message is numbered and kept (see `replay.rs`). Returns the position of
+    /// the stream's last event before this attachment, for a priming event.
+    pub(crate) fn attach_resumable_get_stream(
+        &self,
+    ) -> Result<(u64, mpsc::Receiver<Outbound>), RelayError> {
+        self.attach_get(true)
+    }
+
+    fn attach_get(&self, resumable: bool) -> Result<(u64, mpsc::Receiver<Outbound>), RelayError> {
         self.touch();
         let mut state = self.lock();
         if state.ended.is_some() {
@@ -468,13 +552,63 @@ impl ClientSession {
         if state.get_stream.as_ref().is_some_and(|tx| !tx.is_closed()) {
             return Err(RelayError::StreamConflict);
         }
-        let (tx, rx) = mpsc::channel(GET_DEPTH.max(state.backlog.len()));
-        for message in state.backlog.drain(..) {
-            // Capacity was sized for the backlog above.
-            let _ = tx.try_send(message);
+        if resumable {
+            state.replay.open(StreamName::Get);
         }
-        state.get_stream = Some(tx);
-        Ok(rx)
+        let before = state.replay.last(StreamName::Get);
+        let rx = state.open_get_channel();
+        Ok((before, rx))
+    }
+
+    /// Resumes the stream a client's `Last-Event-ID` names: its kept events after the
+    /// id, then its live messages (a POST's until its last answer). Only this session's
+    /// streams can be named; a session is only reached with the key that owns it.
+    pub(crate) fn resume(&self, last_event_id: &str) -> Result<Resumed, RelayError> {
+        self.touch();
+        let mut state = self.lock();
+        if state.ended.is_some() {
+            return Err(RelayError::SessionNotFound);
+        }
+        let (stream, events) = state.replay.after(last_event_id)?;
+        let replay = events
+            .into_iter()
+            .map(|(seq, body)| Outbound {
+                seq: Some(seq),
+                body,
+            })
+            .collect();
+        let (messages, deadline) = match stream {
+            // The client says its GET connection is dead, whether or not this relay has
+            // noticed yet: the new one replaces it.
+            StreamName::Get => (state.open_get_channel(), None),
+            StreamName::Post(post) => match state.posts.get_mut(&post) {
+                Some(open) => {
+                    let (tx, rx) = mpsc::channel(POST_DEPTH);
+                    // The old connection's channel closes: its stream ends.
+                    open.tx = tx;
+                    (rx, Some((open.deadline, post)))
+                }
+                // Answered already: the replay holds the rest, then the stream ends.
+                None => (mpsc::channel(1).1, None),
+            },
+        };
+        Ok(Resumed {
+            stream,
+            replay,
+            messages,
+            deadline,
+        })
+    }
+
+    /// A resumable stream's response handed all it had to its connection: once complete
+    /// (its POST answered), its events are released after a grace (see `replay.rs`).
+    pub(crate) fn release_delivered(&self, stream: StreamName) {
+        self.lock().replay.delivered(stream);
+    }
+
+    /// The SSE event id of event `seq` of `stream`.
+    pub(crate) fn event_id(&self, stream: StreamName, seq: u64) -> String {
+        crate::replay::event_id(&self.replay_tag, stream, seq)
     }
 
     /// Sends a request of the relay's own (a bridge's or the aggregate's) and waits up to
@@ -502,7 +636,7 @@ impl ClientSession {
             let message = match pending.pop() {
                 Some(message) => message,
                 None => match tokio::time::timeout_at(deadline, messages.recv()).await {
-                    Ok(Some(message)) => message,
+                    Ok(Some(message)) => message.body,
                     Ok(None) => return Err(RelayError::SessionClosed),
                     Err(_) => {
                         let _ = self.expire_post(submission.post);
@@ -519,11 +653,10 @@ impl ClientSession {
 
     /// Sends a message of the relay's own to the client as a server-initiated one: on the
     /// GET stream, else the newest streaming POST, else the backlog.
-    pub(crate) fn push(&self, message: Outbound) {
-        let target = route_elsewhere(&mut self.lock(), message.clone());
-        if let Some(tx) = target {
+    pub(crate) fn push(&self, message: Bytes) {
+        if let Some((tx, outbound)) = route_elsewhere(&mut self.lock(), message) {
             // A full stream drops it, as for the upstream's own messages.
-            let _ = tx.try_send(message);
+            let _ = tx.try_send(outbound);
         }
     }
 
@@ -553,7 +686,12 @@ impl ClientSession {
 
     /// Removes `post` and its unanswered requests, and returns an error response for each
     /// (id, body). The caller delivers them: the POST's channel is closed by then.
-    fn fail_post(&self, post: u64, error: &RelayError, status: CallStatus) -> Vec<(Value, Bytes)> {
+    fn fail_post(
+        &self,
+        post: u64,
+        error: &RelayError,
+        status: CallStatus,
+    ) -> Vec<(Value, Outbound)> {
         let failed: Vec<Pending> = {
             let mut state = self.lock();
             let ids: Vec<String> = state
@@ -574,7 +712,7 @@ impl ClientSession {
             state.posts.remove(&post);
             failed
         };
-        failed
+        let bodies: Vec<(Value, Bytes)> = failed
             .into_iter()
             .map(|pending| {
                 let correlation = CorrelationId::new();
@@ -585,7 +723,16 @@ impl ClientSession {
                 self.record(&pending, status, Some(error.code()), body.len());
                 (pending.id, Bytes::from(body))
             })
-            .collect()
+            .collect();
+        // A resumable stream keeps its errors too: its client may be away.
+        let stream = StreamName::Post(post);
+        let mut state = self.lock();
+        let failed = bodies
+            .into_iter()
+            .map(|(id, body)| (id, state.outbound(stream, body)))
+            .collect();
+        state.replay.finish(stream);
+        failed
     }
 
     /// Ends the session: every pending request gets an error for `reason`.
@@ -595,6 +742,7 @@ impl ClientSession {
             state.ended.get_or_insert(reason);
             state.get_stream = None;
             state.progress.clear();
+            state.replay.clear();
             (
                 std::mem::take(&mut state.pending),
                 std::mem::take(&mut state.posts),
@@ -624,7 +772,8 @@ impl ClientSession {
                 body.len(),
             );
             if let Some(post) = posts.get(&pending.post) {
-                let _ = post.tx.send(Bytes::from(body)).await;
+                let body = Bytes::from(body);
+                let _ = post.tx.send(Outbound { seq: None, body }).await;
             }
         }
     }
@@ -659,15 +808,20 @@ impl ClientSession {
                             CallStatus::Ok
                         };
                         self.record(&pending, status, *error_code, message.len());
-                        let post = state.posts.get_mut(&pending.post);
-                        match post {
+                        let stream = StreamName::Post(pending.post);
+                        match state.posts.get_mut(&pending.post) {
                             Some(post) => {
                                 post.open -= 1;
                                 let tx = post.tx.clone();
-                                if post.open == 0 {
+                                let done = post.open == 0;
+                                if done {
                                     state.posts.remove(&pending.post);
                                 }
-                                Some(tx)
+                                let out = state.outbound(stream, message.clone());
+                                if done {
+                                    state.replay.finish(stream);
+                                }
+                                Some((tx, out))
                             }
                             None => None,
                         }
@@ -683,16 +837,20 @@ impl ClientSession {
                 } if state.progress.contains_key(token) => {
                     let post = state.progress[token];
                     match state.posts.get(&post).filter(|p| p.streaming) {
-                        Some(post) => Some(post.tx.clone()),
+                        Some(open) => {
+                            let tx = open.tx.clone();
+                            Some((tx, state.outbound(StreamName::Post(post), message.clone())))
+                        }
                         None => route_elsewhere(&mut state, message.clone()),
                     }
                 }
                 _ => route_elsewhere(&mut state, message.clone()),
             }
         };
-        if let Some(tx) = target {
-            // Waiting here is backpressure on this session's own stream only.
-            let _ = tx.send(message).await;
+        if let Some((tx, out)) = target {
+            // Waiting here is backpressure on this session's own stream only. A client
+            // that went away loses nothing a resumable stream kept.
+            let _ = tx.send(out).await;
         }
     }
 
@@ -766,18 +924,21 @@ fn duplicate_id_error(id: &str) -> Bytes {
 
 /// Picks a stream for a message unrelated to any POST: the GET stream, else the newest
 /// streaming POST, else the backlog (bounded; the oldest message is dropped).
-fn route_elsewhere(state: &mut State, message: Outbound) -> Option<mpsc::Sender<Outbound>> {
-    if let Some(tx) = state.get_stream.as_ref().filter(|tx| !tx.is_closed()) {
-        return Some(tx.clone());
+fn route_elsewhere(
+    state: &mut State,
+    message: Bytes,
+) -> Option<(mpsc::Sender<Outbound>, Outbound)> {
+    if let Some(tx) = state.get_stream.clone().filter(|tx| !tx.is_closed()) {
+        return Some((tx, state.outbound(StreamName::Get, message)));
     }
-    if let Some(post) = state
+    if let Some((post, tx)) = state
         .posts
         .iter()
         .filter(|(_, p)| p.streaming && !p.tx.is_closed())
         .max_by_key(|(id, _)| **id)
-        .map(|(_, p)| p.tx.clone())
+        .map(|(id, p)| (*id, p.tx.clone()))
     {
-        return Some(post);
+        return Some((tx, state.outbound(StreamName::Post(post), message)));
     }
     if state.backlog.len() >= BACKLOG {
         state.backlog.pop_front();
@@ -819,6 +980,34 @@ async fn dispatch(
     tracing::debug!("session dispatcher stopped");
 }
 
+// === impl State ===
+
+impl State {
+    /// `body` as the next event of `stream`: numbered and kept when the stream is
+    /// resumable.
+    fn outbound(&mut self, stream: StreamName, body: Bytes) -> Outbound {
+        let seq = self
+            .replay
+            .holds(stream)
+            .then(|| self.replay.push(stream, body.clone()));
+        Outbound { seq, body }
+    }
+
+    /// A new channel for the GET stream, replacing the old one, with the backlog queued
+    /// in it first.
+    fn open_get_channel(&mut self) -> mpsc::Receiver<Outbound> {
+        let backlog: Vec<Bytes> = self.backlog.drain(..).collect();
+        let (tx, rx) = mpsc::channel(GET_DEPTH.max(backlog.len()));
+        for body in backlog {
+            let out = self.outbound(StreamName::Get, body);
+            // Capacity was sized for the backlog above.
+            let _ = tx.try_send(out);
+        }
+        self.get_stream = Some(tx);
+        rx
+    }
+}
+
 // === conversions ===
 
 impl From<&StreamEnd> for EndReason {
@@ -845,6 +1034,16 @@ impl From<EndReason> for RelayError {
             EndReason::TooLarge => RelayError::MessageTooLarge,
             EndReason::Busy => RelayError::AgentBusy,
             EndReason::Closed => RelayError::SessionNotFound,
+        }
+    }
+}
+
+impl From<crate::replay::ReplayError> for RelayError {
+    fn from(err: crate::replay::ReplayError) -> Self {
+        match err {
+            crate::replay::ReplayError::Malformed => RelayError::LastEventIdInvalid,
+            crate::replay::ReplayError::Evicted => RelayError::LastEventIdEvicted,
+            _ => RelayError::LastEventIdUnknown,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct McpResponse {
     pub messages: Vec<Value>,
     /// SSE comment lines (keep-alives) seen.
     pub comments: usize,
+    /// SSE event ids, in order (a priming event's too).
+    pub event_ids: Vec<String>,
 }
 
 impl McpClient {
@@ -119,6 +121,22 @@ impl McpClient {
         McpResponse::read(request.send().await?).await
     }
 
+    /// Resumes a stream of the session with `GET` and `Last-Event-ID`, and reads the
+    /// answer to its end (a POST's stream ends after its last answer).
+    pub async fn resume(&self, last_event_id: &str) -> anyhow::Result<McpResponse> {
+        let mut request = self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.key)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", last_event_id)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        McpResponse::read(request.send().await?).await
+    }
+
     /// DELETEs the session.
     pub async fn delete(&self) -> anyhow::Result<u16> {
         let mut request = self
@@ -144,6 +162,11 @@ impl McpResponse {
             .to_owned();
         let body = response.text().await?;
         let comments = body.lines().filter(|l| l.starts_with(':')).count();
+        let event_ids = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("id:"))
+            .map(|id| id.trim().to_owned())
+            .collect();
         let messages = if content_type.starts_with("text/event-stream") {
             parse_sse(&body)?
         } else if body.trim().is_empty() {
@@ -159,6 +182,7 @@ impl McpResponse {
             headers,
             messages,
             comments,
+            event_ids,
         })
     }
 

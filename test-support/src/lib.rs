@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 pub mod conformance;
+mod cut_proxy;
 pub mod listen;
 mod mcp_server;
 mod process;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use certs::Certs;
 pub use client::{McpClient, McpResponse};
+pub use cut_proxy::CutProxy;
 pub use mcp_server::HttpMcpServer;
 pub use process::Process;
 
@@ -134,6 +136,13 @@ impl RelayBuilder {
     /// Sets the call timeout.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.limits.call_timeout = timeout;
+        self
+    }
+
+    /// Sets what each session keeps for `Last-Event-ID` resumption.
+    pub fn replay_limits(mut self, events: usize, bytes: usize) -> Self {
+        self.limits.replay_events_per_session = events;
+        self.limits.replay_bytes_per_session = bytes;
         self
     }
 
@@ -272,6 +281,20 @@ impl TestRelay {
     /// `https://localhost:PORT`, for clients.
     pub fn base_url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The text of its Prometheus `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics_addr
+            .ok_or_else(|| anyhow::anyhow!("the relay serves no metrics"))?;
+        Ok(self
+            .http_client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// The MCP endpoint of one server of one agent.

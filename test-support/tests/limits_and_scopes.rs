@@ -125,13 +125,7 @@ async fn over_the_rate_a_key_gets_429_with_retry_after() -> anyhow::Result<()> {
             .result()
             .is_ok()
     );
-    let metrics = relay
-        .http_client()
-        .get(format!("http://{}/metrics", relay.metrics_addr.unwrap()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = relay.metrics().await?;
     assert!(
         metrics.contains("outpost_relay_rate_limited_total{scope=\"key\"} 1"),
         "{metrics}"
