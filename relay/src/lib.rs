@@ -20,6 +20,7 @@ pub mod control;
 pub mod error;
 pub mod guard;
 mod jsonrpc;
+mod key_cache;
 mod mcp_endpoint;
 mod metrics;
 mod router;
@@ -117,6 +118,8 @@ pub(crate) struct App {
     auditor: audit::Auditor,
     /// Rate limits and in-flight caps.
     guard: guard::Guard,
+    /// Client keys verified against the store, so a request with one skips the lookup.
+    verified_keys: key_cache::VerifiedKeys,
     /// When each key's last use was written, to write it at most once a minute.
     key_touches: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Prometheus metrics.
@@ -163,6 +166,7 @@ impl Relay {
             chain: audit::ChainKey::derive(&pepper),
             auditor,
             guard: guard::Guard::new(config.rate_limits.clone()),
+            verified_keys: key_cache::VerifiedKeys::new(key_cache::DEFAULT_VERIFIED_KEYS),
             key_touches: std::sync::Mutex::default(),
             metrics: relay_metrics,
             sessions: Arc::new(SessionRegistry::new(config.limits.max_sessions)),

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
-use crate::auth::{self, KeyKind, Principal};
+use crate::auth::{self, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
 use crate::router::{ClientSession, OneShot, Submission};
@@ -526,14 +526,9 @@ pub(crate) async fn authenticate(
 ) -> Result<Principal, RelayError> {
     let result = match auth::bearer(headers.get(header::AUTHORIZATION)) {
         Ok(key) => {
-            auth::authenticate(
-                app.store.as_ref(),
-                &app.pepper,
-                app.config.environment,
-                KeyKind::Client,
-                key,
-            )
-            .await
+            app.verified_keys
+                .authenticate(app.store.as_ref(), &app.pepper, app.config.environment, key)
+                .await
         }
         Err(err) => Err(err),
     };
