@@ -67,6 +67,10 @@ struct Args {
     /// "valgrind --tool=massif" (where an idle agent's memory goes, with d).
     #[arg(long)]
     relay_under: Option<String>,
+    /// Runs the agent of a, b, c under this command, e.g. "valgrind --tool=callgrind
+    /// --callgrind-out-file=agent.callgrind" (a profile of the large results of c).
+    #[arg(long)]
+    agent_under: Option<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -81,6 +85,8 @@ pub(crate) struct Settings {
     pub(crate) calls: usize,
     /// A command the relay runs under (valgrind), split into words.
     pub(crate) relay_under: Vec<String>,
+    /// A command the agent runs under (valgrind), split into words.
+    pub(crate) agent_under: Vec<String>,
     agents: Vec<usize>,
 }
 
@@ -126,6 +132,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// A wrapper command line, split into words.
+fn words(command: Option<&str>) -> Vec<String> {
+    command
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     // reqwest is built without a default provider; plain-HTTP clients need one all the same.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -147,11 +160,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         quick: args.quick,
         rounds: if args.quick { 1 } else { args.rounds.max(2) },
         calls: if args.quick { 50 } else { args.calls },
-        relay_under: args
-            .relay_under
-            .as_deref()
-            .map(|w| w.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default(),
+        relay_under: words(args.relay_under.as_deref()),
+        agent_under: words(args.agent_under.as_deref()),
         agents: args.agents.clone(),
     };
     let binaries = Binaries::locate(!args.quick)?;
@@ -169,7 +179,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let mut sections: Vec<Section> = Vec::new();
     if wants('a') || wants('b') || wants('c') || wants('f') {
         let peers = !args.no_peers && (!args.quick || args.peers);
-        let stack = Stack::start(&binaries, peers, &settings.relay_under).await?;
+        let stack = Stack::start(
+            &binaries,
+            peers,
+            &settings.relay_under,
+            &settings.agent_under,
+        )
+        .await?;
         let names: Vec<&str> = stack.targets.iter().map(|t| t.name).collect();
         println!("targets: {}", names.join(", "));
         if wants('a') {

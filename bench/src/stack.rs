@@ -246,11 +246,13 @@ pub(crate) struct Stack {
 
 impl Stack {
     /// Starts the upstream, relay, agent and (when `peers`) supergateway and mcp-proxy.
-    /// `relay_wrapper` runs the relay under another program (valgrind).
+    /// `relay_wrapper` and `agent_wrapper` run the relay and the agent under another
+    /// program (valgrind).
     pub(crate) async fn start(
         binaries: &Binaries,
         peers: bool,
         relay_wrapper: &[String],
+        agent_wrapper: &[String],
     ) -> anyhow::Result<Self> {
         let bench = binaries.bench.to_string_lossy().into_owned();
         let mut upstream = Process::spawn(&binaries.bench, &["upstream-http"], &[])?;
@@ -276,7 +278,10 @@ impl Stack {
             ),
         )?;
         let config = agent_config.to_string_lossy().into_owned();
-        let mut agent = Process::spawn(&binaries.agent, &["--config", &config], &[])?;
+        let agent_binary = binaries.agent.to_string_lossy().into_owned();
+        let mut argv: Vec<&str> = agent_wrapper.iter().map(String::as_str).collect();
+        argv.extend([agent_binary.as_str(), "--config", &config]);
+        let mut agent = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
         agent.wait_for("tunnel established").await?;
 
         let key = Some(home.client_key.clone());
@@ -326,8 +331,8 @@ impl Stack {
         })
     }
 
-    /// Stops the agent, then the relay, with SIGTERM (a relay under valgrind writes its
-    /// profile on a clean exit); the upstream and the peers are killed when dropped.
+    /// Stops the agent, then the relay, with SIGTERM (a relay or agent under valgrind
+    /// writes its profile on a clean exit); the upstream and the peers are killed when dropped.
     pub(crate) async fn stop(mut self) {
         let _ = self.agent.terminate().await;
         let _ = self.relay.process.terminate().await;

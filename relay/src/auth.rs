@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use crate::store::{KeyRecord, Store, StoreError};
 
@@ -215,6 +216,23 @@ pub fn generate(kind: KeyKind, environment: Environment, pepper: &Pepper) -> Gen
 
 /// Checks a key's shape: prefix, environment and 32 base62 characters.
 pub fn parse(key: &str, kind: KeyKind, environment: Environment) -> Result<KeyId, AuthError> {
+    check_shape(key, kind, environment)?;
+    Ok(key_id(key))
+}
+
+/// Checks a key's shape like [`parse`] and returns its key id with the SHA-256 of the
+/// whole key it was taken from, which the verified-key cache compares a presented key by.
+pub(crate) fn parse_with_digest(
+    key: &str,
+    kind: KeyKind,
+    environment: Environment,
+) -> Result<(KeyId, Zeroizing<[u8; 32]>), AuthError> {
+    check_shape(key, kind, environment)?;
+    let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(key.as_bytes())));
+    Ok((key_id_of_digest(&digest), digest))
+}
+
+fn check_shape(key: &str, kind: KeyKind, environment: Environment) -> Result<(), AuthError> {
     let rest = key
         .strip_prefix(kind.prefix())
         .and_then(|r| r.strip_prefix('_'))
@@ -224,7 +242,7 @@ pub fn parse(key: &str, kind: KeyKind, environment: Environment) -> Result<KeyId
     if rest.len() != KEY_BODY_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(AuthError::Malformed);
     }
-    Ok(key_id(key))
+    Ok(())
 }
 
 /// Whether a string looks like any Outpost key, of any kind or environment: used to refuse
@@ -313,7 +331,10 @@ pub fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
 }
 
 fn key_id(key: &str) -> KeyId {
-    let digest = Sha256::digest(key.as_bytes());
+    key_id_of_digest(&Sha256::digest(key.as_bytes()).into())
+}
+
+fn key_id_of_digest(digest: &[u8; 32]) -> KeyId {
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     KeyId(format!("kid_{hex}"))
 }

@@ -21,6 +21,7 @@ pub mod control;
 pub mod error;
 pub mod guard;
 mod jsonrpc;
+mod key_cache;
 mod listen;
 mod mcp_endpoint;
 mod metrics;
@@ -120,6 +121,8 @@ pub(crate) struct App {
     auditor: audit::Auditor,
     /// Rate limits and in-flight caps.
     guard: guard::Guard,
+    /// Client keys verified against the store, so a request with one skips the lookup.
+    verified_keys: key_cache::VerifiedKeys,
     /// When each key's last use was written, to write it at most once a minute.
     key_touches: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Prometheus metrics.
@@ -166,6 +169,7 @@ impl Relay {
             chain: audit::ChainKey::derive(&pepper),
             auditor,
             guard: guard::Guard::new(config.rate_limits.clone()),
+            verified_keys: key_cache::VerifiedKeys::new(key_cache::DEFAULT_VERIFIED_KEYS),
             key_touches: std::sync::Mutex::default(),
             metrics: relay_metrics,
             sessions: Arc::new(SessionRegistry::new(

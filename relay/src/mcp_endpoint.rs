@@ -21,7 +21,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
-use crate::auth::{self, KeyKind, Principal};
+use crate::auth::{self, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
 use crate::replay::StreamName;
@@ -597,14 +597,9 @@ pub(crate) async fn authenticate(
 ) -> Result<Principal, RelayError> {
     let result = match auth::bearer(headers.get(header::AUTHORIZATION)) {
         Ok(key) => {
-            auth::authenticate(
-                app.store.as_ref(),
-                &app.pepper,
-                app.config.environment,
-                KeyKind::Client,
-                key,
-            )
-            .await
+            app.verified_keys
+                .authenticate(app.store.as_ref(), &app.pepper, app.config.environment, key)
+                .await
         }
         Err(err) => Err(err),
     };
@@ -1122,11 +1117,16 @@ fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
         buf.put_u8(b'\n');
     }
     buf.put_slice(b"event: message\n");
-    for line in message.split(|&b| b == b'\n') {
+    // JSON text has no raw line ends but between tokens; finding them by `memchr` keeps a
+    // large single-line result from costing a step per byte.
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', message).chain(std::iter::once(message.len())) {
+        let line = &message[start..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         buf.put_slice(b"data: ");
         buf.put_slice(line);
         buf.put_u8(b'\n');
+        start = end + 1;
     }
     buf.put_u8(b'\n');
     buf.freeze()

@@ -292,8 +292,10 @@ impl Calls {
 
     /// Notes a message from the upstream on its way to the client: closes the call it
     /// answers, filters hidden tools out of a `tools/list` result, and redacts secrets.
-    /// `None`: drop it (a late answer to a call the agent already answered).
-    pub(crate) fn outgoing(&self, message: Bytes) -> Option<Bytes> {
+    /// `None`: drop it (a late answer to a call the agent already answered); else the
+    /// message and, if it is an answer, the id it answers (canonical JSON text). Reads the
+    /// message once.
+    pub(crate) fn outgoing(&self, message: Bytes) -> Option<(Bytes, Option<String>)> {
         let mut message = message;
         let answer = serde_json::from_slice::<Peek<'_>>(&message)
             .ok()
@@ -330,7 +332,7 @@ impl Calls {
             self.metrics.redacted(&self.server.name, redacted);
             tracing::warn!(server = %self.server.name, redacted, "secret values redacted from an upstream message");
         }
-        Some(message)
+        Some((message, answer.map(|(id, _)| id)))
     }
 
     /// Redacts text the agent writes itself from upstream material (error texts, logs).
@@ -586,7 +588,8 @@ mod tests {
             .outgoing(Bytes::from_static(
                 br#"{"jsonrpc":"2.0","id":8,"result":{"tools":[{"name":"echo"},{"name":"get-env"}]}}"#,
             ))
-            .unwrap();
+            .unwrap()
+            .0;
         let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name":"echo"}]));
         assert!(metrics.encode().contains(r#"reason="tool""#));

@@ -454,7 +454,11 @@ impl Session {
     }
 
     /// Takes the negotiated version from an initialize result, for later requests' header.
+    /// Only a message that names `protocolVersion` is parsed: a large result is not.
     fn learn_protocol_version(&self, message: &[u8]) {
+        if memchr::memmem::find(message, b"\"protocolVersion\"").is_none() {
+            return;
+        }
         #[derive(serde::Deserialize)]
         struct Initialized {
             result: Option<InitializeResult>,
@@ -534,27 +538,39 @@ impl EventSizeGuard {
         }
     }
 
-    /// Takes the next chunk; `false` once the current event exceeds the limit.
+    /// Takes the next chunk; `false` once the current event exceeds the limit. Jumps from
+    /// line end to line end, so a long line costs a `memchr`, not a step per byte.
     fn feed(&mut self, chunk: &[u8]) -> bool {
-        for &byte in chunk {
-            match byte {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.text(rest.len());
+                break;
+            };
+            self.text(at);
+            match rest[at] {
                 // The `\n` of a `\r\n` ending was counted with its `\r`.
                 b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
+                byte => {
                     if self.line_len == 0 {
                         self.in_event = 0;
                     }
                     self.line_len = 0;
                     self.after_cr = byte == b'\r';
                 }
-                _ => {
-                    self.line_len += 1;
-                    self.in_event += 1;
-                    self.after_cr = false;
-                }
             }
+            rest = &rest[at + 1..];
         }
         self.in_event <= self.limit
+    }
+
+    /// Counts `len` bytes of a line's text.
+    fn text(&mut self, len: usize) {
+        if len > 0 {
+            self.line_len += len;
+            self.in_event += len;
+            self.after_cr = false;
+        }
     }
 }
 
@@ -568,13 +584,12 @@ struct LineAligner {
 
 impl LineAligner {
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let end = match chunk.iter().rposition(|&b| b == b'\n') {
+        let end = match memchr::memrchr(b'\n', chunk) {
             Some(at) => Some(at + 1),
             // A `\r` followed by another byte (not `\n`, there is none) ends its line.
-            None => chunk[..chunk.len().saturating_sub(1)]
-                .iter()
-                .rposition(|&b| b == b'\r')
-                .map(|at| at + 1),
+            None => {
+                memchr::memrchr(b'\r', &chunk[..chunk.len().saturating_sub(1)]).map(|at| at + 1)
+            }
         };
         match end {
             Some(end) => {

@@ -94,23 +94,19 @@ pub(crate) async fn forward(
 ) -> Result<(), ()> {
     // The call counts as in flight until its answer is on its way to the relay, so a
     // draining agent never closes the tunnel under it.
-    let peeked = calls::peek(&message);
-    let Some(message) = calls.outgoing(message) else {
+    let Some((message, answers)) = calls.outgoing(message) else {
         return Ok(());
     };
     let len = message.len();
     match sender.send(message).await {
         Ok(()) => Ok(()),
         Err(StreamError::TooLarge { len: _, max }) => {
-            let id = peeked
-                .filter(|(_, is_request)| !is_request)
-                .map(|(id, _)| id);
             tracing::warn!(
                 len,
                 max,
                 "upstream message over the tunnel limit replaced by an error"
             );
-            match id {
+            match answers {
                 Some(id) => {
                     answer_with_error(
                         sender,

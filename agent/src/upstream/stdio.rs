@@ -485,7 +485,7 @@ pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
                 Line::Message
             });
         }
-        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', available) {
             Some(end) => (&available[..end], end + 1),
             None => (available, available.len()),
         };
@@ -520,7 +520,7 @@ pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
                 if available.is_empty() {
                     return Ok(Line::Eof);
                 }
-                pending = match available.iter().position(|&b| b == b'\n') {
+                pending = match memchr::memchr(b'\n', available) {
                     Some(end) => (available[..end].to_vec(), true, end + 1),
                     None => (available.to_vec(), false, available.len()),
                 };

@@ -214,6 +214,22 @@ pub struct NewKey {
     pub created_by: String,
 }
 
+/// What the store holds at one moment, as far as committed writes go: two equal versions
+/// mean nothing was committed in between, by this process or by another one sharing the
+/// database (`outpost-relay keys revoke`). Cheap to take (no query); the verified-key
+/// cache compares one on every hit. Opaque: only equality means anything.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreVersion(pub(crate) [u8; STORE_VERSION_LEN]);
+
+impl std::fmt::Debug for StoreVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreVersion(..)")
+    }
+}
+
+/// Bytes of a [`StoreVersion`]: SQLite's two copies of the WAL-index header.
+pub(crate) const STORE_VERSION_LEN: usize = 96;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -257,6 +273,11 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_agent(&self, id: &str, at: i64) -> Result<(), StoreError>;
     /// Stores a new key.
     async fn insert_key(&self, key: NewKey) -> Result<(), StoreError>;
+    /// The store's version now, read without a query, or `None` when this backend (or this
+    /// store at this moment) cannot tell: then nothing read from it may be reused.
+    fn version(&self) -> Option<StoreVersion> {
+        None
+    }
     /// Finds a key by id.
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// An organisation's keys, oldest first.

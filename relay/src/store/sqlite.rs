@@ -1,16 +1,24 @@
 //! The embedded SQLite store: one database file in the data directory, WAL mode, schema
 //! from `migrations/sqlite`. The default backend: zero setup.
+//!
+//! Its [`Store::version`] is the header of the WAL index (the `-shm` file beside the
+//! database), which every commit of every connection, in this process or another, rewrites
+//! before the commit returns: SQLite itself finds out whether another connection wrote by
+//! comparing this header (<https://www.sqlite.org/walformat.html>, "The WAL-Index
+//! Header"). Reading it is one `pread`, no query.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 
 use super::{
-    AgentRecord, AuditHead, AuditRow, CallStatus, KeyRecord, NewKey, Organisation, Scopes, Store,
-    StoreError, UsageEvent,
+    AgentRecord, AuditHead, AuditRow, CallStatus, KeyRecord, NewKey, Organisation,
+    STORE_VERSION_LEN, Scopes, Store, StoreError, StoreVersion, UsageEvent,
 };
 use crate::auth::{now_ms, random_id};
 
@@ -18,6 +26,24 @@ use crate::auth::{now_ms, random_id};
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Reads the WAL-index header for [`Store::version`]; `None` if it could not be opened.
+    wal_index: Option<Arc<WalIndex>>,
+}
+
+/// The `-shm` file, and a connection that keeps it alive.
+struct WalIndex {
+    /// Held open for the store's lifetime and never used: SQLite deletes the `-shm` file
+    /// when its last connection in this process closes (a pool's idle connections do), and
+    /// a recreated file is a new one that `file` would not see.
+    keep_alive: Mutex<Option<SqliteConnection>>,
+    /// The `-shm` file, opened read-only.
+    file: std::fs::File,
+}
+
+impl std::fmt::Debug for WalIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalIndex").finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -32,15 +58,34 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_SIZE)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let wal_index = match WalIndex::open(&options, path).await {
+            Ok(index) => Some(Arc::new(index)),
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch the WAL index: verified keys are not cached");
+                None
+            }
+        };
+        Ok(Self { pool, wal_index })
     }
 
-    /// Closes the pool, checkpointing the WAL.
+    /// Closes the pool and the WAL index's connection, checkpointing the WAL.
     pub async fn close(&self) {
         self.pool.close().await;
+        let keep_alive = self.wal_index.as_ref().and_then(|index| {
+            index
+                .keep_alive
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        if let Some(conn) = keep_alive
+            && let Err(err) = conn.close().await
+        {
+            tracing::debug!(%err, "closing the WAL index connection");
+        }
     }
 }
 
@@ -172,6 +217,16 @@ impl Store for SqliteStore {
     async fn insert_key(&self, key: NewKey) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         insert_key(&mut conn, &key).await
+    }
+
+    fn version(&self) -> Option<StoreVersion> {
+        // A closed store's `-shm` file may be gone, and a new one not seen.
+        let index = self.wal_index.as_ref().filter(|_| !self.pool.is_closed())?;
+        let mut header = [0u8; STORE_VERSION_LEN];
+        index.file.read_exact_at(&mut header, 0).ok()?;
+        // The two copies differ only while a commit is writing them: no version yet.
+        let (first, second) = header.split_at(STORE_VERSION_LEN / 2);
+        (first == second).then_some(StoreVersion(header))
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -425,6 +480,30 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentRecord {
         id: row.get("id"),
         org_id: row.get("org_id"),
         name: row.get("name"),
+    }
+}
+
+// === impl WalIndex ===
+
+impl WalIndex {
+    /// Opens the keep-alive connection, makes it read once (which maps the WAL index), then
+    /// opens the `-shm` file.
+    async fn open(options: &SqliteConnectOptions, path: &Path) -> Result<Self, std::io::Error> {
+        let mut conn = options
+            .connect()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        let file = std::fs::File::open(shm)?;
+        Ok(Self {
+            keep_alive: Mutex::new(Some(conn)),
+            file,
+        })
     }
 }
 
