@@ -839,6 +839,21 @@ impl Aggregate {
                 ));
             }
         }
+        // As on `/mcp/{agent}/{server}`: the call holds an in-flight slot of the key and of
+        // the agent until it is answered.
+        let _slot = match app.guard.admit_call(
+            &self.principal.key_id.0,
+            &self.principal.org_id,
+            &upstream.agent,
+        ) {
+            Ok(slot) => slot,
+            Err(limited) => {
+                return Some(error_answer(
+                    client_id,
+                    &endpoint::limited_error(app, &limited),
+                ));
+            }
+        };
         let upstream_id = relay_request_id();
         let message =
             json!({"jsonrpc": "2.0", "id": upstream_id, "method": method, "params": params});

@@ -177,7 +177,16 @@ async fn serve(
                 if !principal.scope.allows_tool(tool) {
                     return Err(RelayError::InsufficientScope("tool"));
                 }
+                app.guard
+                    .admit_tool(&principal.key_id.0, tool)
+                    .map_err(|limited| endpoint::limited_error(app, &limited))?;
             }
+            // As on `/mcp/{agent}/{server}`: the call holds an in-flight slot of the key and
+            // of the agent until it is answered.
+            let _slot = app
+                .guard
+                .admit_call(&principal.key_id.0, &principal.org_id, &target.agent)
+                .map_err(|limited| endpoint::limited_error(app, &limited))?;
             let mut answer = call_any_era(
                 app,
                 principal,

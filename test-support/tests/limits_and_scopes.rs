@@ -1,6 +1,6 @@
 //! What a key may reach and how fast, on `/mcp`: scopes give 403 insufficient_scope
 //! (not 401) and hide tools from lists; token buckets and in-flight caps give 429 with
-//! Retry-After and a JSON-RPC error per request; a flood of bad keys from one address is
+//! Retry-After and a JSON-RPC error per request, on the aggregated `/mcp` too; a flood of bad keys from one address is
 //! slowed without locking out a valid key from the same address; oversized headers and
 //! deep JSON are refused before anything is routed.
 
@@ -265,5 +265,81 @@ async fn oversized_heads_and_deep_json_are_refused_before_routing() -> anyhow::R
     let body: Value = response.messages.first().cloned().unwrap_or(Value::Null);
     assert!(body.to_string().contains("nested deeper"), "{body}");
     relay.stop().await;
+    Ok(())
+}
+
+/// The aggregated endpoint holds the same in-flight cap as `/mcp/{agent}/{server}`: a slow
+/// call routed through `/mcp` holds the key's only slot, so a second call, in either era,
+/// is refused with -32019 until the first is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_caps_hold_on_the_aggregated_endpoint() -> anyhow::Result<()> {
+    let upstream = HttpMcpServer::spawn("f").await?;
+    let relay = relay()
+        .rate_limits(RateLimits {
+            max_in_flight_per_key: 1,
+            ..RateLimits::default()
+        })
+        .spawn()
+        .await?;
+    let site = agent(&relay, "site")
+        .http("rmcp", &upstream.url)
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let aggregate_url = format!("{}/mcp", relay.base_url());
+    let mut first = McpClient::new(relay.http_client(), aggregate_url.clone(), &key);
+    first.initialize().await?;
+    let slow = tokio::spawn(async move {
+        first
+            .call_tool("rmcp__slow", json!({"millis": 1500, "steps": 1}))
+            .await
+    });
+    upstream.wait_for_slow_calls(1).await;
+
+    let mut second = McpClient::new(relay.http_client(), aggregate_url.clone(), &key);
+    second.initialize().await?;
+    let busy = second
+        .call_tool("rmcp__echo", json!({"message": "x"}))
+        .await?;
+    assert_eq!(busy.error_code(), Some(-32019), "{:?}", busy.messages);
+
+    let stateless = McpClient::new(relay.http_client(), aggregate_url, &key);
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {
+            "name": "rmcp__echo", "arguments": {"message": "x"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+            },
+        },
+    });
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "rmcp__echo"),
+    ];
+    let busy = stateless
+        .post_raw(call.to_string().into_bytes(), &headers)
+        .await?;
+    assert_eq!(busy.error_code(), Some(-32019), "{:?}", busy.messages);
+
+    assert!(slow.await??.result().is_ok());
+    let answered = second
+        .call_tool("rmcp__echo", json!({"message": "x"}))
+        .await?;
+    assert!(answered.result().is_ok(), "{:?}", answered.messages);
+    let answered = stateless
+        .post_raw(call.to_string().into_bytes(), &headers)
+        .await?;
+    assert!(
+        answered.answer()?.get("result").is_some(),
+        "{:?}",
+        answered.messages
+    );
+    site.stop().await;
+    relay.stop().await;
+    upstream.stop().await;
     Ok(())
 }
