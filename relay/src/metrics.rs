@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::App;
+use crate::handshake_gate::HandshakeMetrics;
 
 /// Every metric the relay exports.
 pub(crate) struct RelayMetrics {
@@ -30,6 +31,8 @@ pub(crate) struct RelayMetrics {
     sessions: Gauge,
     usage_dropped: Gauge,
     audit_dropped: Gauge,
+    /// The handshake gate's figures (waiting, in progress, refused).
+    pub(crate) handshakes: HandshakeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,8 +104,25 @@ impl RelayMetrics {
             "Audit events dropped because the queue was full",
             audit_dropped.clone(),
         );
+        let handshakes = HandshakeMetrics::default();
+        registry.register(
+            "handshakes_waiting",
+            "Connections accepted and waiting for a turn to start their TLS handshake (limits.max_handshakes, limits.handshakes_per_second)",
+            handshakes.waiting.clone(),
+        );
+        registry.register(
+            "handshakes_in_progress",
+            "TLS handshakes in progress",
+            handshakes.in_progress.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "Connections dropped because their handshake turn did not come within limits.handshake_timeout",
+            handshakes.refused.clone(),
+        );
         Self {
             registry,
+            handshakes,
             auth_failures,
             limited,
             calls,
