@@ -1,14 +1,14 @@
 //! Workload (c): `big` results of 1 MiB and 10 MiB at concurrency 1 and 16 through each
 //! target: MiB/s, call latency, the peak RSS of the processes in between (relay and agent
 //! for Outpost, the bridge for a peer), and meanwhile the latency of small `echo` calls on
-//! another session, which large results must not hold up.
+//! another session, which large results must not hold up. The 2025-era targets only.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::Settings;
-use crate::client::Call;
+use crate::client::{Call, Era};
 use crate::load::{Bounds, Outcome, close_sessions, closed_loop, open_sessions};
 use crate::procfs;
 use crate::report::{Section, errors, outcome_json, ratio, us};
@@ -30,7 +30,8 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
         },
         max_calls: if settings.quick { 4 } else { 200 },
     };
-    let targets = &stack.targets;
+    // The direct path first.
+    let targets = stack.targets_of(Era::Sessions);
     let cases: Vec<(usize, usize)> = sizes
         .iter()
         .flat_map(|&size| levels.iter().map(move |&c| (size, c)))

@@ -1,5 +1,6 @@
 //! Workload (a): one 16-byte `echo` at a time per target, targets taking turns round by
-//! round; per-call latency percentiles and their ratio to the direct path.
+//! round; per-call latency percentiles and their ratio to the direct path of the same
+//! protocol era.
 
 use serde_json::json;
 
@@ -7,7 +8,7 @@ use crate::Settings;
 use crate::client::Call;
 use crate::load::{Outcome, close_sessions, micros, open_sessions};
 use crate::report::{Section, errors, outcome_json, ratio, us};
-use crate::stack::Stack;
+use crate::stack::{Stack, direct_of};
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Section> {
     let calls = settings.calls;
@@ -59,8 +60,8 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             "errors",
         ],
     );
-    let direct = &outcomes[0];
     for (target, outcome) in stack.targets.iter().zip(&outcomes) {
+        let direct = &outcomes[direct_of(&stack.targets, target.era())];
         section.row(vec![
             target.name.to_owned(),
             us(outcome.q(0.5)),
@@ -74,10 +75,15 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
         ]);
         section.record(json!({
             "target": target.name,
+            "era": target.era().label(),
             "outcome": outcome_json(outcome),
             "p50_ratio": outcome.q(0.5) as f64 / direct.q(0.5).max(1) as f64,
             "p99_ratio": outcome.q(0.99) as f64 / direct.q(0.99).max(1) as f64,
         }));
     }
+    section.note(ERA_NOTE);
     Ok(section)
 }
+
+/// How rows of the two protocol eras are read, under the tables of (a) and (b).
+pub(crate) const ERA_NOTE: &str = "Rows named 2026 speak MCP 2026-07-28 (stateless requests with `_meta` and `Mcp-Method`/`Mcp-Name` headers) to a stateless Rust upstream, and their ratios are to `direct 2026`; the other rows speak MCP 2025-06-18 (sessions) and their ratios are to `direct (rmcp HTTP)`. `bridged`: a 2026 client on the 2025 rmcp upstream, which the relay serves with a session per request.";

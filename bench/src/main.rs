@@ -6,6 +6,8 @@
 //!
 //! - (a) `latency`: echo at concurrency 1, every target, ratios to direct.
 //! - (b) `throughput`: closed loop at c = 1, 16, 256; open loop at 50% and 80% of peak.
+//!   (a) and (b) run in both protocol eras (2025 sessions, 2026-07-28 stateless), each
+//!   era's ratios to its own direct path.
 //! - (c) `large`: 1 MiB and 10 MiB results, MiB/s, peak RSS, small calls meanwhile.
 //! - (d) `idle`: 1k and 10k idle TLS agents, relay memory per agent and idle CPU.
 //! - (e) `reconnect`: relay killed and restarted under a connected fleet.
@@ -104,24 +106,12 @@ impl Settings {
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1);
     let result = match mode.as_deref() {
-        // The upstream server, as a child process: small runtimes, the work is tiny.
-        Some("upstream-stdio") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(upstream::serve_stdio())),
-        Some("upstream-http") => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(upstream::serve_http())),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(bench(Args::parse()))),
+        // The upstream servers, as child processes: small runtimes, the work is tiny.
+        Some("upstream-stdio") => run_on(Runtime::OneThread, upstream::serve_stdio()),
+        Some("upstream-http") => run_on(Runtime::TwoThreads, upstream::serve_http()),
+        Some("upstream-stdio-2026") => run_on(Runtime::OneThread, upstream::serve_stdio_2026()),
+        Some("upstream-http-2026") => run_on(Runtime::TwoThreads, upstream::serve_http_2026()),
+        _ => run_on(Runtime::TwoThreads, bench(Args::parse())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +127,27 @@ fn words(command: Option<&str>) -> Vec<String> {
     command
         .map(|w| w.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// The tokio runtime a mode runs on.
+enum Runtime {
+    OneThread,
+    TwoThreads,
+}
+
+fn run_on(
+    runtime: Runtime,
+    future: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut builder = match runtime {
+        Runtime::OneThread => tokio::runtime::Builder::new_current_thread(),
+        Runtime::TwoThreads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+    };
+    builder.enable_all().build()?.block_on(future)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {

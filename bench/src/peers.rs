@@ -1,6 +1,7 @@
 //! Workload (g): the peers' summary. supergateway and mcp-proxy run as targets in (a), (b)
 //! and (c), bridging the same stdio server; this gathers each target's ratio to direct from
-//! those sections, so Outpost and the peers can be compared on one line each.
+//! those sections, so Outpost and the peers can be compared on one line each. The peers
+//! speak the 2025 era, so the rows are the 2025-era targets.
 
 use serde_json::{Value, json};
 
@@ -22,6 +23,7 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
         .chain(&items(large))
     {
         if let Some(name) = item["target"].as_str()
+            && item["era"].as_str() != Some("2026")
             && !targets.iter().any(|t| t == name)
         {
             targets.push(name.to_owned());

@@ -1,8 +1,9 @@
 //! Starts what the workloads measure, each as a process of its own on 127.0.0.1, so that
-//! each one's memory and CPU can be read from /proc: the upstream MCP server (this binary,
-//! `upstream-http`), the real `outpost-relay` and `outpost-agent` release binaries, and the
-//! peers (supergateway, mcp-proxy) bridging the same upstream over stdio. Names the targets
-//! the load generator calls. Does not measure.
+//! each one's memory and CPU can be read from /proc: the upstream MCP servers (this binary,
+//! `upstream-http` for the 2025 era and `upstream-http-2026` for the 2026 era), the real
+//! `outpost-relay` and `outpost-agent` release binaries, and the peers (supergateway,
+//! mcp-proxy) bridging the same upstream over stdio. Names the targets the load generator
+//! calls, each with the protocol era it is spoken to in. Does not measure.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use anyhow::{Context, bail};
 use outpost_test_support::Process;
 use tempfile::TempDir;
 
-use crate::client::Endpoint;
+use crate::client::{Endpoint, Era};
 
 /// The binaries the bench starts: found next to its own executable.
 #[derive(Debug, Clone)]
@@ -234,9 +235,17 @@ pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
 }
 
+impl Target {
+    /// The protocol era the target is spoken to in.
+    pub(crate) fn era(&self) -> Era {
+        self.endpoint.era()
+    }
+}
+
 /// Everything workloads a, b, c and f measure, started once.
 pub(crate) struct Stack {
     _upstream: Process,
+    _upstream_2026: Process,
     pub(crate) home: RelayHome,
     pub(crate) relay: RelayProcess,
     pub(crate) agent: Process,
@@ -255,9 +264,9 @@ impl Stack {
         agent_wrapper: &[String],
     ) -> anyhow::Result<Self> {
         let bench = binaries.bench.to_string_lossy().into_owned();
-        let mut upstream = Process::spawn(&binaries.bench, &["upstream-http"], &[])?;
-        let line = upstream.wait_for("listening on").await?;
-        let upstream_url = format!("http://{}/mcp", line.rsplit(' ').next().unwrap_or(""));
+        let (upstream, upstream_url) = start_upstream(binaries, "upstream-http").await?;
+        let (upstream_2026, upstream_2026_url) =
+            start_upstream(binaries, "upstream-http-2026").await?;
 
         let home = RelayHome::create(binaries).await?;
         let relay = home
@@ -271,7 +280,9 @@ impl Stack {
             format!(
                 "relay_url = \"wss://localhost:{port}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\n\n\
                  [servers.rmcp]\ntype = \"http\"\nurl = \"{upstream_url}\"\n\n\
-                 [servers.stdio]\ntype = \"stdio\"\ncommand = \"{bench}\"\nargs = [\"upstream-stdio\"]\n",
+                 [servers.stdio]\ntype = \"stdio\"\ncommand = \"{bench}\"\nargs = [\"upstream-stdio\"]\n\n\
+                 [servers.http2026]\ntype = \"http\"\nurl = \"{upstream_2026_url}\"\n\n\
+                 [servers.stdio2026]\ntype = \"stdio\"\ncommand = \"{bench}\"\nargs = [\"upstream-stdio-2026\"]\n",
                 port = relay.addr.port(),
                 key = key_file.display(),
                 ca = home.ca.display(),
@@ -285,21 +296,29 @@ impl Stack {
         agent.wait_for("tunnel established").await?;
 
         let key = Some(home.client_key.clone());
+        let through = |server: &str, era: Era| {
+            Endpoint::new(
+                relay.mcp_url(AGENT, server),
+                key.clone(),
+                Some(&home.ca),
+                era,
+            )
+        };
         let mut targets = vec![
             Target {
                 name: "direct (rmcp HTTP)",
                 path: Route::Direct,
-                endpoint: Endpoint::new(upstream_url.clone(), None, None)?,
+                endpoint: Endpoint::new(upstream_url.clone(), None, None, Era::Sessions)?,
             },
             Target {
                 name: "outpost → HTTP",
                 path: Route::OutpostHttp,
-                endpoint: Endpoint::new(relay.mcp_url(AGENT, "rmcp"), key.clone(), Some(&home.ca))?,
+                endpoint: through("rmcp", Era::Sessions)?,
             },
             Target {
                 name: "outpost → stdio",
                 path: Route::OutpostStdio,
-                endpoint: Endpoint::new(relay.mcp_url(AGENT, "stdio"), key, Some(&home.ca))?,
+                endpoint: through("stdio", Era::Sessions)?,
             },
         ];
         let mut peer_processes = Vec::new();
@@ -314,21 +333,51 @@ impl Stack {
                         targets.push(Target {
                             name,
                             path,
-                            endpoint: Endpoint::new(url, None, None)?,
+                            endpoint: Endpoint::new(url, None, None, Era::Sessions)?,
                         });
                     }
                     Err(err) => eprintln!("note: {name} is left out: {err:#}"),
                 }
             }
         }
+        // The 2026 era: the same tools on the stateless upstream, directly and through
+        // Outpost over HTTP and stdio, and the rmcp upstream (2025) bridged by the relay.
+        targets.extend([
+            Target {
+                name: "direct 2026 (Rust HTTP)",
+                path: Route::Direct,
+                endpoint: Endpoint::new(upstream_2026_url, None, None, Era::Stateless)?,
+            },
+            Target {
+                name: "outpost 2026 → HTTP",
+                path: Route::OutpostHttp,
+                endpoint: through("http2026", Era::Stateless)?,
+            },
+            Target {
+                name: "outpost 2026 → stdio",
+                path: Route::OutpostStdio,
+                endpoint: through("stdio2026", Era::Stateless)?,
+            },
+            Target {
+                name: "outpost 2026 → rmcp HTTP, bridged",
+                path: Route::OutpostHttp,
+                endpoint: through("rmcp", Era::Stateless)?,
+            },
+        ]);
         Ok(Self {
             _upstream: upstream,
+            _upstream_2026: upstream_2026,
             home,
             relay,
             agent,
             peers: peer_processes,
             targets,
         })
+    }
+
+    /// The targets spoken to in `era`, the direct one first.
+    pub(crate) fn targets_of(&self, era: Era) -> Vec<&Target> {
+        self.targets.iter().filter(|t| t.era() == era).collect()
     }
 
     /// Stops the agent, then the relay, with SIGTERM (a relay or agent under valgrind
@@ -355,6 +404,22 @@ impl Stack {
                 .collect(),
         }
     }
+}
+
+/// The position in `targets` of the direct path of `era`: what that era's ratios divide by.
+pub(crate) fn direct_of(targets: &[Target], era: Era) -> usize {
+    targets
+        .iter()
+        .position(|t| t.path == Route::Direct && t.era() == era)
+        .expect("every era has a direct target")
+}
+
+/// Starts this binary as an upstream server (`mode`); returns it and its MCP URL.
+async fn start_upstream(binaries: &Binaries, mode: &str) -> anyhow::Result<(Process, String)> {
+    let mut upstream = Process::spawn(&binaries.bench, &[mode], &[])?;
+    let line = upstream.wait_for("listening on").await?;
+    let url = format!("http://{}/mcp", line.rsplit(' ').next().unwrap_or(""));
+    Ok((upstream, url))
 }
 
 /// Starts a peer bridging `bench upstream-stdio` to Streamable HTTP on a free port; returns

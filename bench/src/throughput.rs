@@ -1,6 +1,7 @@
 //! Workload (b): calls per second of `echo` through each target at concurrency 1, 16 and
 //! 256 (closed loop, one session per concurrent caller), then open-loop latency at 50% and
-//! 80% of each target's own peak. Targets take turns within each round.
+//! 80% of each target's own peak. Targets take turns within each round; ratios are to the
+//! direct path of the target's protocol era.
 
 use std::time::Duration;
 
@@ -8,9 +9,10 @@ use serde_json::json;
 
 use crate::Settings;
 use crate::client::Call;
+use crate::latency::ERA_NOTE;
 use crate::load::{Bounds, Outcome, close_sessions, closed_loop, open_loop, open_sessions};
 use crate::report::{Section, errors, outcome_json, ratio, thousands, us};
-use crate::stack::Stack;
+use crate::stack::{Stack, direct_of};
 
 pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Vec<Section>> {
     let levels: &[usize] = if settings.quick {
@@ -62,9 +64,11 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         ),
         &header,
     );
-    let direct_top = closed[top][0].as_ref().map_or(0.0, Outcome::rate);
     let mut peaks = Vec::new();
     for (t, target) in targets.iter().enumerate() {
+        let direct_top = closed[top][direct_of(targets, target.era())]
+            .as_ref()
+            .map_or(0.0, Outcome::rate);
         let mut row = vec![target.name.to_owned()];
         let mut peak: f64 = 0.0;
         let mut error_cells = Vec::new();
@@ -77,6 +81,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
             }
             section.record(json!({
                 "target": target.name,
+                "era": target.era().label(),
                 "concurrency": concurrency,
                 "outcome": outcome_json(outcome),
             }));
@@ -93,6 +98,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         peaks.push(peak);
     }
     section.note("Ratios here are throughput over the direct path's: above 1 is faster.");
+    section.note(ERA_NOTE);
 
     // Open loop at 50% and 80% of each target's peak.
     let fractions = [0.5, 0.8];
@@ -137,6 +143,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
             ]);
             latency.record(json!({
                 "target": target.name,
+                "era": target.era().label(),
                 "fraction_of_peak": fraction,
                 "rate": rate,
                 "outcome": outcome_json(outcome),

@@ -114,6 +114,12 @@ pub struct Limits {
     pub max_sessions: usize,
     /// TCP connections served at once (clients and agents).
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; further connections wait for a turn.
+    pub max_handshakes: usize,
+    /// TLS handshakes started per second at most, after a burst of `handshake_burst`.
+    pub handshakes_per_second: u32,
+    /// Handshakes that may start at once after a quiet spell.
+    pub handshake_burst: u32,
     /// Streams (client sessions) one agent tunnel may carry at once.
     pub max_streams_per_agent: usize,
     /// Longest a call may take before the client gets a timeout error.
@@ -122,7 +128,7 @@ pub struct Limits {
     /// A client session with no request for this long is closed.
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
-    /// How long a TLS handshake may take.
+    /// How long a TLS handshake may take, from the accept: the wait for a turn included.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
@@ -369,6 +375,13 @@ impl TryFrom<RawConfig> for Config {
             "must be positive",
         )?;
         check(
+            raw.limits.max_handshakes > 0
+                && raw.limits.handshakes_per_second > 0
+                && raw.limits.handshake_burst > 0,
+            "limits",
+            "max_handshakes, handshakes_per_second and handshake_burst must be positive",
+        )?;
+        check(
             raw.limits.max_streams_per_agent > 0,
             "limits.max_streams_per_agent",
             "must be positive",
@@ -506,6 +519,9 @@ impl Default for Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshakes_per_second: DEFAULT_HANDSHAKES_PER_SECOND,
+            handshake_burst: DEFAULT_HANDSHAKE_BURST,
             max_streams_per_agent: DEFAULT_MAX_STREAMS_PER_AGENT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -558,6 +574,17 @@ const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_SESSIONS: usize = 10_000;
 const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Handshakes in flight at once: far more than the cores need for CPU-bound handshakes,
+/// and enough for a fleet across a slow network (256 turns over a 100 ms round trip still
+/// allow about 2,500 handshakes a second), while a storm's waiting connections hold no
+/// TLS state yet.
+const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// About half a core of handshakes (a full TLS 1.3 handshake costs the relay about 250 µs
+/// of CPU), so a reconnect storm leaves room for the calls already flowing; 10,000 agents
+/// can be back in 5 s.
+const DEFAULT_HANDSHAKES_PER_SECOND: u32 = 2_000;
+/// Handshakes that may start at once after a quiet spell.
+const DEFAULT_HANDSHAKE_BURST: u32 = 256;
 const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 1_024;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod guard;
+mod handshake_gate;
 mod jsonrpc;
 mod key_cache;
 mod listen;
@@ -248,12 +249,15 @@ impl BoundRelay {
             stop_accepting.cancel();
         };
         let router = router(app.clone());
+        let gate =
+            handshake_gate::HandshakeGate::new(&app.config.limits, app.metrics.handshakes.clone());
         tokio::join!(
             server::serve(
                 listener,
                 tls,
                 router,
                 app.config.limits.clone(),
+                gate,
                 app.shutdown.clone(),
                 app.tasks.clone(),
             ),

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::App;
+use crate::handshake_gate::HandshakeMetrics;
 
 /// Every metric the relay exports.
 pub(crate) struct RelayMetrics {
@@ -32,6 +33,8 @@ pub(crate) struct RelayMetrics {
     usage_dropped: Gauge,
     audit_dropped: Gauge,
     resumptions: Family<ResultLabel, Counter>,
+    /// The handshake gate's figures (waiting, in progress, refused).
+    pub(crate) handshakes: HandshakeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,9 +124,26 @@ impl RelayMetrics {
             "GETs with Last-Event-ID, by result (resumed, unknown, evicted, invalid)",
             resumptions.clone(),
         );
+        let handshakes = HandshakeMetrics::default();
+        registry.register(
+            "handshakes_waiting",
+            "Connections accepted and waiting for a turn to start their TLS handshake (limits.max_handshakes, limits.handshakes_per_second)",
+            handshakes.waiting.clone(),
+        );
+        registry.register(
+            "handshakes_in_progress",
+            "TLS handshakes in progress",
+            handshakes.in_progress.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "Connections dropped because their handshake turn did not come within limits.handshake_timeout",
+            handshakes.refused.clone(),
+        );
         Self {
             resumptions,
             registry,
+            handshakes,
             auth_failures,
             limited,
             calls,

@@ -1,5 +1,6 @@
 //! The HTTPS listener: accepts TCP under a connection limit, runs the TLS 1.3 handshake
-//! under a timeout inside each connection's own task, and serves HTTP/1.1 with upgrades.
+//! inside each connection's own task once the handshake gate gives it a turn (see
+//! `handshake_gate.rs`), all under a timeout, and serves HTTP/1.1 with upgrades.
 //! On shutdown it stops accepting, lets in-flight requests finish within the grace period,
 //! then drops what is left. Does not route (see `lib.rs`).
 
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Limits, TlsFiles};
+use crate::handshake_gate::HandshakeGate;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ pub(crate) async fn serve(
     tls: Arc<ServerConfig>,
     router: axum::Router,
     limits: Limits,
+    gate: HandshakeGate,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -99,6 +102,7 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let gate = gate.clone();
         let router = router.clone();
         let live = connections.token();
         let stop = shutdown.clone();
@@ -108,8 +112,15 @@ pub(crate) async fn serve(
         tasks.spawn(
             async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
-                {
+                // The timeout counts from the accept: waiting for a turn is part of it.
+                let deadline = tokio::time::Instant::now() + handshake_timeout;
+                let Some(turn) = gate.enter(deadline).await else {
+                    tracing::debug!("no handshake turn within the handshake timeout");
+                    return;
+                };
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
+                drop(turn);
+                let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {
                         tracing::debug!(%err, "TLS handshake failed");

@@ -165,6 +165,12 @@ impl RelayBuilder {
         self
     }
 
+    /// Sets how many TLS handshakes may be in progress at once.
+    pub fn max_handshakes(mut self, handshakes: usize) -> Self {
+        self.limits.max_handshakes = handshakes;
+        self
+    }
+
     /// Sets the rate limits.
     pub fn rate_limits(mut self, limits: outpost_relay::config::RateLimits) -> Self {
         self.rate_limits = limits;

@@ -70,8 +70,8 @@ impl std::fmt::Display for TunnelExit {
 
 /// The writer's inputs, highest priority first.
 pub(crate) struct Lanes<Out> {
-    pub(crate) owner: mpsc::UnboundedReceiver<Out>,
-    pub(crate) credit: mpsc::UnboundedReceiver<StreamFrame>,
+    pub(crate) owner: mpsc::UnboundedReceiver<Box<Out>>,
+    pub(crate) credit: mpsc::UnboundedReceiver<Box<StreamFrame>>,
     pub(crate) data: mpsc::Receiver<StreamFrame>,
 }
 
@@ -82,7 +82,7 @@ impl TunnelDriver {
         socket: WebSocketStream<S>,
         core: Arc<Core>,
         lanes: Lanes<Out>,
-        events: mpsc::Sender<TunnelEvent<In>>,
+        events: mpsc::Sender<Box<TunnelEvent<In>>>,
     ) -> Self
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -124,7 +124,7 @@ impl std::fmt::Debug for TunnelDriver {
 async fn read_loop<S, In>(
     mut source: futures_util::stream::SplitStream<WebSocketStream<S>>,
     core: Arc<Core>,
-    events: mpsc::Sender<TunnelEvent<In>>,
+    events: mpsc::Sender<Box<TunnelEvent<In>>>,
     exit: ExitSlot,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -176,7 +176,7 @@ async fn read_loop<S, In>(
 /// Hands one frame to its stream or to the owner. `Err` ends the tunnel.
 async fn dispatch<In: InboundFrame>(
     core: &Arc<Core>,
-    events: &mpsc::Sender<TunnelEvent<In>>,
+    events: &mpsc::Sender<Box<TunnelEvent<In>>>,
     frame: In,
 ) -> Result<(), TunnelExit> {
     match frame.classify() {
@@ -221,16 +221,16 @@ async fn dispatch<In: InboundFrame>(
                     server: open.server,
                     meta: open.meta,
                 };
-                if events.send(event).await.is_err() {
+                if events.send(Box::new(event)).await.is_err() {
                     return Err(TunnelExit::Closed);
                 }
             }
             Err(OpenError::TooManyStreams(open_now)) => {
-                let _ = core.credit_tx.send(StreamFrame::Close {
+                let _ = core.credit_tx.send(Box::new(StreamFrame::Close {
                     stream: open.stream,
                     code: CloseCode::Overloaded,
                     message: format!("the agent has {open_now} streams open, its limit"),
-                });
+                }));
             }
             Err(OpenError::DuplicateStream(id)) => {
                 return Err(TunnelExit::Protocol(DecodeError::InvalidValue {
@@ -241,7 +241,11 @@ async fn dispatch<In: InboundFrame>(
             Err(OpenError::TunnelClosed) => return Err(TunnelExit::Closed),
         },
         Inbound::Control(frame) => {
-            if events.send(TunnelEvent::Control(frame)).await.is_err() {
+            if events
+                .send(Box::new(TunnelEvent::Control(frame)))
+                .await
+                .is_err()
+            {
                 return Err(TunnelExit::Closed);
             }
         }
@@ -256,11 +260,11 @@ fn close_from_reader(core: &Core, stream: outpost_protocol::StreamId, code: Clos
             code,
             message: why.to_owned(),
         });
-        let _ = core.credit_tx.send(StreamFrame::Close {
+        let _ = core.credit_tx.send(Box::new(StreamFrame::Close {
             stream,
             code,
             message: why.to_owned(),
-        });
+        }));
     }
 }
 
@@ -283,7 +287,7 @@ async fn write_loop<S, Out>(
             biased;
             _ = core.closed.cancelled() => break,
             Some(frame) = lanes.owner.recv() => frame.to_bytes(),
-            Some(frame) = lanes.credit.recv() => Out::from_stream(frame).to_bytes(),
+            Some(frame) = lanes.credit.recv() => Out::from_stream(*frame).to_bytes(),
             Some(frame) = lanes.data.recv() => Out::from_stream(frame).to_bytes(),
             _ = ping.tick() => {
                 if let Err(err) = sink.send(Message::Ping(Default::default())).await {
@@ -342,7 +346,7 @@ fn next_queued<Out: Frame>(lanes: &mut Lanes<Out>, buf: &mut BytesMut) -> Option
         .owner
         .try_recv()
         .map(|frame| frame.to_bytes())
-        .or_else(|_| lanes.credit.try_recv().map(|f| encode::<Out>(f, buf)))
+        .or_else(|_| lanes.credit.try_recv().map(|f| encode::<Out>(*f, buf)))
         .or_else(|_| lanes.data.try_recv().map(|f| encode::<Out>(f, buf)))
         .ok()
 }

@@ -4,8 +4,13 @@
 //! does not parse the JSON-RPC messages it carries.
 //!
 //! Start it with [`Tunnel::start`] after the hello/welcome exchange. It returns a cloneable
-//! [`Tunnel`] handle, a receiver of [`TunnelEvent`]s, and a [`TunnelDriver`] future that must
-//! be polled (spawned or selected on) for anything to move.
+//! [`Tunnel`] handle, a receiver of [`TunnelEvent`]s ([`TunnelEvents`]), and a
+//! [`TunnelDriver`] future that must be polled (spawned or selected on) for anything to
+//! move.
+//!
+//! Memory per tunnel matters (a relay holds tens of thousands, mostly idle): tokio
+//! allocates a block of 32 slots for each channel when it is created, so the tunnel's four
+//! channels carry boxed frames or small ones, never the large frame enums themselves.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -119,8 +124,24 @@ pub struct Tunnel<Out> {
     core: Arc<Core>,
     /// Frames for the peer's owner (`Open`, `Draining`). Unbounded: they are rare and
     /// bounded by the stream limit. The writer sends this lane first, so an `Open` always
-    /// precedes its stream's data.
-    owner_tx: mpsc::UnboundedSender<Out>,
+    /// precedes its stream's data. Boxed: see the crate's note on memory.
+    owner_tx: mpsc::UnboundedSender<Box<Out>>,
+}
+
+/// Receives what the peer did that is not a stream's data, in order. Ends when the tunnel
+/// has ended.
+#[derive(Debug)]
+pub struct TunnelEvents<F> {
+    /// Boxed: a `TunnelEvent<AgentFrame>` is over 100 bytes, and the channel's first block
+    /// of 32 slots exists for the tunnel's whole life (see the crate's note on memory).
+    receiver: mpsc::Receiver<Box<TunnelEvent<F>>>,
+}
+
+impl<F> TunnelEvents<F> {
+    /// The next event; `None` once the tunnel has ended and every event was received.
+    pub async fn recv(&mut self) -> Option<TunnelEvent<F>> {
+        self.receiver.recv().await.map(|event| *event)
+    }
 }
 
 impl<Out> Clone for Tunnel<Out> {
@@ -143,8 +164,9 @@ pub(crate) struct Core {
     pub(crate) data_tx: mpsc::Sender<StreamFrame>,
     /// Credit frames. Unbounded because each is small and their number is bounded by the
     /// data received; putting them behind data would let a full data lane withhold the
-    /// very credit that drains it.
-    pub(crate) credit_tx: mpsc::UnboundedSender<StreamFrame>,
+    /// very credit that drains it. Boxed, as on the owner lane: a `StreamFrame` is 40 bytes
+    /// and idle tunnels hold this channel's first block all their lives.
+    pub(crate) credit_tx: mpsc::UnboundedSender<Box<StreamFrame>>,
     /// Fires when the tunnel ends, for whatever reason.
     pub(crate) closed: CancellationToken,
     /// The owner's token: when it fires, the tunnel ends because this side shuts down.
@@ -162,7 +184,7 @@ impl<Out: Frame + Send + 'static> Tunnel<Out> {
         socket: tokio_tungstenite::WebSocketStream<S>,
         config: TunnelConfig,
         cancel: CancellationToken,
-    ) -> (Self, mpsc::Receiver<TunnelEvent<In>>, TunnelDriver)
+    ) -> (Self, TunnelEvents<In>, TunnelDriver)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         In: InboundFrame,
@@ -186,13 +208,16 @@ impl<Out: Frame + Send + 'static> Tunnel<Out> {
             data: data_rx,
         };
         let driver = TunnelDriver::new(socket, core.clone(), lanes, events_tx);
-        (Tunnel { core, owner_tx }, events_rx, driver)
+        let events = TunnelEvents {
+            receiver: events_rx,
+        };
+        (Tunnel { core, owner_tx }, events, driver)
     }
 
     /// Sends a frame that belongs to no stream (e.g. the agent's `Draining`).
     pub fn send_control(&self, frame: Out) -> Result<(), OpenError> {
         self.owner_tx
-            .send(frame)
+            .send(Box::new(frame))
             .map_err(|_| OpenError::TunnelClosed)
     }
 

@@ -353,10 +353,10 @@ impl StreamReceiver {
         }
         let bytes = std::mem::take(&mut self.pending_credit);
         self.state.uncredited.fetch_sub(bytes, Ordering::AcqRel);
-        let _ = self.core.credit_tx.send(StreamFrame::Credit {
+        let _ = self.core.credit_tx.send(Box::new(StreamFrame::Credit {
             stream: self.state.id,
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
-        });
+        }));
     }
 
     fn close(&self, code: CloseCode, message: String) {
@@ -427,7 +427,7 @@ fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
                 mpsc::error::TrySendError::Full(frame)
                 | mpsc::error::TrySendError::Closed(frame) => frame,
             };
-            let _ = core.credit_tx.send(frame);
+            let _ = core.credit_tx.send(Box::new(frame));
         }
     }
 }

@@ -34,8 +34,8 @@ async fn sockets() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStre
 struct Pair {
     relay: Tunnel<RelayFrame>,
     agent: Tunnel<AgentFrame>,
-    agent_events: mpsc::Receiver<TunnelEvent<RelayFrame>>,
-    relay_events: mpsc::Receiver<TunnelEvent<AgentFrame>>,
+    agent_events: TunnelEvents<RelayFrame>,
+    relay_events: TunnelEvents<AgentFrame>,
     relay_driver: tokio::task::JoinHandle<TunnelExit>,
     agent_driver: tokio::task::JoinHandle<TunnelExit>,
 }
@@ -62,7 +62,7 @@ async fn pair(config: TunnelConfig) -> Pair {
     }
 }
 
-async fn accept(events: &mut mpsc::Receiver<TunnelEvent<RelayFrame>>) -> (Stream, String) {
+async fn accept(events: &mut TunnelEvents<RelayFrame>) -> (Stream, String) {
     match events.recv().await.expect("agent events end") {
         TunnelEvent::Open { stream, server, .. } => (stream, server),
         other => panic!("expected an open, got {other:?}"),
