@@ -68,8 +68,19 @@ type Upstream = (String, String, String);
 /// Learned eras and held calls.
 #[derive(Debug, Default)]
 pub(crate) struct LegacyBridge {
-    eras: Mutex<HashMap<Upstream, (Era, Instant)>>,
+    eras: Mutex<HashMap<Upstream, Learning>>,
     held: Mutex<HashMap<String, Held>>,
+}
+
+/// One upstream's era: learned, or being learned by one probe that every concurrent
+/// request waits for (a burst of stateless requests must not send a burst of probes,
+/// which would crowd out the requests themselves and time each other out).
+#[derive(Debug)]
+struct Learning {
+    /// Set once by the probe; `None` when the upstream could not be reached.
+    era: Arc<tokio::sync::OnceCell<Option<Era>>>,
+    /// When the probe began; the answer is kept for `ERA_TTL` from then.
+    since: Instant,
 }
 
 /// A call waiting for the client's input.
@@ -102,19 +113,44 @@ impl LegacyBridge {
             agent.to_owned(),
             server.to_owned(),
         );
-        if let Some((era, at)) = self.eras().get(&key)
-            && at.elapsed() < ERA_TTL
-        {
-            return *era;
-        }
-        let era = match probe(app, principal, agent, server).await {
-            Some(era) => era,
-            // Unreachable now: pass the request through, which reports why.
-            None => return Era::Modern,
+        let cell = {
+            let mut eras = self.eras();
+            match eras.get(&key) {
+                Some(learning) if learning.since.elapsed() < ERA_TTL => learning.era.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    let learning = Learning {
+                        era: cell.clone(),
+                        since: Instant::now(),
+                    };
+                    eras.insert(key.clone(), learning);
+                    cell
+                }
+            }
         };
-        tracing::debug!(agent, server, ?era, "learned the upstream's era");
-        self.eras().insert(key, (era, Instant::now()));
-        era
+        // If the request running the probe goes away, a waiting one runs it instead.
+        let learned = *cell
+            .get_or_init(|| async {
+                let era = probe(app, principal, agent, server).await;
+                tracing::debug!(agent, server, ?era, "learned the upstream's era");
+                era
+            })
+            .await;
+        match learned {
+            Some(era) => era,
+            None => {
+                // Unreachable now: not remembered, so the next request asks again; this
+                // one passes through, which reports why.
+                let mut eras = self.eras();
+                if eras
+                    .get(&key)
+                    .is_some_and(|learning| Arc::ptr_eq(&learning.era, &cell))
+                {
+                    eras.remove(&key);
+                }
+                Era::Modern
+            }
+        }
     }
 
     /// Closes held calls nobody continued in time.
@@ -123,7 +159,7 @@ impl LegacyBridge {
         self.held_lock().retain(|_, held| held.until > now);
     }
 
-    fn eras(&self) -> MutexGuard<'_, HashMap<Upstream, (Era, Instant)>> {
+    fn eras(&self) -> MutexGuard<'_, HashMap<Upstream, Learning>> {
         self.eras.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

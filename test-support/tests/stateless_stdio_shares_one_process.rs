@@ -1,6 +1,7 @@
 //! Stateless (2026-07-28) requests to a stdio server share ONE process per server: many
 //! concurrent clients reach the same process, each answer (and each progress notification)
 //! reaches its own client although all of them use the same request id and progress token,
+//! a burst of requests to a server of unknown era sends it one `server/discover` probe,
 //! a client that disconnects mid-call has its request cancelled upstream, and a crashed
 //! process fails only the requests it had in flight and is restarted for the next one.
 
@@ -12,7 +13,7 @@ use outpost_test_support::{TestRelay, agent, relay};
 use serde_json::{Value, json};
 
 /// A minimal stateless stdio server: it answers `server/discover` (the relay asks it once, to
-/// learn its era), `whoami` answers with its pid and argument after a short wait (reporting
+/// learn its era, and records that it did), `whoami` answers with its pid and argument after a short wait (reporting
 /// progress first), `slow` never answers, `crash` exits. It records
 /// the requests it started and the cancellations it received.
 const SERVER: &str = r#"
@@ -27,6 +28,7 @@ require('readline').createInterface({ input: process.stdin }).on('line', (line) 
   }
   if (msg.id === undefined) return;
   if (msg.method === 'server/discover') {
+    fs.appendFileSync(state + '/discovered', '1\n');
     return write({ jsonrpc: '2.0', id: msg.id, result: { supportedVersions: ['2026-07-28'], capabilities: { tools: {} } } });
   }
   if (msg.method === 'tools/list') {
@@ -139,6 +141,12 @@ async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()>
         pids.len(),
         1,
         "one process for all stateless requests: {pids:?}"
+    );
+    // The burst found the server's era unknown: one probe, which all of them waited for.
+    assert_eq!(
+        lines(state.path(), "discovered").len(),
+        1,
+        "one era probe for a burst of {CLIENTS} requests"
     );
     for (n, response) in responses.into_iter().enumerate() {
         let response = response?;
