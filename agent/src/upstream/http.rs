@@ -7,7 +7,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use outpost_protocol::CloseCode;
@@ -16,6 +15,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::sse::SseParser;
 use super::{
     Admission, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward,
 };
@@ -368,40 +368,28 @@ impl Session {
         calls: &Calls,
     ) -> BodyEnd {
         let mut guard = EventSizeGuard::new(self.max_message_len + SSE_OVERHEAD);
-        let mut lines = LineAligner::default();
-        // The SSE parser buffers a whole event; refuse to let one grow past the limit. It
-        // also rescans its whole buffer for each chunk it gets, so it gets whole lines only:
-        // a 10 MiB line in 16 KiB chunks would otherwise be scanned 640 times.
-        let bytes = response.bytes_stream().map(move |chunk| {
-            let chunk = chunk?;
-            if !guard.feed(&chunk) {
-                return Err(EventTooLarge.into());
-            }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(lines.feed(&chunk))
-        });
-        let mut events = bytes.eventsource();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) if event.event.is_empty() || event.event == "message" => {
-                    if event.data.is_empty() {
-                        continue;
-                    }
-                    let message = Bytes::from(event.data);
-                    self.learn_protocol_version(&message);
-                    // `forward` answers an over-limit result with an error for its request.
-                    if forward(sender, calls, message).await.is_err() {
-                        return BodyEnd::Complete;
-                    }
-                }
-                Ok(_) => {}
-                Err(eventsource_stream::EventStreamError::Transport(err))
-                    if err.is::<EventTooLarge>() =>
-                {
-                    return BodyEnd::TooLarge;
-                }
+        let mut parser = SseParser::default();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
                 Err(err) => {
-                    tracing::warn!(%err, "upstream event stream broke");
+                    tracing::warn!(err = %err.without_url(), "upstream event stream broke");
                     return BodyEnd::Broken;
+                }
+            };
+            // The parser buffers a whole event; refuse to let one grow past the limit.
+            if !guard.feed(&chunk) {
+                return BodyEnd::TooLarge;
+            }
+            for event in parser.feed(chunk) {
+                if !event.is_message() || event.data.is_empty() {
+                    continue;
+                }
+                self.learn_protocol_version(&event.data);
+                // `forward` answers an over-limit result with an error for its request.
+                if forward(sender, calls, event.data).await.is_err() {
+                    return BodyEnd::Complete;
                 }
             }
         }
@@ -574,43 +562,6 @@ impl EventSizeGuard {
     }
 }
 
-/// Regroups a byte stream so that each chunk ends at a line end: bytes after the last line
-/// end wait for the next chunk. A `\r` at the very end waits too, since a `\n` may follow.
-/// Never holds more than one (unfinished) line.
-#[derive(Debug, Default)]
-struct LineAligner {
-    pending: bytes::BytesMut,
-}
-
-impl LineAligner {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let end = match memchr::memrchr(b'\n', chunk) {
-            Some(at) => Some(at + 1),
-            // A `\r` followed by another byte (not `\n`, there is none) ends its line.
-            None => {
-                memchr::memrchr(b'\r', &chunk[..chunk.len().saturating_sub(1)]).map(|at| at + 1)
-            }
-        };
-        match end {
-            Some(end) => {
-                self.pending.extend_from_slice(&chunk[..end]);
-                let complete = self.pending.split().freeze();
-                self.pending.extend_from_slice(&chunk[end..]);
-                complete
-            }
-            None => {
-                self.pending.extend_from_slice(chunk);
-                Bytes::new()
-            }
-        }
-    }
-}
-
-/// One SSE event grew past the limit.
-#[derive(Debug, thiserror::Error)]
-#[error("an upstream event exceeds the tunnel's message limit")]
-struct EventTooLarge;
-
 /// Reads a body up to `max` bytes.
 async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, BodyEnd> {
     if response
@@ -656,19 +607,7 @@ const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
-    use super::{EventSizeGuard, LineAligner};
-
-    #[test]
-    fn chunks_are_regrouped_at_line_ends() {
-        let mut lines = LineAligner::default();
-        assert_eq!(lines.feed(b"data: {\"a\""), "");
-        assert_eq!(lines.feed(b":1}\n\nda"), "data: {\"a\":1}\n\n");
-        assert_eq!(lines.feed(b"ta: x\r"), "", "a final \\r may start a \\r\\n");
-        assert_eq!(lines.feed(b"\n\r\n"), "data: x\r\n\r\n");
-        assert_eq!(lines.feed(b"data: y\rdata: z"), "data: y\r");
-        assert_eq!(lines.feed(b"\r\r"), "data: z\r");
-        assert_eq!(lines.feed(b"\n"), "\r\n");
-    }
+    use super::EventSizeGuard;
 
     #[test]
     fn events_are_measured_across_chunks_and_line_endings() {

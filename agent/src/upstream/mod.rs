@@ -9,6 +9,7 @@ mod http;
 mod param_headers;
 mod rewrite;
 mod shared;
+mod sse;
 mod stdio;
 
 use bytes::Bytes;
