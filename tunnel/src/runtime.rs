@@ -12,6 +12,11 @@ pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=info", "tokio_t
 
 /// Installs the global log subscriber, writing to stderr: the filter from `LOG_LEVEL`, else
 /// `RUST_LOG`, else `info`, plus [`CONTENT_SAFE_LOG_DIRECTIVES`]; JSON lines if `json`.
+///
+/// A line that cannot be written (stderr is a pipe whose reader went away: a log shipper
+/// restarted, a parent that died) is dropped silently. tracing-subscriber would otherwise
+/// report the failure with `eprintln!`, which panics on the same broken pipe, in whichever
+/// task logged: the signal handler among them, and a relay or agent that cannot stop.
 pub fn init_logging(json: bool) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -23,7 +28,8 @@ pub fn init_logging(json: bool) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {
