@@ -176,6 +176,13 @@ impl OneShot {
 impl Drop for OneShot {
     fn drop(&mut self) {
         self.registry.remove(&self.session.id);
+        // The stream's close is queued now, before the client has its answer and can send
+        // the next request: that request's `Open` then reaches the agent after this close,
+        // and the agent never counts both streams at once.
+        self.session.closed.cancel();
+        self.session
+            .sender
+            .abort(CloseCode::Normal, "request answered");
         let session = self.session.clone();
         self.tasks.spawn(async move {
             session.close(CloseCode::Normal, "request answered").await;
@@ -964,7 +971,12 @@ async fn dispatch(
                     break EndReason::TooLarge;
                 }
                 Err(StreamError::Ended(end)) => {
-                    tracing::info!(%end, "upstream stream ended");
+                    // A stateless request's stream ends so after every answer: not news.
+                    if matches!(&end, StreamEnd::Closed { code: CloseCode::Normal, .. }) {
+                        tracing::debug!(%end, "upstream stream ended");
+                    } else {
+                        tracing::info!(%end, "upstream stream ended");
+                    }
                     break EndReason::from(&end);
                 }
                 Err(err) => {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::stream::StreamEnd;
-use crate::{Core, Inbound, InboundFrame, OpenError, TunnelEvent};
+use crate::{Control, Core, Inbound, InboundFrame, OpenError, TunnelEvent};
 
 /// Runs a tunnel until it ends and says why. Must be polled, by spawning it or selecting
 /// on it, or nothing moves.
@@ -71,7 +71,7 @@ impl std::fmt::Display for TunnelExit {
 /// The writer's inputs, highest priority first.
 pub(crate) struct Lanes<Out> {
     pub(crate) owner: mpsc::UnboundedReceiver<Box<Out>>,
-    pub(crate) credit: mpsc::UnboundedReceiver<Box<StreamFrame>>,
+    pub(crate) control: mpsc::UnboundedReceiver<Box<Control>>,
     pub(crate) data: mpsc::Receiver<StreamFrame>,
 }
 
@@ -226,11 +226,13 @@ async fn dispatch<In: InboundFrame>(
                 }
             }
             Err(OpenError::TooManyStreams(open_now)) => {
-                let _ = core.credit_tx.send(Box::new(StreamFrame::Close {
-                    stream: open.stream,
-                    code: CloseCode::Overloaded,
-                    message: format!("the agent has {open_now} streams open, its limit"),
-                }));
+                let _ = core
+                    .control_tx
+                    .send(Box::new(Control::Stream(StreamFrame::Close {
+                        stream: open.stream,
+                        code: CloseCode::Overloaded,
+                        message: format!("the agent has {open_now} streams open, its limit"),
+                    })));
             }
             Err(OpenError::DuplicateStream(id)) => {
                 return Err(TunnelExit::Protocol(DecodeError::InvalidValue {
@@ -260,11 +262,13 @@ fn close_from_reader(core: &Core, stream: outpost_protocol::StreamId, code: Clos
             code,
             message: why.to_owned(),
         });
-        let _ = core.credit_tx.send(Box::new(StreamFrame::Close {
-            stream,
-            code,
-            message: why.to_owned(),
-        }));
+        let _ = core
+            .control_tx
+            .send(Box::new(Control::Stream(StreamFrame::Close {
+                stream,
+                code,
+                message: why.to_owned(),
+            })));
     }
 }
 
@@ -282,26 +286,46 @@ async fn write_loop<S, Out>(
     let mut ping = tokio::time::interval(core.config.heartbeat_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut buf = BytesMut::new();
+    // A data frame taken while a control frame sent before it was still mid-send: it goes
+    // out once the control lane is drained (see `next_queued`).
+    let mut held: Option<StreamFrame> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = core.closed.cancelled() => break,
-            Some(frame) = lanes.owner.recv() => frame.to_bytes(),
-            Some(frame) = lanes.credit.recv() => Out::from_stream(*frame).to_bytes(),
-            Some(frame) = lanes.data.recv() => Out::from_stream(frame).to_bytes(),
-            _ = ping.tick() => {
-                if let Err(err) = sink.send(Message::Ping(Default::default())).await {
-                    finish(&core, &exit, TunnelExit::Io(err.to_string()));
-                    return;
+        let first = if held.is_some() {
+            tokio::select! {
+                biased;
+                _ = core.closed.cancelled() => break,
+                frame = lanes.control.recv() => match frame {
+                    Some(frame) => encode_control::<Out>(*frame, &mut buf),
+                    None => encode::<Out>(held.take().expect("held"), &mut buf),
+                },
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = core.closed.cancelled() => break,
+                Some(frame) = lanes.owner.recv() => frame.to_bytes(),
+                Some(frame) = lanes.control.recv() => encode_control::<Out>(*frame, &mut buf),
+                Some(frame) = lanes.data.recv() => {
+                    if !lanes.control.is_empty() {
+                        held = Some(frame);
+                        continue;
+                    }
+                    encode::<Out>(frame, &mut buf)
                 }
-                continue;
+                _ = ping.tick() => {
+                    if let Err(err) = sink.send(Message::Ping(Default::default())).await {
+                        finish(&core, &exit, TunnelExit::Io(err.to_string()));
+                        return;
+                    }
+                    continue;
+                }
             }
         };
         // Write what is already queued behind the first frame, then flush once.
         let mut result = sink.feed(Message::Binary(first)).await;
         let mut batched = 0;
         while result.is_ok() && batched < MAX_BATCH {
-            let Some(next) = next_queued(&mut lanes, &mut buf) else {
+            let Some(next) = next_queued(&mut lanes, &mut held, &mut buf) else {
                 break;
             };
             result = sink.feed(Message::Binary(next)).await;
@@ -328,10 +352,18 @@ async fn write_loop<S, Out>(
             current_exit(&core, &exit),
             TunnelExit::Io(_) | TunnelExit::PeerSilent
         ) {
-            while let Some(frame) = next_queued(&mut lanes, &mut buf) {
+            while let Some(frame) = next_queued(&mut lanes, &mut held, &mut buf) {
                 if sink.feed(Message::Binary(frame)).await.is_err() {
                     return;
                 }
+            }
+            if let Some(frame) = held.take()
+                && sink
+                    .feed(Message::Binary(encode::<Out>(frame, &mut buf)))
+                    .await
+                    .is_err()
+            {
+                return;
             }
         }
         let _ = sink.send(close).await;
@@ -340,15 +372,47 @@ async fn write_loop<S, Out>(
     .await;
 }
 
-/// The next frame already waiting in a lane, by priority.
-fn next_queued<Out: Frame>(lanes: &mut Lanes<Out>, buf: &mut BytesMut) -> Option<bytes::Bytes> {
-    lanes
-        .owner
-        .try_recv()
-        .map(|frame| frame.to_bytes())
-        .or_else(|_| lanes.credit.try_recv().map(|f| encode::<Out>(*f, buf)))
-        .or_else(|_| lanes.data.try_recv().map(|f| encode::<Out>(f, buf)))
-        .ok()
+/// The next frame already waiting in a lane, by priority: owner, control, a held data
+/// frame, data.
+///
+/// A stream's `Open` (control lane) must reach the peer before its first data (data lane),
+/// or the peer drops data for a stream it does not know and the request is lost. The
+/// opener queues `Open` first, but an mpsc channel is not linearizable: while another task
+/// is midway through its own send to the control lane, `try_recv` reports the lane empty
+/// even though an `Open` queued after it is complete. `is_empty` counts that claimed slot.
+/// Checked after a data frame is taken, it sees every frame queued before that data; if
+/// any remain, the data frame is held until the control lane has drained.
+fn next_queued<Out: Frame>(
+    lanes: &mut Lanes<Out>,
+    held: &mut Option<StreamFrame>,
+    buf: &mut BytesMut,
+) -> Option<bytes::Bytes> {
+    if let Ok(frame) = lanes.owner.try_recv() {
+        return Some(frame.to_bytes());
+    }
+    if let Ok(frame) = lanes.control.try_recv() {
+        return Some(encode_control::<Out>(*frame, buf));
+    }
+    if !lanes.control.is_empty() {
+        // A control frame is mid-send: the write loop waits for it.
+        return None;
+    }
+    if let Some(frame) = held.take() {
+        return Some(encode::<Out>(frame, buf));
+    }
+    let frame = lanes.data.try_recv().ok()?;
+    if !lanes.control.is_empty() {
+        *held = Some(frame);
+        return None;
+    }
+    Some(encode::<Out>(frame, buf))
+}
+
+fn encode_control<Out: Frame>(frame: Control, buf: &mut BytesMut) -> bytes::Bytes {
+    match frame {
+        Control::Stream(frame) => encode::<Out>(frame, buf),
+        Control::Encoded(bytes) => bytes,
+    }
 }
 
 fn encode<Out: Frame>(frame: StreamFrame, buf: &mut BytesMut) -> bytes::Bytes {

@@ -122,9 +122,8 @@ impl InboundFrame for RelayFrame {
 #[derive(Debug)]
 pub struct Tunnel<Out> {
     core: Arc<Core>,
-    /// Frames for the peer's owner (`Open`, `Draining`). Unbounded: they are rare and
-    /// bounded by the stream limit. The writer sends this lane first, so an `Open` always
-    /// precedes its stream's data. Boxed: see the crate's note on memory.
+    /// Frames for the peer's owner that belong to no stream (`Draining`, `Servers`).
+    /// Unbounded: they are rare. Boxed: see the crate's note on memory.
     owner_tx: mpsc::UnboundedSender<Box<Out>>,
 }
 
@@ -162,17 +161,33 @@ pub(crate) struct Core {
     /// Data and close frames, in order: bounded, so a busy stream waits here instead of
     /// buffering, and a close never overtakes the data sent before it.
     pub(crate) data_tx: mpsc::Sender<StreamFrame>,
-    /// Credit frames. Unbounded because each is small and their number is bounded by the
-    /// data received; putting them behind data would let a full data lane withhold the
-    /// very credit that drains it. Boxed, as on the owner lane: a `StreamFrame` is 40 bytes
-    /// and idle tunnels hold this channel's first block all their lives.
-    pub(crate) credit_tx: mpsc::UnboundedSender<Box<StreamFrame>>,
+    /// Stream control, in the order it was sent: the relay's `Open`s, credit, and closes
+    /// that do not wait for data (refusals, `close_now`). Unbounded because each is small
+    /// and their number is bounded by the streams and the data received; putting credit
+    /// behind data would let a full data lane withhold the very credit that drains it.
+    ///
+    /// One lane keeps them in order: a stream's `Open` reaches the peer after the closes
+    /// sent before it, so the peer never counts a closed stream and its successor at once
+    /// (and refuses the successor as over its limit). The writer sends no data while a
+    /// frame sent before it waits here, so no stream's data overtakes its `Open`.
+    ///
+    /// Boxed, as on the owner lane: idle tunnels hold this channel's first block all their
+    /// lives.
+    pub(crate) control_tx: mpsc::UnboundedSender<Box<Control>>,
     /// Fires when the tunnel ends, for whatever reason.
     pub(crate) closed: CancellationToken,
     /// The owner's token: when it fires, the tunnel ends because this side shuts down.
     pub(crate) shutdown: CancellationToken,
     /// Next stream id this side allocates (relay side only).
     next_stream: AtomicU32,
+}
+
+/// A frame of the control lane: a stream frame, or an `Open` (already encoded: the lane
+/// is shared by both directions' frame types).
+#[derive(Debug)]
+pub(crate) enum Control {
+    Stream(StreamFrame),
+    Encoded(bytes::Bytes),
 }
 
 // === impl Tunnel ===
@@ -190,21 +205,21 @@ impl<Out: Frame + Send + 'static> Tunnel<Out> {
         In: InboundFrame,
     {
         let (data_tx, data_rx) = mpsc::channel(DATA_LANE_DEPTH);
-        let (credit_tx, credit_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (owner_tx, owner_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(EVENT_DEPTH);
         let core = Arc::new(Core {
             config,
             streams: Mutex::new(HashMap::new()),
             data_tx,
-            credit_tx,
+            control_tx,
             closed: cancel.child_token(),
             shutdown: cancel,
             next_stream: AtomicU32::new(1),
         });
         let lanes = driver::Lanes {
             owner: owner_rx,
-            credit: credit_rx,
+            control: control_rx,
             data: data_rx,
         };
         let driver = TunnelDriver::new(socket, core.clone(), lanes, events_tx);
@@ -257,11 +272,15 @@ impl Tunnel<RelayFrame> {
     ) -> Result<Stream, OpenError> {
         let id = StreamId(self.core.next_stream.fetch_add(1, Ordering::Relaxed));
         let stream = Core::register(&self.core, id)?;
-        self.send_control(RelayFrame::Open(Open {
+        let open = RelayFrame::Open(Open {
             stream: id,
             server: server.to_owned(),
             meta,
-        }))?;
+        });
+        self.core
+            .control_tx
+            .send(Box::new(Control::Encoded(open.to_bytes())))
+            .map_err(|_| OpenError::TunnelClosed)?;
         Ok(stream)
     }
 }

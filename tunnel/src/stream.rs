@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use outpost_protocol::{CloseCode, StreamFrame, StreamId};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::Core;
+use crate::{Control, Core};
 
 /// A stream: one JSON-RPC conversation between a relay session and an upstream.
 #[derive(Debug)]
@@ -294,6 +294,28 @@ impl StreamSender {
         close_now(&self.core, self.state.id, code, message.into());
     }
 
+    /// Closes the stream at once, for a stream whose exchange is over: on the control lane,
+    /// ahead of any data still queued for it (which the peer then drops), and in order
+    /// with the `Open`s sent after it, so the peer stops counting this stream before it
+    /// counts the next. See `Core::control_tx`.
+    pub fn abort(&self, code: CloseCode, message: impl Into<String>) {
+        if let Some(shared) = self.core.remove(self.state.id) {
+            let message = message.into();
+            shared.end(StreamEnd::Closed {
+                code,
+                message: message.clone(),
+            });
+            let _ = self
+                .core
+                .control_tx
+                .send(Box::new(Control::Stream(StreamFrame::Close {
+                    stream: self.state.id,
+                    code,
+                    message,
+                })));
+        }
+    }
+
     /// Whether the stream has ended.
     pub fn is_closed(&self) -> bool {
         self.state.credit.is_closed()
@@ -353,10 +375,13 @@ impl StreamReceiver {
         }
         let bytes = std::mem::take(&mut self.pending_credit);
         self.state.uncredited.fetch_sub(bytes, Ordering::AcqRel);
-        let _ = self.core.credit_tx.send(Box::new(StreamFrame::Credit {
-            stream: self.state.id,
-            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
-        }));
+        let _ = self
+            .core
+            .control_tx
+            .send(Box::new(Control::Stream(StreamFrame::Credit {
+                stream: self.state.id,
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            })));
     }
 
     fn close(&self, code: CloseCode, message: String) {
@@ -410,7 +435,7 @@ impl Drop for CloseOnDrop {
 }
 
 /// Closes a stream from synchronous code: after queued data if the data lane has room,
-/// else at once on the credit lane (the stream's owner has abandoned it anyway).
+/// else at once on the control lane (the stream's owner has abandoned it anyway).
 fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
     if let Some(shared) = core.remove(id) {
         shared.end(StreamEnd::Closed {
@@ -422,12 +447,11 @@ fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
             code,
             message,
         };
-        if let Err(err) = core.data_tx.try_send(frame) {
-            let frame = match err {
-                mpsc::error::TrySendError::Full(frame)
-                | mpsc::error::TrySendError::Closed(frame) => frame,
-            };
-            let _ = core.credit_tx.send(Box::new(frame));
+        match core.data_tx.try_reserve() {
+            Ok(permit) => permit.send(frame),
+            Err(_) => {
+                let _ = core.control_tx.send(Box::new(Control::Stream(frame)));
+            }
         }
     }
 }

@@ -531,3 +531,60 @@ async fn a_send_abandoned_mid_message_closes_the_stream() {
         "{next:?}"
     );
 }
+
+/// Many openers at once, each opening a stream, sending a request, reading the echo, then
+/// aborting the stream and opening the next at once, as the relay does for stateless
+/// requests. Every stream must reach the agent before its data (else the request is lost
+/// and the echo never comes) and after the closes queued before it (else the agent counts
+/// a closed stream beside its successor and refuses the successor as over its limit).
+/// Both orderings broke under load before the control lane; the race needs several
+/// threads, and thousands of rounds to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opens_follow_earlier_closes_and_precede_their_data_under_load() {
+    const OPENERS: usize = 8;
+    const ROUNDS: usize = 1_500;
+    let mut config = config();
+    config.max_streams = OPENERS;
+    let mut p = pair(config).await;
+    // The agent: echoes each stream's one message until the relay closes it.
+    let echo = tokio::spawn(async move {
+        let mut echoes = tokio::task::JoinSet::new();
+        while let Some(event) = p.agent_events.recv().await {
+            if let TunnelEvent::Open { mut stream, .. } = event {
+                echoes.spawn(async move {
+                    while let Ok(message) = stream.receiver.recv().await {
+                        if stream.sender.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let mut openers = tokio::task::JoinSet::new();
+    for opener in 0..OPENERS {
+        let relay = p.relay.clone();
+        openers.spawn(async move {
+            for round in 0..ROUNDS {
+                let mut stream = relay.open_stream("echo", vec![]).expect("open");
+                let request = Bytes::from(format!("{opener}:{round}"));
+                stream.sender.send(request.clone()).await.expect("send");
+                let answer = tokio::time::timeout(Duration::from_secs(10), stream.receiver.recv())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("stream {opener}:{round}: no echo: the request was lost")
+                    });
+                match answer {
+                    Ok(answer) => assert_eq!(answer, request),
+                    Err(err) => panic!("stream {opener}:{round} refused: {err}"),
+                }
+                stream.sender.abort(CloseCode::Normal, "answered");
+            }
+        });
+    }
+    while let Some(result) = openers.join_next().await {
+        result.expect("an opener failed");
+    }
+    p.relay.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), echo).await;
+}
