@@ -58,6 +58,10 @@ struct Args {
     /// Fleet sizes for (d) and (e).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     agents: Vec<usize>,
+    /// Keep only the targets whose names contain one of these words (comma-separated), e.g.
+    /// `--targets "2026 → HTTP"`; the direct paths always stay, since ratios divide by them.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
     /// Leave out supergateway and mcp-proxy (always left out with --quick, unless --peers).
     #[arg(long)]
     no_peers: bool,
@@ -111,7 +115,7 @@ fn main() -> ExitCode {
         Some("upstream-http") => run_on(Runtime::TwoThreads, upstream::serve_http()),
         Some("upstream-stdio-2026") => run_on(Runtime::OneThread, upstream::serve_stdio_2026()),
         Some("upstream-http-2026") => run_on(Runtime::TwoThreads, upstream::serve_http_2026()),
-        _ => run_on(Runtime::TwoThreads, bench(Args::parse())),
+        _ => run_on(Runtime::TwoThreads, until_signal(bench(Args::parse()))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +123,22 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `work` until it ends or SIGINT/SIGTERM arrives. On a signal the work is dropped,
+/// and with it every process it started (each is killed as its handle drops): a run
+/// interrupted by ^C or `timeout` leaves no relay, agent or upstream behind.
+async fn until_signal(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        result = work => result,
+        _ = term.recv() => Err(anyhow::anyhow!("interrupted by SIGTERM")),
+        _ = int.recv() => Err(anyhow::anyhow!("interrupted by SIGINT")),
     }
 }
 
@@ -196,7 +216,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             &settings.relay_under,
             &settings.agent_under,
         )
-        .await?;
+        .await?
+        .keep(&args.targets);
         let names: Vec<&str> = stack.targets.iter().map(|t| t.name).collect();
         println!("targets: {}", names.join(", "));
         if wants('a') {

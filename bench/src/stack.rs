@@ -375,6 +375,17 @@ impl Stack {
         })
     }
 
+    /// Keeps the direct paths and the targets whose names contain one of `words`; all of
+    /// them when `words` is empty.
+    pub(crate) fn keep(mut self, words: &[String]) -> Self {
+        if !words.is_empty() {
+            self.targets.retain(|t| {
+                t.path == Route::Direct || words.iter().any(|w| t.name.contains(w.as_str()))
+            });
+        }
+        self
+    }
+
     /// The targets spoken to in `era`, the direct one first.
     pub(crate) fn targets_of(&self, era: Era) -> Vec<&Target> {
         self.targets.iter().filter(|t| t.era() == era).collect()
@@ -385,6 +396,20 @@ impl Stack {
     pub(crate) async fn stop(mut self) {
         let _ = self.agent.terminate().await;
         let _ = self.relay.process.terminate().await;
+    }
+
+    /// Keeps what the relay and the agent logged in `target/bench/logs/`, for a run whose
+    /// figures show errors.
+    fn save_logs(&self) {
+        let dir = outpost_test_support::workspace_root().join("target/bench/logs");
+        let saved = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(dir.join("relay.log"), self.relay.process.output())?;
+            std::fs::write(dir.join("agent.log"), self.agent.output())
+        });
+        match saved {
+            Ok(()) => eprintln!("relay and agent logs: {}", dir.display()),
+            Err(err) => eprintln!("note: the logs were not saved in {}: {err}", dir.display()),
+        }
     }
 
     /// The process whose memory a target's bridge uses: the relay and agent for Outpost,
@@ -403,6 +428,14 @@ impl Stack {
                 .map(|(_, process)| ("bridge", process.pid().unwrap_or(0)))
                 .collect(),
         }
+    }
+}
+
+impl Drop for Stack {
+    /// Whether the run ended, failed or was interrupted: the logs are kept, and every
+    /// process is killed as its handle drops.
+    fn drop(&mut self) {
+        self.save_logs();
     }
 }
 
