@@ -273,17 +273,7 @@ impl StreamSender {
 
     /// Closes the stream in both directions, after the data already sent.
     pub async fn close(&self, code: CloseCode, message: impl Into<String>) {
-        let message = message.into();
-        if let Some(shared) = self.core.remove(self.state.id) {
-            shared.end(StreamEnd::Closed {
-                code,
-                message: message.clone(),
-            });
-            let frame = StreamFrame::Close {
-                stream: self.state.id,
-                code,
-                message,
-            };
+        if let Some(frame) = end_here(&self.core, self.state.id, code, message.into()) {
             let _ = self.core.data_tx.send(frame).await;
         }
     }
@@ -299,20 +289,8 @@ impl StreamSender {
     /// with the `Open`s sent after it, so the peer stops counting this stream before it
     /// counts the next. See `Core::control_tx`.
     pub fn abort(&self, code: CloseCode, message: impl Into<String>) {
-        if let Some(shared) = self.core.remove(self.state.id) {
-            let message = message.into();
-            shared.end(StreamEnd::Closed {
-                code,
-                message: message.clone(),
-            });
-            let _ = self
-                .core
-                .control_tx
-                .send(Box::new(Control::Stream(StreamFrame::Close {
-                    stream: self.state.id,
-                    code,
-                    message,
-                })));
+        if let Some(frame) = end_here(&self.core, self.state.id, code, message.into()) {
+            let _ = self.core.control_tx.send(Box::new(Control::Stream(frame)));
         }
     }
 
@@ -437,16 +415,7 @@ impl Drop for CloseOnDrop {
 /// Closes a stream from synchronous code: after queued data if the data lane has room,
 /// else at once on the control lane (the stream's owner has abandoned it anyway).
 fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
-    if let Some(shared) = core.remove(id) {
-        shared.end(StreamEnd::Closed {
-            code,
-            message: message.clone(),
-        });
-        let frame = StreamFrame::Close {
-            stream: id,
-            code,
-            message,
-        };
+    if let Some(frame) = end_here(core, id, code, message) {
         match core.data_tx.try_reserve() {
             Ok(permit) => permit.send(frame),
             Err(_) => {
@@ -454,4 +423,19 @@ fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
             }
         }
     }
+}
+
+/// Ends a stream on this side, if it is still registered, and returns the Close frame
+/// that tells the peer.
+fn end_here(core: &Core, id: StreamId, code: CloseCode, message: String) -> Option<StreamFrame> {
+    let shared = core.remove(id)?;
+    shared.end(StreamEnd::Closed {
+        code,
+        message: message.clone(),
+    });
+    Some(StreamFrame::Close {
+        stream: id,
+        code,
+        message,
+    })
 }
