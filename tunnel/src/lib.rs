@@ -44,6 +44,11 @@ pub struct TunnelConfig {
     pub max_message_len: usize,
     /// Payload bytes a sender may have unacknowledged per stream.
     pub initial_window: u32,
+    /// Largest payload the peer may put in one data frame (a bound: the frame limit will
+    /// do). Credit for small messages is held back and returned in batches, but only while
+    /// the peer still has room for a piece this large, so that no sender ever waits for
+    /// credit this side is holding.
+    pub peer_chunk_len: usize,
     /// Streams that may be open at once.
     pub max_streams: usize,
 }

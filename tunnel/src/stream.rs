@@ -332,7 +332,9 @@ impl StreamReceiver {
                 self.partial.extend_from_slice(&piece.payload);
                 piece.fin.then(|| self.partial.split().freeze())
             };
-            if message.is_some() || self.pending_credit >= self.credit_batch() {
+            if self.pending_credit >= self.credit_batch()
+                || (message.is_some() && self.peer_may_lack_room())
+            {
                 self.flush_credit();
             }
             if let Some(message) = message {
@@ -345,6 +347,15 @@ impl StreamReceiver {
     /// would wait for credit this side is holding back.
     fn credit_batch(&self) -> usize {
         self.core.config.chunk_len.min(self.state.window / 2).max(1)
+    }
+
+    /// Whether the peer may not have credit left for one more whole piece, were this side
+    /// to keep back what it holds: then it goes back at once, at the end of each message.
+    /// Otherwise credit goes back only in batches, so a small request or answer costs no
+    /// credit frame of its own (one frame, one TLS record and one wake-up of the peer
+    /// fewer per message).
+    fn peer_may_lack_room(&self) -> bool {
+        self.state.window.saturating_sub(self.pending_credit) < self.core.config.peer_chunk_len
     }
 
     fn flush_credit(&mut self) {

@@ -19,6 +19,7 @@ fn config() -> TunnelConfig {
         chunk_len: 16 * 1024,
         max_message_len: 4 * 1024 * 1024,
         initial_window: 64 * 1024,
+        peer_chunk_len: 16 * 1024,
         max_streams: 8,
     }
 }
@@ -384,6 +385,76 @@ async fn a_peer_sending_past_its_credit_loses_the_stream() {
     assert_eq!(agent.open_streams(), 0);
 }
 
+/// Sends `count` one-piece messages of `len` bytes on stream 1 from a raw relay, has the
+/// agent read each, and returns the credit the agent sent back, frame by frame.
+async fn credit_returned_for(config: TunnelConfig, count: usize, len: usize) -> Vec<u32> {
+    let (mut raw_relay, agent_socket) = sockets().await;
+    let (_agent, mut events, driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
+        agent_socket,
+        config,
+        CancellationToken::new(),
+    );
+    tokio::spawn(driver);
+    let open = RelayFrame::Open(outpost_protocol::Open {
+        stream: StreamId(1),
+        server: "erp".into(),
+        meta: vec![],
+    });
+    raw_relay
+        .send(Message::Binary(open.to_bytes()))
+        .await
+        .unwrap();
+    let (mut stream, _) = accept(&mut events).await;
+    for _ in 0..count {
+        let data = RelayFrame::Stream(StreamFrame::Data {
+            stream: StreamId(1),
+            fin: true,
+            payload: Bytes::from(vec![b'a'; len]),
+        });
+        raw_relay
+            .send(Message::Binary(data.to_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(stream.receiver.recv().await.unwrap().len(), len);
+    }
+    // Everything the agent queued goes out before this close (same lane, in order).
+    stream.sender.abort(CloseCode::Normal, "done");
+    let mut credit = Vec::new();
+    while let Some(Ok(message)) = raw_relay.next().await {
+        let Message::Binary(bytes) = message else {
+            continue;
+        };
+        match AgentFrame::decode_message(&bytes).unwrap() {
+            AgentFrame::Stream(StreamFrame::Credit { bytes, .. }) => credit.push(bytes),
+            AgentFrame::Stream(StreamFrame::Close { .. }) => return credit,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    panic!("the tunnel ended before the close");
+}
+
+#[tokio::test]
+async fn small_messages_return_credit_in_batches() {
+    // 40 messages of 1 KiB against a 64 KiB window: the peer always has room, so credit
+    // goes back once per batch (the chunk length, 16 KiB), not once per message.
+    let credit = credit_returned_for(config(), 40, 1024).await;
+    assert_eq!(credit, vec![16 * 1024, 16 * 1024]);
+}
+
+#[tokio::test]
+async fn credit_returns_with_each_message_when_the_peer_could_run_short() {
+    // The peer's pieces may be as large as the whole window (an older agent sends so):
+    // holding back any credit could leave it waiting forever, so each message's credit
+    // goes back as soon as it is read.
+    let small_window = TunnelConfig {
+        initial_window: 16 * 1024,
+        peer_chunk_len: 16 * 1024,
+        ..config()
+    };
+    let credit = credit_returned_for(small_window, 5, 1000).await;
+    assert_eq!(credit, vec![1000; 5]);
+}
+
 #[tokio::test]
 async fn concurrent_senders_on_one_stream_never_interleave_messages() {
     let mut p = pair(config()).await;
@@ -424,11 +495,13 @@ async fn a_window_smaller_than_the_peers_chunk_still_flows() {
     let relay_config = TunnelConfig {
         chunk_len: 4 * 1024,
         initial_window: 8 * 1024,
+        peer_chunk_len: 64 * 1024,
         ..config()
     };
     let agent_config = TunnelConfig {
         chunk_len: 64 * 1024,
         initial_window: 8 * 1024,
+        peer_chunk_len: 4 * 1024,
         ..config()
     };
     let (relay_socket, agent_socket) = sockets().await;

@@ -67,6 +67,7 @@ pub(crate) async fn run(
             .max(1),
         max_message_len: limits.max_message_len as usize,
         initial_window: limits.initial_window,
+        peer_chunk_len: limits.max_frame_len as usize,
         max_streams: (limits.max_streams as usize).min(config.tunnel.max_streams),
     };
     let session_token = CancellationToken::new();

@@ -175,6 +175,7 @@ async fn run_session<S>(
         chunk_len: settings.chunk_bytes as usize,
         max_message_len: app.config.limits.max_message_bytes,
         initial_window: settings.initial_window,
+        peer_chunk_len: max_frame_len(&app) as usize,
         max_streams: app.config.limits.max_streams_per_agent,
     };
     let (tunnel, mut events, driver) =
