@@ -105,6 +105,9 @@ impl Agent {
             .connect_timeout(LOCAL_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .no_proxy()
+            // A server's configured headers (its credentials) go to its URL and nowhere
+            // else: a redirect is the upstream's error, not a new destination.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AgentError::Http(e.to_string()))?;
         let health = config
