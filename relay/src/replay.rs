@@ -64,6 +64,10 @@ pub(crate) struct ReplayBuffer {
     bytes: usize,
     /// The streams that can be resumed, with their positions.
     streams: HashMap<StreamName, Cursor>,
+    /// Delivered streams in the order they were delivered, so releasing the ones past
+    /// their grace looks at those only, not at every stream on every event. An entry
+    /// whose stream was forgotten meanwhile (evicted, resumed to its end) is skipped.
+    delivered: VecDeque<(Instant, StreamName)>,
 }
 
 #[derive(Debug)]
@@ -94,6 +98,7 @@ impl ReplayBuffer {
             events: VecDeque::new(),
             bytes: 0,
             streams: HashMap::new(),
+            delivered: VecDeque::new(),
         }
     }
 
@@ -171,22 +176,39 @@ impl ReplayBuffer {
     /// A response handed all of the complete `stream` to its connection: it is released
     /// after [`DELIVERED_GRACE`].
     pub(crate) fn delivered(&mut self, stream: StreamName) {
-        if let Some(cursor) = self.streams.get_mut(&stream).filter(|c| c.finished) {
-            cursor.delivered.get_or_insert_with(Instant::now);
+        let Some(cursor) = self.streams.get_mut(&stream).filter(|c| c.finished) else {
+            return;
+        };
+        if cursor.delivered.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        cursor.delivered = Some(now);
+        self.delivered.push_back((now, stream));
+        // Most delivered streams are forgotten by eviction long before their grace ends;
+        // drop their entries once they outnumber the streams still kept.
+        if self.delivered.len() > 2 * self.streams.len() + 64 {
+            let streams = &self.streams;
+            self.delivered
+                .retain(|(at, name)| streams.get(name).is_some_and(|c| c.delivered == Some(*at)));
         }
     }
 
     /// Releases the streams delivered longer than [`DELIVERED_GRACE`] ago.
     fn purge_delivered(&mut self) {
         let now = Instant::now();
-        let done: Vec<StreamName> = self
-            .streams
-            .iter()
-            .filter(|(_, c)| c.delivered.is_some_and(|at| at + DELIVERED_GRACE <= now))
-            .map(|(stream, _)| *stream)
-            .collect();
-        for stream in done {
-            self.release(stream);
+        while let Some(&(at, stream)) = self.delivered.front() {
+            if at + DELIVERED_GRACE > now {
+                break;
+            }
+            self.delivered.pop_front();
+            if self
+                .streams
+                .get(&stream)
+                .is_some_and(|c| c.delivered == Some(at))
+            {
+                self.release(stream);
+            }
         }
     }
 
@@ -210,6 +232,7 @@ impl ReplayBuffer {
     pub(crate) fn clear(&mut self) {
         self.events.clear();
         self.streams.clear();
+        self.delivered.clear();
         self.bytes = 0;
     }
 
@@ -396,5 +419,37 @@ mod tests {
             ReplayError::Unknown
         );
         assert!(replay.holds(get));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_session_keeps_its_bookkeeping_bounded_and_releases_in_order() {
+        let mut replay = buffer(64, 1 << 20);
+        // Thousands of answered POSTs within one grace: eviction forgets most of them, and
+        // the delivery queue does not outgrow the streams still kept.
+        for post in 0..5_000 {
+            let stream = StreamName::Post(post);
+            replay.open(stream);
+            replay.push(stream, Bytes::from_static(b"answer"));
+            replay.finish(stream);
+            replay.delivered(stream);
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(
+            replay.streams.len() <= 65,
+            "{} streams",
+            replay.streams.len()
+        );
+        assert!(replay.delivered.len() <= 2 * replay.streams.len() + 64);
+        // The newest are still resumable; once their grace is over, none is.
+        let newest = StreamName::Post(4_999);
+        assert_eq!(
+            replay.after(&replay.event_id(newest, 0)).unwrap().1.len(),
+            1
+        );
+        tokio::time::advance(DELIVERED_GRACE).await;
+        replay.push(StreamName::Get, Bytes::from_static(b"g"));
+        assert_eq!(replay.streams.len(), 1, "only the GET stream is left");
+        assert!(replay.delivered.is_empty());
+        assert_eq!(replay.kept_bytes(), 1);
     }
 }
