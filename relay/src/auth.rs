@@ -335,8 +335,7 @@ fn key_id(key: &str) -> KeyId {
 }
 
 fn key_id_of_digest(digest: &[u8; 32]) -> KeyId {
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    KeyId(format!("kid_{hex}"))
+    KeyId(format!("kid_{}", hex::encode(&digest[..8])))
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.
@@ -357,8 +356,7 @@ pub fn fill_random(buf: &mut [u8]) {
 pub fn random_id(prefix: &str, bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     fill_random(&mut raw);
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
+    format!("{prefix}{}", hex::encode(raw))
 }
 
 /// Shortest pepper accepted.
