@@ -334,12 +334,21 @@ async fn garbage_from_the_peer_closes_the_tunnel_with_a_protocol_error() {
     }
 }
 
-#[tokio::test]
-async fn a_peer_sending_past_its_credit_loses_the_stream() {
+/// An agent's tunnel whose relay side is a bare WebSocket driven by the test, with stream 1
+/// opened from that side and accepted by the agent. The agent's events are returned too:
+/// the tunnel ends if nobody can receive them.
+async fn agent_with_raw_relay(
+    config: TunnelConfig,
+) -> (
+    Tunnel<AgentFrame>,
+    WebSocketStream<DuplexStream>,
+    Stream,
+    TunnelEvents<RelayFrame>,
+) {
     let (mut raw_relay, agent_socket) = sockets().await;
     let (agent, mut events, driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
         agent_socket,
-        config(),
+        config,
         CancellationToken::new(),
     );
     tokio::spawn(driver);
@@ -352,7 +361,13 @@ async fn a_peer_sending_past_its_credit_loses_the_stream() {
         .send(Message::Binary(open.to_bytes()))
         .await
         .unwrap();
-    let (mut stream, _) = accept(&mut events).await;
+    let (stream, _) = accept(&mut events).await;
+    (agent, raw_relay, stream, events)
+}
+
+#[tokio::test]
+async fn a_peer_sending_past_its_credit_loses_the_stream() {
+    let (agent, mut raw_relay, mut stream, _events) = agent_with_raw_relay(config()).await;
     // Two windows' worth, without waiting for credit.
     let piece = Bytes::from(vec![b'a'; config().initial_window as usize]);
     for _ in 0..2 {
@@ -388,23 +403,7 @@ async fn a_peer_sending_past_its_credit_loses_the_stream() {
 /// Sends `count` one-piece messages of `len` bytes on stream 1 from a raw relay, has the
 /// agent read each, and returns the credit the agent sent back, frame by frame.
 async fn credit_returned_for(config: TunnelConfig, count: usize, len: usize) -> Vec<u32> {
-    let (mut raw_relay, agent_socket) = sockets().await;
-    let (_agent, mut events, driver) = Tunnel::<AgentFrame>::start::<_, RelayFrame>(
-        agent_socket,
-        config,
-        CancellationToken::new(),
-    );
-    tokio::spawn(driver);
-    let open = RelayFrame::Open(outpost_protocol::Open {
-        stream: StreamId(1),
-        server: "erp".into(),
-        meta: vec![],
-    });
-    raw_relay
-        .send(Message::Binary(open.to_bytes()))
-        .await
-        .unwrap();
-    let (mut stream, _) = accept(&mut events).await;
+    let (_agent, mut raw_relay, mut stream, _events) = agent_with_raw_relay(config).await;
     for _ in 0..count {
         let data = RelayFrame::Stream(StreamFrame::Data {
             stream: StreamId(1),
