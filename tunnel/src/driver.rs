@@ -226,13 +226,11 @@ async fn dispatch<In: InboundFrame>(
                 }
             }
             Err(OpenError::TooManyStreams(open_now)) => {
-                let _ = core
-                    .control_tx
-                    .send(Box::new(Control::Stream(StreamFrame::Close {
-                        stream: open.stream,
-                        code: CloseCode::Overloaded,
-                        message: format!("the agent has {open_now} streams open, its limit"),
-                    })));
+                core.send_control(StreamFrame::Close {
+                    stream: open.stream,
+                    code: CloseCode::Overloaded,
+                    message: format!("the agent has {open_now} streams open, its limit"),
+                });
             }
             Err(OpenError::DuplicateStream(id)) => {
                 return Err(TunnelExit::Protocol(DecodeError::InvalidValue {
@@ -262,13 +260,11 @@ fn close_from_reader(core: &Core, stream: outpost_protocol::StreamId, code: Clos
             code,
             message: why.to_owned(),
         });
-        let _ = core
-            .control_tx
-            .send(Box::new(Control::Stream(StreamFrame::Close {
-                stream,
-                code,
-                message: why.to_owned(),
-            })));
+        core.send_control(StreamFrame::Close {
+            stream,
+            code,
+            message: why.to_owned(),
+        });
     }
 }
 

@@ -310,6 +310,12 @@ impl Core {
         Ok(stream)
     }
 
+    /// Queues a stream frame on the control lane (see `control_tx`); dropped if the tunnel
+    /// has ended.
+    pub(crate) fn send_control(&self, frame: StreamFrame) {
+        let _ = self.control_tx.send(Box::new(Control::Stream(frame)));
+    }
+
     /// Removes a stream, if it is still registered, and returns it.
     pub(crate) fn remove(&self, id: StreamId) -> Option<StreamShared> {
         self.lock_streams().remove(&id)

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use outpost_protocol::{CloseCode, StreamFrame, StreamId};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::{Control, Core};
+use crate::Core;
 
 /// A stream: one JSON-RPC conversation between a relay session and an upstream.
 #[derive(Debug)]
@@ -290,7 +290,7 @@ impl StreamSender {
     /// counts the next. See `Core::control_tx`.
     pub fn abort(&self, code: CloseCode, message: impl Into<String>) {
         if let Some(frame) = end_here(&self.core, self.state.id, code, message.into()) {
-            let _ = self.core.control_tx.send(Box::new(Control::Stream(frame)));
+            self.core.send_control(frame);
         }
     }
 
@@ -364,13 +364,10 @@ impl StreamReceiver {
         }
         let bytes = std::mem::take(&mut self.pending_credit);
         self.state.uncredited.fetch_sub(bytes, Ordering::AcqRel);
-        let _ = self
-            .core
-            .control_tx
-            .send(Box::new(Control::Stream(StreamFrame::Credit {
-                stream: self.state.id,
-                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
-            })));
+        self.core.send_control(StreamFrame::Credit {
+            stream: self.state.id,
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        });
     }
 
     fn close(&self, code: CloseCode, message: String) {
@@ -430,7 +427,7 @@ fn close_now(core: &Core, id: StreamId, code: CloseCode, message: String) {
         match core.data_tx.try_reserve() {
             Ok(permit) => permit.send(frame),
             Err(_) => {
-                let _ = core.control_tx.send(Box::new(Control::Stream(frame)));
+                core.send_control(frame);
             }
         }
     }
