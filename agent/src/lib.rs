@@ -166,6 +166,9 @@ impl Agent {
 
     /// Keeps a tunnel to the relay up, reconnecting with backoff, until `shutdown` fires;
     /// then drains in-flight calls within the grace period and returns.
+    ///
+    /// Spawn it on a multi-threaded runtime rather than awaiting it in `block_on`: it drives
+    /// the tunnel, and `block_on` polls on a thread that is not one of the runtime's workers.
     pub async fn run(self, shutdown: CancellationToken) {
         let agent = &self.inner;
         let health = match self.health {

@@ -118,11 +118,20 @@ fn main() -> ExitCode {
                 let config = load().map_err(|e| e.to_string())?;
                 reload.reload(config).map_err(|e| e.to_string())
             }));
-            agent.run(shutdown.clone()).await;
+            // Spawned, not awaited here: `block_on` polls its future on the main thread,
+            // which is not one of the runtime's workers, so the tunnel driven from there
+            // would hand every message across threads twice.
+            let ran = tokio::spawn(agent.run(shutdown.clone())).await;
             shutdown.cancel();
             signals.abort();
             let _ = reloads.await;
-            ExitCode::SUCCESS
+            match ran {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(%err, "the agent stopped abnormally");
+                    ExitCode::FAILURE
+                }
+            }
         }),
     }
 }
