@@ -415,6 +415,10 @@ async fn handle_post(
             mut messages,
         } = submission;
         let mut initial: VecDeque<Bytes> = initial.into_iter().collect();
+        // Whether the headers waited for a first message that did not come in time: the
+        // stream then opens with a keep-alive comment, so that the client hears something
+        // every period from the start.
+        let mut waited = false;
         if stateless {
             // A stateless answer's HTTP status depends on its error (404 for an unknown
             // method, 400 for a bad request), so the headers wait for the first message,
@@ -424,11 +428,13 @@ async fn handle_post(
                 Some(message) => Some(message),
                 None => {
                     let decide_by = Instant::now() + app.config.limits.sse_keepalive;
-                    tokio::time::timeout_at(decide_by.min(deadline), messages.recv())
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|message| message.body)
+                    match tokio::time::timeout_at(decide_by.min(deadline), messages.recv()).await {
+                        Ok(message) => message.map(|message| message.body),
+                        Err(_) => {
+                            waited = true;
+                            None
+                        }
+                    }
                 }
             };
             match first {
@@ -445,20 +451,45 @@ async fn handle_post(
                 None => {}
             }
         }
+        let mut initial: VecDeque<Outbound> = initial
+            .into_iter()
+            .map(|body| Outbound {
+                seq: None,
+                body: filter(body),
+            })
+            .collect();
         let resumable = resumable.then_some(StreamName::Post(post));
+        let prelude = resumable.and_then(|stream| priming(headers, &session, stream, 0));
+        if initial.is_empty() && !stateless {
+            // The headers wait for the first message, so that a quick answer leaves in the
+            // same write (and TLS record) as the headers and the client reads both at once.
+            // Up to one keep-alive period, as a stateless answer's; but a client that gets a
+            // priming event (2025-11-25 on), whose point is to be there from the start,
+            // waits only a moment for it.
+            let hold = if prelude.is_some() {
+                PRIMING_HOLD
+            } else {
+                app.config.limits.sse_keepalive
+            };
+            match tokio::time::timeout_at((Instant::now() + hold).min(deadline), messages.recv())
+                .await
+            {
+                Ok(Some(first)) => initial.push_back(Outbound {
+                    body: filter(first.body),
+                    ..first
+                }),
+                Ok(None) => {}
+                Err(_) => waited = prelude.is_none(),
+            }
+        }
+        let prelude = prelude.or_else(|| waited.then(|| Bytes::from_static(KEEPALIVE_COMMENT)));
         let stream = SseStream {
-            initial: initial
-                .into_iter()
-                .map(|body| Outbound {
-                    seq: None,
-                    body: filter(body),
-                })
-                .collect(),
+            initial,
             messages,
             keepalive: keepalive(app),
             // A listen stream has no answer to wait for: it lasts while the client stays.
             deadline: (!listening).then_some((deadline, post)),
-            prelude: resumable.and_then(|stream| priming(headers, &session, stream, 0)),
+            prelude,
             session,
             stop: CancellationToken::new(),
             get_stream: false,
@@ -900,7 +931,8 @@ struct SseStream {
     /// The session's stream this response carries, when it can be resumed: its events
     /// get ids, and once it has delivered a complete stream the kept events are released.
     resumable: Option<StreamName>,
-    /// Sent first: the priming event (an id, no data) of MCP 2025-11-25.
+    /// Sent first: the priming event (an id, no data) of MCP 2025-11-25, or a keep-alive
+    /// comment when the headers waited a whole period for a first message.
     prelude: Option<Bytes>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
@@ -990,7 +1022,7 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
                     None => s.next_from_channel().await.map(|event| (Ok(event), s)),
                 }
             }
-            _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
+            _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), s)),
             _ = s.stop.cancelled() => None,
             _ = s.session.closed(), if s.get_stream => None,
         }
@@ -1033,7 +1065,7 @@ pub(crate) fn channel_sse_with(
                     (Ok(sse_event(&m)), (None, rx, keepalive, guard))
                 }),
                 _ = keepalive.tick() => {
-                    Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (None, rx, keepalive, guard)))
+                    Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), (None, rx, keepalive, guard)))
                 }
             }
         },
@@ -1267,7 +1299,10 @@ pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     })
 }
 
-/// How long, and how many bytes, the relay reads on of a refused body before answering.
+/// An SSE comment that keeps an idle stream's connection open.
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+/// How long the headers and priming event of a POST's SSE stream wait for its first message.
+const PRIMING_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 /// How long a JSON answer waits, after a timeout, for an answer that raced it.
 const LATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The protocol revision header of MCP Streamable HTTP.
