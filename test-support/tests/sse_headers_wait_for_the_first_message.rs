@@ -70,7 +70,10 @@ async fn call_slow(
 async fn sse_headers_wait_for_the_first_message_or_a_keep_alive_period() -> anyhow::Result<()> {
     let relay = relay().sse_keepalive(KEEPALIVE).spawn().await?;
     let upstream = HttpMcpServer::spawn("unused").await?;
-    let agent = agent(&relay, "site").http("web", &upstream.url).spawn().await?;
+    let agent = agent(&relay, "site")
+        .http("web", &upstream.url)
+        .spawn()
+        .await?;
     let key = relay.client_key().await?;
     let url = relay.mcp_url("site", "web");
     let http = relay.http_client();
@@ -90,7 +93,11 @@ async fn sse_headers_wait_for_the_first_message_or_a_keep_alive_period() -> anyh
         "the first chunk is an event: {:?}",
         quick.first_chunk
     );
-    assert!(quick.first_chunk.contains("\"id\":2"), "{:?}", quick.first_chunk);
+    assert!(
+        quick.first_chunk.contains("\"id\":2"),
+        "{:?}",
+        quick.first_chunk
+    );
 
     // A call silent for longer: the headers came after one period, with a keep-alive
     // comment first, and the answer followed on the open stream.
