@@ -1,15 +1,11 @@
 //! Usage recording off the request path: calls hand events to a bounded queue and never
 //! wait; one writer task drains it in batches into the store. A full queue drops the
 //! event and counts the drop. Does not decide what an event contains (see `router.rs`).
-//!
-//! The writer is woken by the first event after a quiet spell, then sleeps until its
-//! flush interval ends or a whole batch is queued: not once per event, which on a busy
-//! relay cost a thread wake-up per call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::UsageSettings;
@@ -19,9 +15,6 @@ use crate::store::{Store, UsageEvent};
 #[derive(Clone)]
 pub struct UsageRecorder {
     tx: mpsc::Sender<UsageEvent>,
-    /// Wakes the writer once a whole batch is queued.
-    batch_ready: Arc<Notify>,
-    batch: usize,
     counters: Arc<UsageCounters>,
     observer: Option<Observer>,
 }
@@ -53,7 +46,6 @@ pub struct UsageCounters {
 #[must_use = "the usage writer must be spawned"]
 pub struct UsageWriter {
     rx: mpsc::Receiver<UsageEvent>,
-    batch_ready: Arc<Notify>,
     store: Arc<dyn Store>,
     settings: UsageSettings,
     counters: Arc<UsageCounters>,
@@ -63,18 +55,14 @@ pub struct UsageWriter {
 pub fn channel(store: Arc<dyn Store>, settings: UsageSettings) -> (UsageRecorder, UsageWriter) {
     let (tx, rx) = mpsc::channel(settings.queue);
     let counters = Arc::new(UsageCounters::default());
-    let batch_ready = Arc::new(Notify::new());
     (
         UsageRecorder {
             tx,
-            batch_ready: batch_ready.clone(),
-            batch: settings.batch,
             counters: counters.clone(),
             observer: None,
         },
         UsageWriter {
             rx,
-            batch_ready,
             store,
             settings,
             counters,
@@ -90,8 +78,6 @@ impl UsageRecorder {
         }
         if self.tx.try_send(event).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        } else if self.tx.max_capacity() - self.tx.capacity() >= self.batch {
-            self.batch_ready.notify_one();
         }
     }
 
@@ -123,23 +109,10 @@ impl UsageWriter {
             let Some(first) = first else { break };
             batch.push(first);
             let deadline = Instant::now() + self.settings.flush_interval;
-            loop {
-                while batch.len() < self.settings.batch {
-                    match self.rx.try_recv() {
-                        Ok(event) => batch.push(event),
-                        Err(_) => break,
-                    }
-                }
-                if batch.len() >= self.settings.batch
-                    || stop.is_cancelled()
-                    || Instant::now() >= deadline
-                {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = self.batch_ready.notified() => {}
-                    _ = stop.cancelled() => {}
+            while batch.len() < self.settings.batch {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(event)) => batch.push(event),
+                    Ok(None) | Err(_) => break,
                 }
             }
             self.write(&mut batch).await;
@@ -158,121 +131,5 @@ impl UsageWriter {
             }
         }
         batch.clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio_util::sync::CancellationToken;
-
-    use super::*;
-    use crate::store::{CallStatus, SqliteStore, Store};
-
-    /// A writer on a real store, with `batch` and `flush_interval` as given.
-    async fn writer(
-        batch: usize,
-        flush_interval: Duration,
-    ) -> (
-        tempfile::TempDir,
-        Arc<dyn Store>,
-        String,
-        UsageRecorder,
-        UsageWriter,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        let org = store.create_organisation("acme").await.unwrap().id;
-        let store: Arc<dyn Store> = Arc::new(store);
-        let settings = UsageSettings {
-            batch,
-            flush_interval,
-            ..UsageSettings::default()
-        };
-        let (recorder, writer) = channel(store.clone(), settings);
-        (dir, store, org, recorder, writer)
-    }
-
-    fn event(org: &str, at: i64) -> UsageEvent {
-        UsageEvent {
-            at,
-            org_id: org.to_owned(),
-            key_id: "kid_1".into(),
-            agent: "site".into(),
-            server: "erp".into(),
-            method: "tools/call".into(),
-            tool: Some("echo".into()),
-            status: CallStatus::Ok,
-            error_code: None,
-            latency_us: 1,
-            bytes_in: 1,
-            bytes_out: 1,
-        }
-    }
-
-    async fn written_reaches(recorder: &UsageRecorder, count: u64) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while recorder.counters().written.load(Ordering::Relaxed) < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the events were written in time");
-    }
-
-    #[tokio::test]
-    async fn a_whole_batch_is_written_without_waiting_for_the_interval() {
-        let (_dir, store, org, recorder, writer) = writer(4, Duration::from_secs(3600)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
-        // The first event wakes the writer, which then waits for its interval to end...
-        recorder.record(event(&org, 0));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // ... unless a whole batch is queued meanwhile: it then writes one batch at once.
-        for at in 1..5 {
-            recorder.record(event(&org, at));
-        }
-        written_reaches(&recorder, 4).await;
-        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 4);
-        stop.cancel();
-        task.await.unwrap();
-        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 5);
-    }
-
-    #[tokio::test]
-    async fn a_partial_batch_is_written_when_the_interval_ends() {
-        let (_dir, store, org, recorder, writer) = writer(100, Duration::from_millis(100)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
-        for at in 0..3 {
-            recorder.record(event(&org, at));
-        }
-        written_reaches(&recorder, 3).await;
-        // A later event starts a batch of its own.
-        recorder.record(event(&org, 3));
-        written_reaches(&recorder, 4).await;
-        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 4);
-        stop.cancel();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn stopping_writes_what_is_queued() {
-        let (_dir, store, org, recorder, writer) = writer(2, Duration::from_secs(3600)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
-        recorder.record(event(&org, 0));
-        tokio::task::yield_now().await;
-        for at in 1..5 {
-            recorder.record(event(&org, at));
-        }
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the writer stops")
-            .unwrap();
-        assert_eq!(recorder.counters().written.load(Ordering::Relaxed), 5);
-        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 5);
     }
 }
