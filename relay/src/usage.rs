@@ -110,9 +110,18 @@ impl UsageWriter {
             batch.push(first);
             let deadline = Instant::now() + self.settings.flush_interval;
             while batch.len() < self.settings.batch {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(event)) => batch.push(event),
-                    Ok(None) | Err(_) => break,
+                // On `stop`, the batch takes what is queued and goes, rather than waiting
+                // out the interval (or for every recorder to go).
+                let next = tokio::select! {
+                    biased;
+                    received = tokio::time::timeout_at(deadline, self.rx.recv()) => {
+                        received.ok().flatten()
+                    }
+                    _ = stop.cancelled() => self.rx.try_recv().ok(),
+                };
+                match next {
+                    Some(event) => batch.push(event),
+                    None => break,
                 }
             }
             self.write(&mut batch).await;
@@ -131,5 +140,121 @@ impl UsageWriter {
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::store::{CallStatus, SqliteStore, Store};
+
+    /// A writer on a real store, with `batch` and `flush_interval` as given.
+    async fn writer(
+        batch: usize,
+        flush_interval: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn Store>,
+        String,
+        UsageRecorder,
+        UsageWriter,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let org = store.create_organisation("acme").await.unwrap().id;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let settings = UsageSettings {
+            batch,
+            flush_interval,
+            ..UsageSettings::default()
+        };
+        let (recorder, writer) = channel(store.clone(), settings);
+        (dir, store, org, recorder, writer)
+    }
+
+    fn event(org: &str, at: i64) -> UsageEvent {
+        UsageEvent {
+            at,
+            org_id: org.to_owned(),
+            key_id: "kid_1".into(),
+            agent: "site".into(),
+            server: "erp".into(),
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            status: CallStatus::Ok,
+            error_code: None,
+            latency_us: 1,
+            bytes_in: 1,
+            bytes_out: 1,
+        }
+    }
+
+    async fn written_reaches(recorder: &UsageRecorder, count: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while recorder.counters().written.load(Ordering::Relaxed) < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the events were written in time");
+    }
+
+    #[tokio::test]
+    async fn a_whole_batch_is_written_without_waiting_for_the_interval() {
+        let (_dir, store, org, recorder, writer) = writer(4, Duration::from_secs(3600)).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        // The first event wakes the writer, which then waits for its interval to end...
+        recorder.record(event(&org, 0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ... unless a whole batch comes meanwhile: it then writes that batch at once.
+        for at in 1..5 {
+            recorder.record(event(&org, at));
+        }
+        written_reaches(&recorder, 4).await;
+        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 4);
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_is_written_when_the_interval_ends() {
+        let (_dir, store, org, recorder, writer) = writer(100, Duration::from_millis(100)).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        for at in 0..3 {
+            recorder.record(event(&org, at));
+        }
+        written_reaches(&recorder, 3).await;
+        // A later event starts a batch of its own.
+        recorder.record(event(&org, 3));
+        written_reaches(&recorder, 4).await;
+        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 4);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_writes_what_is_queued() {
+        let (_dir, store, org, recorder, writer) = writer(2, Duration::from_secs(3600)).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        recorder.record(event(&org, 0));
+        tokio::task::yield_now().await;
+        for at in 1..5 {
+            recorder.record(event(&org, at));
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the writer stops")
+            .unwrap();
+        assert_eq!(recorder.counters().written.load(Ordering::Relaxed), 5);
+        assert_eq!(store.usage_since(&org, 0).await.unwrap().len(), 5);
     }
 }
