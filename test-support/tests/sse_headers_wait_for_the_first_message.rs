@@ -6,10 +6,11 @@
 //!
 //! Through the real relay and agent, to the rmcp test server's `slow` tool.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outpost_test_support::{HttpMcpServer, McpClient, agent, relay};
 use serde_json::json;
+use tokio::time::Instant;
 
 const KEEPALIVE: Duration = Duration::from_millis(700);
 
