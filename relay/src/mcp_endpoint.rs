@@ -415,29 +415,36 @@ async fn handle_post(
             mut messages,
         } = submission;
         let mut initial: VecDeque<Bytes> = initial.into_iter().collect();
-        // Whether the headers waited for a first message that did not come in time: the
-        // stream then opens with a keep-alive comment, so that the client hears something
-        // every period from the start.
+        let resumable = resumable.then_some(StreamName::Post(post));
+        let prelude = resumable.and_then(|stream| priming(headers, &session, stream, 0));
+        // The headers wait for the first message, so that a quick answer leaves in the same
+        // write (and TLS record) as the headers and the client reads both at once: up to one
+        // keep-alive period, after which the stream opens with a keep-alive comment. A
+        // client that gets a priming event (2025-11-25 on), whose point is to be there from
+        // the start, waits only a moment for it.
+        let mut held = None;
         let mut waited = false;
+        if initial.is_empty() {
+            let hold = if prelude.is_some() {
+                PRIMING_HOLD
+            } else {
+                app.config.limits.sse_keepalive
+            };
+            match tokio::time::timeout_at((Instant::now() + hold).min(deadline), messages.recv())
+                .await
+            {
+                Ok(first) => held = first,
+                Err(_) => waited = prelude.is_none(),
+            }
+        }
         if stateless {
             // A stateless answer's HTTP status depends on its error (404 for an unknown
-            // method, 400 for a bad request), so the headers wait for the first message,
-            // up to one keep-alive period: a lone answer goes back as JSON with its status,
-            // anything else (progress, logs, input requests) opens the SSE stream.
-            let first = match initial.pop_front() {
-                Some(message) => Some(message),
-                None => {
-                    let decide_by = Instant::now() + app.config.limits.sse_keepalive;
-                    match tokio::time::timeout_at(decide_by.min(deadline), messages.recv()).await {
-                        Ok(message) => message.map(|message| message.body),
-                        Err(_) => {
-                            waited = true;
-                            None
-                        }
-                    }
-                }
-            };
-            match first {
+            // method, 400 for a bad request), so a lone answer goes back as JSON with its
+            // status; anything else (progress, logs, input requests) opens the SSE stream.
+            match initial
+                .pop_front()
+                .or_else(|| held.take().map(|first| first.body))
+            {
                 Some(message) if is_answer(&message) => {
                     drop(slots);
                     drop(one_shot);
@@ -451,37 +458,15 @@ async fn handle_post(
                 None => {}
             }
         }
-        let mut initial: VecDeque<Outbound> = initial
+        let initial: VecDeque<Outbound> = initial
             .into_iter()
-            .map(|body| Outbound {
-                seq: None,
-                body: filter(body),
+            .map(|body| Outbound { seq: None, body })
+            .chain(held)
+            .map(|message| Outbound {
+                body: filter(message.body),
+                ..message
             })
             .collect();
-        let resumable = resumable.then_some(StreamName::Post(post));
-        let prelude = resumable.and_then(|stream| priming(headers, &session, stream, 0));
-        if initial.is_empty() && !stateless {
-            // The headers wait for the first message, so that a quick answer leaves in the
-            // same write (and TLS record) as the headers and the client reads both at once.
-            // Up to one keep-alive period, as a stateless answer's; but a client that gets a
-            // priming event (2025-11-25 on), whose point is to be there from the start,
-            // waits only a moment for it.
-            let hold = if prelude.is_some() {
-                PRIMING_HOLD
-            } else {
-                app.config.limits.sse_keepalive
-            };
-            match tokio::time::timeout_at((Instant::now() + hold).min(deadline), messages.recv())
-                .await
-            {
-                Ok(Some(first)) => initial.push_back(Outbound {
-                    body: filter(first.body),
-                    ..first
-                }),
-                Ok(None) => {}
-                Err(_) => waited = prelude.is_none(),
-            }
-        }
         let prelude = prelude.or_else(|| waited.then(|| Bytes::from_static(KEEPALIVE_COMMENT)));
         let stream = SseStream {
             initial,
