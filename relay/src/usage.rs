@@ -152,17 +152,17 @@ mod tests {
     use super::*;
     use crate::store::{CallStatus, SqliteStore, Store};
 
-    /// A writer on a real store, with `batch` and `flush_interval` as given.
-    async fn writer(
-        batch: usize,
-        flush_interval: Duration,
-    ) -> (
-        tempfile::TempDir,
-        Arc<dyn Store>,
-        String,
-        UsageRecorder,
-        UsageWriter,
-    ) {
+    /// A writer running on a real store, with `batch` and `flush_interval` as given.
+    struct Running {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        org: String,
+        recorder: UsageRecorder,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(batch: usize, flush_interval: Duration) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         let org = store.create_organisation("acme").await.unwrap().id;
@@ -173,7 +173,16 @@ mod tests {
             ..UsageSettings::default()
         };
         let (recorder, writer) = channel(store.clone(), settings);
-        (dir, store, org, recorder, writer)
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        Running {
+            _dir: dir,
+            store,
+            org,
+            recorder,
+            stop,
+            task,
+        }
     }
 
     fn event(org: &str, at: i64) -> UsageEvent {
@@ -205,9 +214,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_batch_is_written_without_waiting_for_the_interval() {
-        let (_dir, store, org, recorder, writer) = writer(4, Duration::from_secs(3600)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
+        let Running {
+            _dir,
+            store,
+            org,
+            recorder,
+            stop,
+            task,
+        } = start(4, Duration::from_secs(3600)).await;
         // The first event wakes the writer, which then waits for its interval to end...
         recorder.record(event(&org, 0));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -224,9 +238,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_batch_is_written_when_the_interval_ends() {
-        let (_dir, store, org, recorder, writer) = writer(100, Duration::from_millis(100)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
+        let Running {
+            _dir,
+            store,
+            org,
+            recorder,
+            stop,
+            task,
+        } = start(100, Duration::from_millis(100)).await;
         for at in 0..3 {
             recorder.record(event(&org, at));
         }
@@ -241,9 +260,14 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_writes_what_is_queued() {
-        let (_dir, store, org, recorder, writer) = writer(2, Duration::from_secs(3600)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
+        let Running {
+            _dir,
+            store,
+            org,
+            recorder,
+            stop,
+            task,
+        } = start(2, Duration::from_secs(3600)).await;
         recorder.record(event(&org, 0));
         tokio::task::yield_now().await;
         for at in 1..5 {
