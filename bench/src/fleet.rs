@@ -264,7 +264,7 @@ impl FakeAgent {
         loop {
             match socket.next().await {
                 Some(Ok(Message::Binary(bytes))) => {
-                    return match RelayFrame::decode_message(&bytes)? {
+                    return match RelayFrame::decode_message(bytes)? {
                         RelayFrame::Welcome(welcome) => Ok((
                             socket,
                             Duration::from_millis(u64::from(

@@ -29,14 +29,8 @@ pub trait Frame: Sized {
     fn from_stream(frame: StreamFrame) -> Self;
 
     /// Decodes a message that must hold exactly one complete frame, as a WebSocket
-    /// message of the tunnel does.
-    fn decode_message(message: &[u8]) -> Result<Self, DecodeError> {
-        let mut buf = BytesMut::from(message);
-        match Self::decode(&mut buf)? {
-            Some(frame) if buf.is_empty() => Ok(frame),
-            _ => Err(DecodeError::NotOneFrame),
-        }
-    }
+    /// message of the tunnel does. A data frame's payload shares `message`, uncopied.
+    fn decode_message(message: Bytes) -> Result<Self, DecodeError>;
 
     /// Encodes the frame into a buffer of its own.
     fn to_bytes(&self) -> Bytes {
@@ -65,27 +59,11 @@ impl Frame for AgentFrame {
     }
 
     fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
-        let Some((ty, mut body)) = split_frame(buf)? else {
-            return Ok(None);
-        };
-        let frame = match ty {
-            TYPE_HELLO => {
-                let version = ProtocolVersion(body.u16("version")?);
-                let agent_version = body.string("agent_version")?;
-                let servers = get_servers(&mut body)?;
-                AgentFrame::Hello(Hello {
-                    version,
-                    agent_version,
-                    servers,
-                })
-            }
-            TYPE_SERVERS => AgentFrame::Servers(get_servers(&mut body)?),
-            TYPE_DRAINING => AgentFrame::Draining,
-            TYPE_WELCOME | TYPE_REJECT | TYPE_OPEN => return Err(DecodeError::WrongDirection(ty)),
-            _ => AgentFrame::Stream(decode_stream(ty, &mut body)?),
-        };
-        body.finish()?;
-        Ok(Some(frame))
+        split_frame(buf)?.map(decode_agent).transpose()
+    }
+
+    fn decode_message(message: Bytes) -> Result<Self, DecodeError> {
+        decode_agent(whole_frame(message)?)
     }
 
     fn from_stream(frame: StreamFrame) -> Self {
@@ -125,51 +103,79 @@ impl Frame for RelayFrame {
     }
 
     fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
-        let Some((ty, mut body)) = split_frame(buf)? else {
-            return Ok(None);
-        };
-        let frame = match ty {
-            TYPE_WELCOME => RelayFrame::Welcome(Welcome {
-                agent_id: AgentId(body.string("agent_id")?),
-                agent_name: body.string("agent_name")?,
-                heartbeat_interval_ms: body.u32("heartbeat_interval_ms")?,
-                limits: Limits {
-                    max_frame_len: body.u32("max_frame_len")?,
-                    max_message_len: body.u32("max_message_len")?,
-                    initial_window: body.u32("initial_window")?,
-                    max_streams: body.u32("max_streams")?,
-                },
-            }),
-            TYPE_REJECT => RelayFrame::Reject(Reject {
-                code: RejectCode::from_u16(body.u16("code")?),
-                message: body.string("message")?,
-            }),
-            TYPE_OPEN => {
-                let stream = StreamId(body.u32("stream")?);
-                let server = body.string("server")?;
-                let count = body.u16("meta")?;
-                let mut meta = Vec::with_capacity(usize::from(count).min(64));
-                for _ in 0..count {
-                    meta.push((body.string("meta.name")?, body.string("meta.value")?));
-                }
-                RelayFrame::Open(Open {
-                    stream,
-                    server,
-                    meta,
-                })
-            }
-            TYPE_HELLO | TYPE_DRAINING | TYPE_SERVERS => {
-                return Err(DecodeError::WrongDirection(ty));
-            }
-            _ => RelayFrame::Stream(decode_stream(ty, &mut body)?),
-        };
-        body.finish()?;
-        Ok(Some(frame))
+        split_frame(buf)?.map(decode_relay).transpose()
+    }
+
+    fn decode_message(message: Bytes) -> Result<Self, DecodeError> {
+        decode_relay(whole_frame(message)?)
     }
 
     fn from_stream(frame: StreamFrame) -> Self {
         RelayFrame::Stream(frame)
     }
+}
+
+/// An agent's frame of type `ty`, from its fields.
+fn decode_agent((ty, mut body): (u8, Fields)) -> Result<AgentFrame, DecodeError> {
+    let frame = match ty {
+        TYPE_HELLO => {
+            let version = ProtocolVersion(body.u16("version")?);
+            let agent_version = body.string("agent_version")?;
+            let servers = get_servers(&mut body)?;
+            AgentFrame::Hello(Hello {
+                version,
+                agent_version,
+                servers,
+            })
+        }
+        TYPE_SERVERS => AgentFrame::Servers(get_servers(&mut body)?),
+        TYPE_DRAINING => AgentFrame::Draining,
+        TYPE_WELCOME | TYPE_REJECT | TYPE_OPEN => return Err(DecodeError::WrongDirection(ty)),
+        _ => AgentFrame::Stream(decode_stream(ty, &mut body)?),
+    };
+    body.finish()?;
+    Ok(frame)
+}
+
+/// A relay's frame of type `ty`, from its fields.
+fn decode_relay((ty, mut body): (u8, Fields)) -> Result<RelayFrame, DecodeError> {
+    let frame = match ty {
+        TYPE_WELCOME => RelayFrame::Welcome(Welcome {
+            agent_id: AgentId(body.string("agent_id")?),
+            agent_name: body.string("agent_name")?,
+            heartbeat_interval_ms: body.u32("heartbeat_interval_ms")?,
+            limits: Limits {
+                max_frame_len: body.u32("max_frame_len")?,
+                max_message_len: body.u32("max_message_len")?,
+                initial_window: body.u32("initial_window")?,
+                max_streams: body.u32("max_streams")?,
+            },
+        }),
+        TYPE_REJECT => RelayFrame::Reject(Reject {
+            code: RejectCode::from_u16(body.u16("code")?),
+            message: body.string("message")?,
+        }),
+        TYPE_OPEN => {
+            let stream = StreamId(body.u32("stream")?);
+            let server = body.string("server")?;
+            let count = body.u16("meta")?;
+            let mut meta = Vec::with_capacity(usize::from(count).min(64));
+            for _ in 0..count {
+                meta.push((body.string("meta.name")?, body.string("meta.value")?));
+            }
+            RelayFrame::Open(Open {
+                stream,
+                server,
+                meta,
+            })
+        }
+        TYPE_HELLO | TYPE_DRAINING | TYPE_SERVERS => {
+            return Err(DecodeError::WrongDirection(ty));
+        }
+        _ => RelayFrame::Stream(decode_stream(ty, &mut body)?),
+    };
+    body.finish()?;
+    Ok(frame)
 }
 
 // === stream frames, shared by both directions ===
@@ -246,10 +252,30 @@ fn framed(buf: &mut BytesMut, ty: u8, body: impl FnOnce(&mut BytesMut)) {
 
 /// Splits one complete frame off `buf`, or returns `None` if it is not all there yet.
 fn split_frame(buf: &mut BytesMut) -> Result<Option<(u8, Fields)>, DecodeError> {
-    if buf.len() < LEN_PREFIX {
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < len {
         return Ok(None);
     }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    Ok(Some(fields(buf.split_to(len).freeze())))
+}
+
+/// The one frame that `message` must hold exactly, its fields sharing `message`.
+fn whole_frame(message: Bytes) -> Result<(u8, Fields), DecodeError> {
+    match frame_len(&message)? {
+        Some(len) if len == message.len() => Ok(fields(message)),
+        _ => Err(DecodeError::NotOneFrame),
+    }
+}
+
+/// The length of the frame at the start of `buf`, length prefix included, once the
+/// prefix is there.
+fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
     if len + LEN_PREFIX > MAX_FRAME_LEN {
         return Err(DecodeError::TooLarge {
             len: len + LEN_PREFIX,
@@ -259,13 +285,14 @@ fn split_frame(buf: &mut BytesMut) -> Result<Option<(u8, Fields)>, DecodeError> 
     if len == 0 {
         return Err(DecodeError::Truncated("type"));
     }
-    if buf.len() < LEN_PREFIX + len {
-        return Ok(None);
-    }
-    buf.advance(LEN_PREFIX);
-    let mut frame = buf.split_to(len).freeze();
+    Ok(Some(LEN_PREFIX + len))
+}
+
+/// A whole frame's type and fields (`frame_len` has checked it has a type).
+fn fields(mut frame: Bytes) -> (u8, Fields) {
+    frame.advance(LEN_PREFIX);
     let ty = frame.get_u8();
-    Ok(Some((ty, Fields(frame))))
+    (ty, Fields(frame))
 }
 
 fn put_str(buf: &mut BytesMut, value: &str) {

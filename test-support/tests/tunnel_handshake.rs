@@ -34,7 +34,7 @@ where
     loop {
         match socket.next().await.expect("an answer").expect("a message") {
             Message::Binary(bytes) => {
-                return RelayFrame::decode_message(&bytes).expect("a valid frame");
+                return RelayFrame::decode_message(bytes).expect("a valid frame");
             }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a frame, got {other:?}"),

@@ -149,7 +149,7 @@ async fn read_loop<S, In>(
             Ok(Some(Ok(message))) => message,
         };
         match message {
-            Message::Binary(bytes) => match In::decode_message(&bytes) {
+            Message::Binary(bytes) => match In::decode_message(bytes) {
                 Ok(frame) => {
                     if let Err(reason) = dispatch(&core, &events, frame).await {
                         break reason;

@@ -385,7 +385,7 @@ async fn a_peer_sending_past_its_credit_loses_the_stream() {
     while let Some(Ok(message)) = raw_relay.next().await {
         if let Message::Binary(bytes) = message
             && let AgentFrame::Stream(StreamFrame::Close { code, .. }) =
-                AgentFrame::decode_message(&bytes).unwrap()
+                AgentFrame::decode_message(bytes).unwrap()
         {
             assert_eq!(code, CloseCode::ProtocolViolation);
             saw_close = true;
@@ -423,7 +423,7 @@ async fn credit_returned_for(config: TunnelConfig, count: usize, len: usize) -> 
         let Message::Binary(bytes) = message else {
             continue;
         };
-        match AgentFrame::decode_message(&bytes).unwrap() {
+        match AgentFrame::decode_message(bytes).unwrap() {
             AgentFrame::Stream(StreamFrame::Credit { bytes, .. }) => credit.push(bytes),
             AgentFrame::Stream(StreamFrame::Close { .. }) => return credit,
             other => panic!("unexpected frame {other:?}"),

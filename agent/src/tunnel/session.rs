@@ -191,7 +191,7 @@ async fn handshake(agent: &AgentInner, socket: &mut TunnelSocket) -> Result<Welc
     loop {
         match socket.next().await {
             Some(Ok(Message::Binary(bytes))) => {
-                return match RelayFrame::decode_message(&bytes) {
+                return match RelayFrame::decode_message(bytes) {
                     Ok(RelayFrame::Welcome(welcome)) => Ok(welcome),
                     Ok(RelayFrame::Reject(reject)) => Err(SessionError::Rejected {
                         code: reject.code,

@@ -120,7 +120,7 @@ proptest! {
         let encoded = buf.clone().freeze();
         prop_assert_eq!(AgentFrame::decode(&mut buf).unwrap(), Some(frame.clone()));
         prop_assert!(buf.is_empty());
-        prop_assert_eq!(AgentFrame::decode_message(&encoded).unwrap(), frame);
+        prop_assert_eq!(AgentFrame::decode_message(encoded.clone()).unwrap(), frame);
     }
 
     #[test]
@@ -207,15 +207,15 @@ fn frames_of_the_other_direction_are_refused() {
         },
     });
     assert_eq!(
-        AgentFrame::decode_message(&welcome.to_bytes()),
+        AgentFrame::decode_message(welcome.to_bytes()),
         Err(DecodeError::WrongDirection(TYPE_WELCOME))
     );
     assert_eq!(
-        RelayFrame::decode_message(&AgentFrame::Draining.to_bytes()),
+        RelayFrame::decode_message(AgentFrame::Draining.to_bytes()),
         Err(DecodeError::WrongDirection(TYPE_DRAINING))
     );
     assert_eq!(
-        RelayFrame::decode_message(&AgentFrame::Servers(vec![]).to_bytes()),
+        RelayFrame::decode_message(AgentFrame::Servers(vec![]).to_bytes()),
         Err(DecodeError::WrongDirection(TYPE_SERVERS))
     );
 }
@@ -269,14 +269,43 @@ fn a_message_with_two_frames_is_refused() {
     let mut two = BytesMut::new();
     AgentFrame::Draining.encode(&mut two);
     AgentFrame::Draining.encode(&mut two);
+    let two = two.freeze();
     assert_eq!(
-        AgentFrame::decode_message(&two),
+        AgentFrame::decode_message(two.clone()),
         Err(DecodeError::NotOneFrame)
     );
     assert_eq!(
-        AgentFrame::decode_message(&two[..3]),
+        AgentFrame::decode_message(two.slice(..3)),
         Err(DecodeError::NotOneFrame)
     );
+    let data = AgentFrame::Stream(StreamFrame::Data {
+        stream: StreamId(1),
+        fin: true,
+        payload: Bytes::from_static(b"{}"),
+    })
+    .to_bytes();
+    assert_eq!(
+        AgentFrame::decode_message(data.slice(..data.len() - 1)),
+        Err(DecodeError::NotOneFrame)
+    );
+}
+
+#[test]
+fn a_data_frame_from_a_message_shares_its_bytes() {
+    let message = RelayFrame::Stream(StreamFrame::Data {
+        stream: StreamId(7),
+        fin: false,
+        payload: Bytes::from(vec![b'x'; 64 * 1024]),
+    })
+    .to_bytes();
+    let Ok(RelayFrame::Stream(StreamFrame::Data { payload, .. })) =
+        RelayFrame::decode_message(message.clone())
+    else {
+        panic!("a data frame");
+    };
+    assert_eq!(payload.len(), 64 * 1024);
+    let within = message.as_ptr_range();
+    assert!(within.contains(&payload.as_ptr()), "the payload was copied");
 }
 
 #[test]
@@ -288,7 +317,7 @@ fn long_strings_are_cut_at_a_char_boundary() {
         message,
     });
     let RelayFrame::Stream(StreamFrame::Close { message, .. }) =
-        RelayFrame::decode_message(&frame.to_bytes()).unwrap()
+        RelayFrame::decode_message(frame.to_bytes()).unwrap()
     else {
         panic!("not a close frame")
     };

@@ -266,7 +266,7 @@ where
     loop {
         match socket.next().await {
             Some(Ok(Message::Binary(bytes))) => {
-                return match AgentFrame::decode_message(&bytes) {
+                return match AgentFrame::decode_message(bytes) {
                     Ok(AgentFrame::Hello(hello)) => Ok(hello),
                     Ok(_) => Err("the first frame must be a hello".into()),
                     Err(err) => Err(format!("invalid hello: {err}")),
