@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use driver::{TunnelDriver, TunnelExit};
 pub use runtime::CONTENT_SAFE_LOG_DIRECTIVES;
-pub use stream::{Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
+pub use stream::{Reassembly, Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
 
 use stream::StreamShared;
 

@@ -110,7 +110,7 @@ pub struct StreamReceiver {
     core: Arc<Core>,
     queue: mpsc::UnboundedReceiver<Piece>,
     /// The message being reassembled.
-    partial: BytesMut,
+    partial: Reassembly,
     /// Payload bytes consumed but not yet credited back (credit goes out in batches).
     pending_credit: usize,
     _guard: Arc<CloseOnDrop>,
@@ -149,7 +149,7 @@ pub(crate) fn pair(id: StreamId, core: Arc<Core>) -> (StreamShared, Stream) {
             state: state.clone(),
             core,
             queue: queue_rx,
-            partial: BytesMut::new(),
+            partial: Reassembly::default(),
             pending_credit: 0,
             _guard: guard,
         },
@@ -317,9 +317,9 @@ impl StreamReceiver {
             };
             let len = piece.payload.len();
             self.pending_credit += len;
-            if self.partial.len() + len > max {
-                let seen = self.partial.len() + len;
-                self.partial = BytesMut::new();
+            let seen = self.partial.len() + len;
+            if seen > max {
+                self.partial = Reassembly::default();
                 self.close(
                     CloseCode::MessageTooLarge,
                     format!("message exceeds {max} bytes"),
@@ -329,8 +329,8 @@ impl StreamReceiver {
             let message = if piece.fin && self.partial.is_empty() {
                 Some(piece.payload)
             } else {
-                self.partial.extend_from_slice(&piece.payload);
-                piece.fin.then(|| self.partial.split().freeze())
+                self.partial.push(piece.payload);
+                piece.fin.then(|| self.partial.take())
             };
             if self.pending_credit >= self.credit_batch()
                 || (message.is_some() && self.peer_may_lack_room())
@@ -372,6 +372,73 @@ impl StreamReceiver {
 
     fn close(&self, code: CloseCode, message: String) {
         close_now(&self.core, self.state.id, code, message);
+    }
+}
+
+/// Bytes that arrive in pieces (a message's data frames, an SSE line's chunks), copied
+/// together once, at the end, into a buffer of their exact size: a buffer grown piece by
+/// piece would copy a large message again at each growth.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    /// Pieces kept as received (no copy), in order; each but the last of at least
+    /// [`KEEP_APART`] bytes.
+    pieces: Vec<Bytes>,
+    /// Short pieces after the last kept one, copied together: however a peer splits a
+    /// message, the bookkeeping stays a small fraction of it.
+    short: BytesMut,
+    /// Bytes so far.
+    len: usize,
+}
+
+/// Pieces shorter than this are copied together rather than kept apart.
+const KEEP_APART: usize = 16 * 1024;
+
+impl Reassembly {
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been pushed since the last `take`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds the next piece.
+    pub fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        if piece.len() >= KEEP_APART {
+            self.keep_short();
+            self.pieces.push(piece);
+        } else {
+            self.short.extend_from_slice(&piece);
+            if self.short.len() >= KEEP_APART {
+                self.keep_short();
+            }
+        }
+    }
+
+    fn keep_short(&mut self) {
+        if !self.short.is_empty() {
+            self.pieces.push(self.short.split().freeze());
+        }
+    }
+
+    /// Everything pushed, in one buffer, leaving this empty.
+    pub fn take(&mut self) -> Bytes {
+        self.keep_short();
+        let message = match self.pieces.len() {
+            1 => self.pieces.pop().unwrap_or_default(),
+            _ => {
+                let mut message = BytesMut::with_capacity(self.len);
+                for piece in self.pieces.drain(..) {
+                    message.extend_from_slice(&piece);
+                }
+                message.freeze()
+            }
+        };
+        self.len = 0;
+        message
     }
 }
 
@@ -446,4 +513,43 @@ fn end_here(core: &Core, id: StreamId, code: CloseCode, message: String) -> Opti
         code,
         message,
     })
+}
+
+#[cfg(test)]
+mod reassembly_tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::{KEEP_APART, Reassembly};
+
+    proptest! {
+        /// However a message is cut, it comes back whole, and the pieces kept apart stay
+        /// few: one per `KEEP_APART` bytes, plus one.
+        #[test]
+        fn any_cut_reassembles_whole(
+            cuts in proptest::collection::vec(1usize..3 * KEEP_APART, 1..40),
+        ) {
+            let len: usize = cuts.iter().sum();
+            let message: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut partial = Reassembly::default();
+            let mut at = 0;
+            for cut in cuts {
+                partial.push(Bytes::copy_from_slice(&message[at..at + cut]));
+                at += cut;
+                prop_assert!(partial.pieces.len() <= at / KEEP_APART + 1);
+            }
+            prop_assert_eq!(partial.len, len);
+            prop_assert_eq!(&partial.take()[..], &message[..]);
+            prop_assert_eq!(partial.len, 0);
+            prop_assert!(partial.pieces.is_empty() && partial.short.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_lone_long_piece_is_handed_on_uncopied() {
+        let piece = Bytes::from(vec![7u8; KEEP_APART]);
+        let mut partial = Reassembly::default();
+        partial.push(piece.clone());
+        assert_eq!(partial.take().as_ptr(), piece.as_ptr());
+    }
 }
