@@ -14,6 +14,7 @@
 //! which also bounds the unfinished line this parser holds.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use outpost_tunnel::Reassembly;
 
 /// The UTF-8 byte order mark, skipped at the start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -49,8 +50,8 @@ enum Data {
 /// Turns a byte stream, in chunks of any size, into events.
 #[derive(Debug)]
 pub(super) struct SseParser {
-    /// The unfinished line at the end of the chunks so far.
-    partial: BytesMut,
+    /// The unfinished line at the end of the chunks so far, as received.
+    partial: Reassembly,
     /// The last line ended in a CR at the end of a chunk: an LF next is part of its ending.
     after_cr: bool,
     /// No line has ended yet: the first may start with a BOM.
@@ -62,7 +63,7 @@ pub(super) struct SseParser {
 impl Default for SseParser {
     fn default() -> Self {
         Self {
-            partial: BytesMut::new(),
+            partial: Reassembly::default(),
             after_cr: false,
             at_start: true,
             event_type: Bytes::new(),
@@ -86,8 +87,8 @@ impl SseParser {
             let line = if self.partial.is_empty() {
                 chunk.slice(..at)
             } else {
-                self.partial.extend_from_slice(&chunk[..at]);
-                self.partial.split().freeze()
+                self.partial.push(chunk.slice(..at));
+                self.partial.take()
             };
             let mut end = at + 1;
             if chunk[at] == b'\r' {
@@ -100,7 +101,9 @@ impl SseParser {
             chunk.advance(end);
             self.line(line, &mut events);
         }
-        self.partial.extend_from_slice(&chunk);
+        if !chunk.is_empty() {
+            self.partial.push(chunk);
+        }
         events
     }
 
