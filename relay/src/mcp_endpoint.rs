@@ -97,6 +97,7 @@ pub(crate) async fn get(
                 filter: Box::new(filter),
                 resumable: Some(resumed.stream),
                 prelude: None,
+                rest_of_event: VecDeque::new(),
                 _slots: Vec::new(),
                 _one_shot: None,
             };
@@ -114,6 +115,7 @@ pub(crate) async fn get(
             filter: Box::new(|message| message),
             resumable: Some(StreamName::Get),
             prelude: priming(&headers, &session, StreamName::Get, before),
+            rest_of_event: VecDeque::new(),
             _slots: Vec::new(),
             _one_shot: None,
         };
@@ -475,6 +477,7 @@ async fn handle_post(
             // A listen stream has no answer to wait for: it lasts while the client stays.
             deadline: (!listening).then_some((deadline, post)),
             prelude,
+            rest_of_event: VecDeque::new(),
             session,
             stop: CancellationToken::new(),
             get_stream: false,
@@ -919,6 +922,8 @@ struct SseStream {
     /// Sent first: the priming event (an id, no data) of MCP 2025-11-25, or a keep-alive
     /// comment when the headers waited a whole period for a first message.
     prelude: Option<Bytes>,
+    /// The frames of the event being sent that are still to go (see [`EventFrames`]).
+    rest_of_event: VecDeque<Bytes>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
     /// A stateless request's session, ended with the stream.
@@ -926,17 +931,23 @@ struct SseStream {
 }
 
 impl SseStream {
-    /// One message as an SSE event, with its id when the stream is resumable.
-    fn render(&self, message: &Outbound) -> Bytes {
+    /// One message as an SSE event, with its id when the stream is resumable: the event's
+    /// first body frame, the others queued behind it.
+    fn render(&mut self, message: &Outbound) -> Bytes {
         let id = message
             .seq
             .zip(self.resumable)
             .map(|(seq, stream)| self.session.event_id(stream, seq));
-        sse_event_with_id(&message.body, id.as_deref())
+        let frames = sse_frames(&message.body, id.as_deref());
+        if let Some(message) = frames.message {
+            self.rest_of_event.push_back(message);
+            self.rest_of_event.push_back(Bytes::from_static(EVENT_END));
+        }
+        frames.head
     }
 
     /// A message from the channel: filtered, then rendered.
-    fn render_filtered(&self, message: Outbound) -> Bytes {
+    fn render_filtered(&mut self, message: Outbound) -> Bytes {
         let body = (self.filter)(message.body);
         self.render(&Outbound { body, ..message })
     }
@@ -974,6 +985,9 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         if let Some(prelude) = s.prelude.take() {
             return Some((Ok::<_, std::convert::Infallible>(prelude), s));
+        }
+        if let Some(frame) = s.rest_of_event.pop_front() {
+            return Some((Ok(frame), s));
         }
         if let Some(message) = s.initial.pop_front() {
             let event = s.render(&message);
@@ -1128,25 +1142,63 @@ pub(crate) fn sse_event(message: &[u8]) -> Bytes {
 /// As [`sse_event`], with an `id:` line when `id` is given.
 fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.len() + 64);
+    put_event_head(&mut buf, id);
+    // JSON text has raw line ends only between tokens, where each may start a new `data:`
+    // line (a client joins them with LF, which JSON reads as whitespace). SSE ends a line
+    // at LF, CRLF or a lone CR, so all three must. `memchr` keeps a large single-line
+    // result from costing a step per byte.
+    let mut rest = message;
+    while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
+        buf.put_slice(&rest[..end]);
+        buf.put_slice(b"\ndata: ");
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
+    }
+    buf.put_slice(rest);
+    buf.put_slice(EVENT_END);
+    buf.freeze()
+}
+
+/// The start of an event, up to its first `data: `.
+fn put_event_head(buf: &mut BytesMut, id: Option<&str>) {
     if let Some(id) = id {
         buf.put_slice(b"id: ");
         buf.put_slice(id.as_bytes());
         buf.put_u8(b'\n');
     }
-    buf.put_slice(b"event: message\n");
-    // JSON text has no raw line ends but between tokens; finding them by `memchr` keeps a
-    // large single-line result from costing a step per byte.
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', message).chain(std::iter::once(message.len())) {
-        let line = &message[start..end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        buf.put_slice(b"data: ");
-        buf.put_slice(line);
-        buf.put_u8(b'\n');
-        start = end + 1;
+    buf.put_slice(b"event: message\ndata: ");
+}
+
+/// One SSE event as frames of a response body.
+struct EventFrames {
+    /// The whole event; or, when `message` is set, the part before it.
+    head: Bytes,
+    /// A large message of one line, sent as it is and followed by [`EVENT_END`]: copying
+    /// it into the event would add a pass over every byte of it.
+    message: Option<Bytes>,
+}
+
+/// Ends the data line and the event.
+const EVENT_END: &[u8] = b"\n\n";
+
+/// Messages from this size up are not copied into their event when they are one line.
+const SENT_UNCOPIED_FROM: usize = 64 * 1024;
+
+/// `message` as an SSE event with an optional `id:` line, in frames.
+fn sse_frames(message: &Bytes, id: Option<&str>) -> EventFrames {
+    let one_line = || memchr::memchr2(b'\n', b'\r', message).is_none();
+    if message.len() < SENT_UNCOPIED_FROM || !one_line() {
+        return EventFrames {
+            head: sse_event_with_id(message, id),
+            message: None,
+        };
     }
-    buf.put_u8(b'\n');
-    buf.freeze()
+    let mut head = BytesMut::with_capacity(64);
+    put_event_head(&mut head, id);
+    EventFrames {
+        head: head.freeze(),
+        message: Some(message.clone()),
+    }
 }
 
 /// The priming event MCP 2025-11-25 has a server send first on a resumable stream: the
@@ -1338,6 +1390,35 @@ mod tests {
             sse_event(b"{}"),
             Bytes::from_static(b"event: message\ndata: {}\n\n")
         );
+        // A lone CR ends an SSE line too: left in a data line, it would cut it there.
+        assert_eq!(
+            sse_event(b"{\"a\":\r\n1,\r\"b\":2}"),
+            Bytes::from_static(b"event: message\ndata: {\"a\":\ndata: 1,\ndata: \"b\":2}\n\n")
+        );
+    }
+
+    #[test]
+    fn a_large_one_line_message_is_sent_uncopied_in_its_event() {
+        let message = Bytes::from(format!("{{\"x\":\"{}\"}}", "y".repeat(SENT_UNCOPIED_FROM)));
+        let frames = sse_frames(&message, Some("7"));
+        assert_eq!(
+            frames.head,
+            Bytes::from_static(b"id: 7\nevent: message\ndata: ")
+        );
+        let sent = frames.message.expect("sent apart");
+        assert_eq!(sent.as_ptr(), message.as_ptr());
+        let mut whole = frames.head.to_vec();
+        whole.extend_from_slice(&sent);
+        whole.extend_from_slice(EVENT_END);
+        assert_eq!(whole, sse_event_with_id(&message, Some("7")));
+        // Small messages, and messages of several lines, are one frame.
+        assert!(
+            sse_frames(&Bytes::from_static(b"{}"), None)
+                .message
+                .is_none()
+        );
+        let lines = Bytes::from([&b"{\n"[..], &message[1..]].concat());
+        assert!(sse_frames(&lines, None).message.is_none());
     }
 
     #[test]
