@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 /// What one message is, as far as routing needs to know.
@@ -48,16 +49,87 @@ pub(crate) enum Invalid {
     NotJsonRpc,
 }
 
-#[derive(Deserialize)]
+mod skim;
+
+/// The members of a message that routing reads.
 struct Envelope<'a> {
+    /// Raw JSON text; `null` reads as none.
+    id: Option<&'a str>,
+    method: Option<Cow<'a, str>>,
+    /// Raw JSON text; `null` reads as none.
+    params: Option<&'a str>,
+    /// Whether there is a result, `null` included: JSON-RPC allows it.
+    result: bool,
+    error: Option<ErrorObject>,
+}
+
+/// Messages from this size up take the fast path to their envelope first.
+const SKIM_FROM: usize = 16 * 1024;
+
+impl<'a> Envelope<'a> {
+    fn of(message: &'a [u8]) -> Result<Self, Invalid> {
+        if message.len() >= SKIM_FROM
+            && let Some(envelope) = skim::members(message).ok().and_then(Self::from_members)
+        {
+            return Ok(envelope);
+        }
+        let parsed: Parsed<'_> = serde_json::from_slice(message).map_err(|e| {
+            if e.is_data() {
+                Invalid::NotJsonRpc
+            } else {
+                Invalid::NotJson
+            }
+        })?;
+        Ok(Envelope {
+            id: parsed.id.map(RawValue::get),
+            method: parsed.method,
+            params: parsed.params.map(RawValue::get),
+            result: parsed.result.is_some(),
+            error: parsed.error,
+        })
+    }
+
+    /// The fast path's members as serde_json reads them; `None` where it would refuse one
+    /// (serde_json then says why).
+    fn from_members(members: skim::Members<'a>) -> Option<Self> {
+        fn raw(text: Option<&[u8]>) -> Option<Option<&str>> {
+            match text {
+                Some(b"null") | None => Some(None),
+                Some(text) => std::str::from_utf8(text).ok().map(Some),
+            }
+        }
+        Some(Envelope {
+            id: raw(members.id)?,
+            method: match members.method {
+                Some(text) => serde_json::from_slice(text).ok()?,
+                None => None,
+            },
+            params: raw(members.params)?,
+            result: members.result,
+            error: match members.error {
+                Some(text) => serde_json::from_slice(text).ok()?,
+                None => None,
+            },
+        })
+    }
+}
+
+/// The envelope as serde_json reads it.
+#[derive(Deserialize)]
+struct Parsed<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
-    #[serde(borrow)]
-    result: Option<&'a RawValue>,
+    /// Only whether there is one. Skipped, not kept as raw text: a raw value's text is
+    /// checked as UTF-8 apart from the JSON scan, a second pass over what is most of a
+    /// large answer. Its JSON is still checked; invalid UTF-8 inside its strings reaches
+    /// the client, whose own parser reports it at once (dropping the answer here would
+    /// leave the call waiting until its timeout). `null` counts: JSON-RPC allows it.
+    #[serde(default, deserialize_with = "present")]
+    result: Option<IgnoredAny>,
     error: Option<ErrorObject>,
 }
 
@@ -88,22 +160,16 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
 }
 
+/// A field that is there, whatever its value, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<IgnoredAny>, D::Error> {
+    IgnoredAny::deserialize(field).map(Some)
+}
+
 /// Classifies one message (not a batch).
 pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
-    let envelope: Envelope<'_> = serde_json::from_slice(message).map_err(|e| {
-        if e.is_data() {
-            Invalid::NotJsonRpc
-        } else {
-            Invalid::NotJson
-        }
-    })?;
-    let id = envelope
-        .id
-        .filter(|id| id.get() != "null")
-        .map(|id| id.get().to_owned());
-    let params: Option<Params<'_>> = envelope
-        .params
-        .and_then(|p| serde_json::from_str(p.get()).ok());
+    let envelope = Envelope::of(message)?;
+    let id = envelope.id.filter(|id| *id != "null").map(str::to_owned);
+    let params: Option<Params<'_>> = envelope.params.and_then(|p| serde_json::from_str(p).ok());
     match (envelope.method, id) {
         (Some(method), Some(id)) => {
             // The name on its own: a malformed `_meta` must not hide it (and with it the
@@ -112,7 +178,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 .then(|| {
                     envelope
                         .params
-                        .and_then(|p| serde_json::from_str::<CallName<'_>>(p.get()).ok())
+                        .and_then(|p| serde_json::from_str::<CallName<'_>>(p).ok())
                         .and_then(|p| p.name)
                         .and_then(|name| serde_json::from_str::<String>(name.get()).ok())
                 })
@@ -144,12 +210,10 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 cancels,
             })
         }
-        (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
-            Ok(Kind::Response {
-                id,
-                error_code: envelope.error.map(|e| e.code.unwrap_or(0)),
-            })
-        }
+        (None, Some(id)) if envelope.result || envelope.error.is_some() => Ok(Kind::Response {
+            id,
+            error_code: envelope.error.map(|e| e.code.unwrap_or(0)),
+        }),
         _ => Err(Invalid::NotJsonRpc),
     }
 }
@@ -223,6 +287,8 @@ pub(crate) fn split_body(body: &[u8]) -> Result<Vec<Box<RawValue>>, Invalid> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -299,5 +365,152 @@ mod tests {
         assert_eq!(split_body(b"[]").unwrap_err(), Invalid::NotJsonRpc);
         assert_eq!(split_body(b"  ").unwrap_err(), Invalid::NotJson);
         assert_eq!(split_body(br#"[{"a":1},{"b":2}]"#).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_result_is_checked_as_json_but_not_kept() {
+        let ok =
+            br#"{"jsonrpc":"2.0","id":"r","result":{"content":[{"type":"text","text":"a\"b"}]}}"#;
+        assert_eq!(
+            classify(ok).unwrap(),
+            Kind::Response {
+                id: "\"r\"".into(),
+                error_code: None
+            }
+        );
+        // Broken JSON inside a result is still refused.
+        for broken in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"result":{"a":"\q"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":["#,
+        ] {
+            assert_eq!(classify(broken), Err(Invalid::NotJson));
+        }
+        // A null result is a result.
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","id":1,"result":null}"#),
+            Ok(Kind::Response {
+                id: "1".into(),
+                error_code: None
+            })
+        );
+    }
+
+    /// The envelope as a comparable value.
+    type Read = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+        Option<Option<i64>>,
+    );
+
+    fn read(envelope: Envelope<'_>) -> Read {
+        (
+            envelope.id.map(str::to_owned),
+            envelope.method.map(Cow::into_owned),
+            envelope.params.map(str::to_owned),
+            envelope.result,
+            envelope.error.map(|e| e.code),
+        )
+    }
+
+    fn by_serde(message: &[u8]) -> Option<Read> {
+        let parsed: Parsed<'_> = serde_json::from_slice(message).ok()?;
+        Some(read(Envelope {
+            id: parsed.id.map(RawValue::get),
+            method: parsed.method,
+            params: parsed.params.map(RawValue::get),
+            result: parsed.result.is_some(),
+            error: parsed.error,
+        }))
+    }
+
+    fn by_skim(message: &[u8]) -> Option<Read> {
+        skim::members(message)
+            .ok()
+            .and_then(Envelope::from_members)
+            .map(read)
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e300f64..1e300).prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            r#"[a-z\\"\n\t\x00-\x1fé😀]{0,12}"#.prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(r#"[a-z"\\é]{0,6}"#, inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        let member =
+            |name: &'static str| proptest::option::of(json_value()).prop_map(move |v| (name, v));
+        (
+            member("id"),
+            member("method"),
+            member("params"),
+            member("result"),
+            member("error"),
+            member("jsonrpc"),
+            member("x"),
+            any::<bool>(),
+        )
+            .prop_map(|(a, b, c, d, e, f, g, pretty)| {
+                let mut object = serde_json::Map::new();
+                for (name, value) in [a, b, c, d, e, f, g] {
+                    if let Some(value) = value {
+                        object.insert(name.to_owned(), value);
+                    }
+                }
+                let value = serde_json::Value::Object(object);
+                if pretty {
+                    serde_json::to_vec_pretty(&value).unwrap()
+                } else {
+                    serde_json::to_vec(&value).unwrap()
+                }
+            })
+    }
+
+    proptest! {
+        /// Of well-formed JSON, the fast path reads what serde_json reads, and refuses what
+        /// it refuses (a member of the wrong type).
+        #[test]
+        fn the_fast_path_reads_what_serde_json_reads(message in message()) {
+            prop_assert_eq!(by_skim(&message), by_serde(&message), "{}", String::from_utf8_lossy(&message));
+        }
+
+        /// Whatever the fast path accepts of a damaged message, serde_json accepts too and
+        /// reads the same.
+        #[test]
+        fn the_fast_path_accepts_nothing_serde_json_refuses(
+            message in message(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(&b"\"\\{}[],:0-.eE+ u\x01\x7fn\xff"[..])), 1..4),
+        ) {
+            let mut message = message;
+            for (at, kind, byte) in edits {
+                if message.is_empty() {
+                    break;
+                }
+                let at = at.index(message.len());
+                match kind {
+                    0 => message[at] = byte,
+                    1 => { message.remove(at); }
+                    _ => message.insert(at, byte),
+                }
+            }
+            if let Some(fast) = by_skim(&message) {
+                prop_assert_eq!(Some(fast), by_serde(&message), "{}", String::from_utf8_lossy(&message));
+            }
+        }
     }
 }

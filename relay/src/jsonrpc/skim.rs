@@ -1,0 +1,328 @@
+//! The fast path to a large message's envelope: walks the top-level object, keeps the raw
+//! text of the members routing reads (`id`, `method`, `params`, `error`) and checks every
+//! other value as JSON without building anything, looking at many bytes of a string per
+//! step (`find_special`). serde_json's own skipping looks at 8 bytes at a time: over one
+//! 10 MiB result, timed one after the other, it took 2.4–3.8 ms and this 1.0–2.4 ms.
+//!
+//! It accepts only what serde_json accepts, by the same rules as its skipping (a skipped
+//! string's bytes are not decoded as UTF-8, its escapes and control characters are
+//! checked). Whatever it is not sure of (an escaped or repeated key, deep nesting, any
+//! error) it leaves to serde_json, which decides; so it never has to say why a message is
+//! refused.
+
+/// The members of the top-level object that routing reads, as raw JSON text.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Members<'a> {
+    pub(super) id: Option<&'a [u8]>,
+    pub(super) method: Option<&'a [u8]>,
+    pub(super) params: Option<&'a [u8]>,
+    /// Whether there is a `result`, whatever its value.
+    pub(super) result: bool,
+    pub(super) error: Option<&'a [u8]>,
+}
+
+/// Not for the fast path: serde_json decides.
+#[derive(Debug, PartialEq)]
+pub(super) struct Unsure;
+
+/// Nesting deeper than this is left to serde_json (whose limit is 128).
+const MAX_DEPTH: u32 = 100;
+
+/// The envelope of `message`, if it is a JSON object this path is sure of.
+pub(super) fn members(message: &[u8]) -> Result<Members<'_>, Unsure> {
+    let mut scan = Scan {
+        bytes: message,
+        at: 0,
+    };
+    let mut members = Members::default();
+    scan.whitespace();
+    scan.expect(b'{')?;
+    scan.whitespace();
+    if scan.peek() == Some(b'}') {
+        scan.at += 1;
+    } else {
+        loop {
+            scan.whitespace();
+            scan.expect(b'"')?;
+            let key = scan.key()?;
+            scan.whitespace();
+            scan.expect(b':')?;
+            scan.whitespace();
+            let start = scan.at;
+            scan.value(1)?;
+            let value = &message[start..scan.at];
+            // serde_json refuses a field named twice.
+            match key {
+                b"id" => once(&mut members.id, value)?,
+                b"method" => once(&mut members.method, value)?,
+                b"params" => once(&mut members.params, value)?,
+                b"error" => once(&mut members.error, value)?,
+                b"result" if std::mem::replace(&mut members.result, true) => return Err(Unsure),
+                _ => {}
+            }
+            scan.whitespace();
+            match scan.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return Err(Unsure),
+            }
+        }
+    }
+    scan.whitespace();
+    if scan.at == message.len() {
+        Ok(members)
+    } else {
+        Err(Unsure)
+    }
+}
+
+fn once<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) -> Result<(), Unsure> {
+    match slot.replace(value) {
+        Some(_) => Err(Unsure),
+        None => Ok(()),
+    }
+}
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Result<u8, Unsure> {
+        let byte = self.peek().ok_or(Unsure)?;
+        self.at += 1;
+        Ok(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), Unsure> {
+        if self.next()? == byte {
+            Ok(())
+        } else {
+            Err(Unsure)
+        }
+    }
+
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// A top-level key, after its opening quote: its raw bytes. serde_json decodes keys,
+    /// so one with an escape or that is not UTF-8 is left to it.
+    fn key(&mut self) -> Result<&'a [u8], Unsure> {
+        let start = self.at;
+        self.string()?;
+        let key = &self.bytes[start..self.at - 1];
+        if key.contains(&b'\\') || std::str::from_utf8(key).is_err() {
+            return Err(Unsure);
+        }
+        Ok(key)
+    }
+
+    /// The rest of a string, after its opening quote.
+    fn string(&mut self) -> Result<(), Unsure> {
+        loop {
+            self.at += find_special(&self.bytes[self.at..]).ok_or(Unsure)?;
+            match self.next()? {
+                b'"' => return Ok(()),
+                b'\\' => match self.next()? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        for _ in 0..4 {
+                            if !self.next()?.is_ascii_hexdigit() {
+                                return Err(Unsure);
+                            }
+                        }
+                    }
+                    _ => return Err(Unsure),
+                },
+                // A control character, which a string may not hold raw.
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
+    /// One value, whitespace before it already skipped; `depth` counts the containers
+    /// it is in.
+    fn value(&mut self, depth: u32) -> Result<(), Unsure> {
+        match self.next()? {
+            b'"' => self.string(),
+            b'{' => self.container(depth, b'}', true),
+            b'[' => self.container(depth, b']', false),
+            b't' => self.literal(b"rue"),
+            b'f' => self.literal(b"alse"),
+            b'n' => self.literal(b"ull"),
+            b'-' => {
+                let first = self.next()?;
+                self.number(first)
+            }
+            first @ b'0'..=b'9' => self.number(first),
+            _ => Err(Unsure),
+        }
+    }
+
+    /// An object's members or an array's elements, after the opening bracket.
+    fn container(&mut self, depth: u32, close: u8, object: bool) -> Result<(), Unsure> {
+        if depth >= MAX_DEPTH {
+            return Err(Unsure);
+        }
+        self.whitespace();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.whitespace();
+            if object {
+                self.expect(b'"')?;
+                self.string()?;
+                self.whitespace();
+                self.expect(b':')?;
+                self.whitespace();
+            }
+            self.value(depth + 1)?;
+            self.whitespace();
+            match self.next()? {
+                b',' => {}
+                byte if byte == close => return Ok(()),
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
+    fn literal(&mut self, rest: &[u8]) -> Result<(), Unsure> {
+        if self.bytes[self.at..].starts_with(rest) {
+            self.at += rest.len();
+            Ok(())
+        } else {
+            Err(Unsure)
+        }
+    }
+
+    /// A number after its sign, by JSON's grammar: no leading zero, digits after a point
+    /// and in an exponent.
+    fn number(&mut self, first: u8) -> Result<(), Unsure> {
+        match first {
+            b'0' if matches!(self.peek(), Some(b'0'..=b'9')) => return Err(Unsure),
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return Err(Unsure),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Result<(), Unsure> {
+        let start = self.at;
+        self.digits();
+        if self.at > start { Ok(()) } else { Err(Unsure) }
+    }
+}
+
+/// Where the first byte that ends a string's plain run is: a quote, a backslash, or a
+/// control character (below 0x20, which a string may not hold raw). Looks at 64 bytes at
+/// a time without an early exit inside them, so that the compiler checks many bytes per
+/// instruction: one pass, at about the speed of `memchr` for two bytes.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 64;
+    fn special(byte: u8) -> bool {
+        (byte == b'"') | (byte == b'\\') | (byte < 0x20)
+    }
+    let mut at = 0;
+    for block in bytes.chunks_exact(BLOCK) {
+        if block
+            .iter()
+            .fold(false, |found, &byte| found | special(byte))
+        {
+            break;
+        }
+        at += BLOCK;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&byte| special(byte))
+        .map(|found| at + found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_found_as_raw_text() {
+        let message = br#" {"jsonrpc":"2.0","id": "a\"b" ,"result":{"content":[{"type":"text","text":"x\u00e9\n"}],"n":[-0.5e+3,true,null,{}]},"x":[]} "#;
+        assert_eq!(
+            members(message),
+            Ok(Members {
+                id: Some(br#""a\"b""#),
+                result: true,
+                ..Members::default()
+            })
+        );
+        let message = br#"{"method":"tools/call","params":{"name":"q"},"id":7,"error":null}"#;
+        let found = members(message).unwrap();
+        assert_eq!(found.method, Some(&br#""tools/call""#[..]));
+        assert_eq!(found.params, Some(&br#"{"name":"q"}"#[..]));
+        assert_eq!(found.id, Some(&b"7"[..]));
+        assert_eq!(found.error, Some(&b"null"[..]));
+        assert!(!found.result);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_serde_json() {
+        for message in [
+            &b""[..],
+            b"[]",
+            b"{",
+            b"{} x",
+            br#"{"id":1,}"#,
+            br#"{"id":1,"id":2}"#,
+            br#"{"result":1,"result":2}"#,
+            br#"{"i\u0064":1}"#,
+            br#"{"id":01}"#,
+            br#"{"id":1.}"#,
+            br#"{"id":1e}"#,
+            br#"{"id":-}"#,
+            br#"{"x":tru}"#,
+            br#"{"x":"\q"}"#,
+            br#"{"x":"\u12G4"}"#,
+            b"{\"x\":\"a\x01b\"}",
+            br#"{"x":[1 2]}"#,
+            br#"{"x":{"a" 1}}"#,
+            br#"{"x":"unterminated}"#,
+        ] {
+            assert_eq!(
+                members(message),
+                Err(Unsure),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(members(deep.as_bytes()), Err(Unsure));
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(98), "]".repeat(98));
+        assert!(members(deep.as_bytes()).is_ok());
+    }
+}
