@@ -1,5 +1,5 @@
 //! Outpost's tunnel protocol: the frames an agent and a relay exchange over one WebSocket,
-//! and their binary codec. Owns the wire format and its limits; does no I/O, reads no clock
+//! their binary codec, and the envelope of the JSON-RPC messages they carry. Owns the wire format and its limits; does no I/O, reads no clock
 //! and spawns nothing, so it can be tested and fuzzed without a runtime.
 //!
 //! `docs/protocol.md` specifies the format; this crate is its reference implementation.
@@ -7,6 +7,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod codec;
+pub mod envelope;
 mod error;
 mod frame;
 mod ids;

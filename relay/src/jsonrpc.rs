@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use outpost_protocol::envelope;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -49,8 +50,6 @@ pub(crate) enum Invalid {
     NotJsonRpc,
 }
 
-mod skim;
-
 /// The members of a message that routing reads.
 struct Envelope<'a> {
     /// Raw JSON text; `null` reads as none.
@@ -69,9 +68,9 @@ const SKIM_FROM: usize = 16 * 1024;
 impl<'a> Envelope<'a> {
     fn of(message: &'a [u8]) -> Result<Self, Invalid> {
         if message.len() >= SKIM_FROM
-            && let Some(envelope) = skim::members(message).ok().and_then(Self::from_members)
+            && let Some(fast) = envelope::members(message).ok().and_then(Self::from_members)
         {
-            return Ok(envelope);
+            return Ok(fast);
         }
         let parsed: Parsed<'_> = serde_json::from_slice(message).map_err(|e| {
             if e.is_data() {
@@ -91,7 +90,7 @@ impl<'a> Envelope<'a> {
 
     /// The fast path's members as serde_json reads them; `None` where it would refuse one
     /// (serde_json then says why).
-    fn from_members(members: skim::Members<'a>) -> Option<Self> {
+    fn from_members(members: envelope::Members<'a>) -> Option<Self> {
         fn raw(text: Option<&[u8]>) -> Option<Option<&str>> {
             match text {
                 Some(b"null") | None => Some(None),
@@ -427,7 +426,7 @@ mod tests {
     }
 
     fn by_skim(message: &[u8]) -> Option<Read> {
-        skim::members(message)
+        envelope::members(message)
             .ok()
             .and_then(Envelope::from_members)
             .map(read)

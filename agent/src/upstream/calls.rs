@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use outpost_protocol::envelope;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -297,13 +298,7 @@ impl Calls {
     /// message once.
     pub(crate) fn outgoing(&self, message: Bytes) -> Option<(Bytes, Option<String>)> {
         let mut message = message;
-        let answer = serde_json::from_slice::<Peek<'_>>(&message)
-            .ok()
-            .filter(|peek| peek.method.is_none())
-            .and_then(|peek| {
-                let id = peek.id.filter(|id| id.get() != "null")?;
-                Some((id.get().to_owned(), peek.error.is_some()))
-            });
+        let answer = answer(&message);
         {
             let mut state = self.lock();
             state.silent_since = None;
@@ -499,6 +494,51 @@ pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
     Some((id.get().to_owned(), peek.method.is_some()))
 }
 
+/// Messages from this size up take the fast path to their envelope first.
+const FAST_PATH_FROM: usize = 16 * 1024;
+
+/// The id a message from the upstream answers (canonical JSON text) and whether the answer
+/// is an error; `None` for a request, a notification or what is not JSON-RPC.
+fn answer(message: &[u8]) -> Option<(String, bool)> {
+    if message.len() >= FAST_PATH_FROM
+        && let Ok(members) = envelope::members(message)
+        && let Some(answer) = answer_of(&members)
+    {
+        return answer;
+    }
+    answer_by_serde(message)
+}
+
+fn answer_by_serde(message: &[u8]) -> Option<(String, bool)> {
+    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
+    if peek.method.is_some() {
+        return None;
+    }
+    let id = peek.id.filter(|id| id.get() != "null")?;
+    Some((id.get().to_owned(), peek.error.is_some()))
+}
+
+/// [`answer`] from the fast path's members as serde_json reads them into a [`Peek`]; `None`
+/// where it would refuse the message (serde_json then decides).
+fn answer_of(members: &envelope::Members<'_>) -> Option<Option<(String, bool)>> {
+    // serde_json reads `null` as no member, and checks a raw value's text as UTF-8.
+    fn raw(text: Option<&[u8]>) -> Option<Option<&str>> {
+        match text {
+            None | Some(b"null") => Some(None),
+            Some(text) => std::str::from_utf8(text).ok().map(Some),
+        }
+    }
+    // A method that is a string makes a request or notification; one that is not, a
+    // message serde_json refuses: no answer either way.
+    if raw(members.method)?.is_some() {
+        return Some(None);
+    }
+    let id = raw(members.id)?;
+    raw(members.params)?;
+    let is_error = raw(members.error)?.is_some();
+    Some(id.map(|id| (id.to_owned(), is_error)))
+}
+
 /// The message's method, if it is a request or notification.
 pub(crate) fn method(message: &[u8]) -> Option<String> {
     serde_json::from_slice::<Peek<'_>>(message)
@@ -642,5 +682,40 @@ mod tests {
                 .is_none()
         );
         assert!(calls.silent_for(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_large_answer_is_read_as_serde_json_reads_it() {
+        let pad = "x".repeat(FAST_PATH_FROM);
+        for message in [
+            format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"text":"{pad}"}}}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":"a","error":{{"code":-1,"message":"{pad}"}}}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":null,"result":"{pad}"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"error":null,"result":"{pad}"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":"{pad}"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":5,"result":"{pad}"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","method":"notifications/message","params":"{pad}"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{pad}","id":2}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{pad}\q"}}"#),
+            format!(r#"[{{"jsonrpc":"2.0","id":1,"result":"{pad}"}}]"#),
+        ] {
+            let message = message.as_bytes();
+            assert_eq!(
+                answer(message),
+                answer_by_serde(message),
+                "{}",
+                &String::from_utf8_lossy(message)[..60]
+            );
+        }
+        assert_eq!(
+            answer(format!(r#"{{"id":7,"result":"{pad}"}}"#).as_bytes()),
+            Some(("7".to_owned(), false))
+        );
+        // Text that is not UTF-8 in a raw member: serde_json decides.
+        let mut odd = format!(r#"{{"id":7,"error":{{"m":"{pad}"}},"result":1}}"#).into_bytes();
+        let at = odd.len() - 20;
+        odd[at] = 0xff;
+        assert_eq!(answer(&odd), answer_by_serde(&odd));
+        assert_eq!(answer(&odd), None);
     }
 }
