@@ -326,12 +326,8 @@ impl StreamReceiver {
                 );
                 return Err(StreamError::TooLarge { len: seen, max });
             }
-            let message = if piece.fin && self.partial.is_empty() {
-                Some(piece.payload)
-            } else {
-                self.partial.push(piece.payload);
-                piece.fin.then(|| self.partial.take())
-            };
+            self.partial.push(piece.payload);
+            let message = piece.fin.then(|| self.partial.take());
             if self.pending_credit >= self.credit_batch()
                 || (message.is_some() && self.peer_may_lack_room())
             {
@@ -378,13 +374,19 @@ impl StreamReceiver {
 /// Bytes that arrive in pieces (a message's data frames, an SSE line's chunks), copied
 /// together once, at the end, into a buffer of their exact size: a buffer grown piece by
 /// piece would copy a large message again at each growth.
+///
+/// Short pieces are copied as they come into a buffer of their own. A received piece is a
+/// slice of the larger buffer it was read into (tungstenite's, hyper's): kept as it is, a
+/// small message would hold all of that buffer alive, in the relay's replay buffer for
+/// example. Only a long piece alone is handed on uncopied.
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    /// Pieces kept as received (no copy), in order; each but the last of at least
-    /// [`KEEP_APART`] bytes.
+    /// Pieces in order: long pieces kept as received (no copy), and runs of short pieces
+    /// copied together, each run ended by a long piece or at [`KEEP_APART`] bytes. So at
+    /// most two per `KEEP_APART` bytes, plus one: the bookkeeping stays a small fraction
+    /// of the bytes however a peer cuts them.
     pieces: Vec<Bytes>,
-    /// Short pieces after the last kept one, copied together: however a peer splits a
-    /// message, the bookkeeping stays a small fraction of it.
+    /// The run of short pieces after the last kept one.
     short: BytesMut,
     /// Bytes so far.
     len: usize,
@@ -524,7 +526,7 @@ mod reassembly_tests {
 
     proptest! {
         /// However a message is cut, it comes back whole, and the pieces kept apart stay
-        /// few: one per `KEEP_APART` bytes, plus one.
+        /// few: two per `KEEP_APART` bytes, plus one.
         #[test]
         fn any_cut_reassembles_whole(
             cuts in proptest::collection::vec(1usize..3 * KEEP_APART, 1..40),
@@ -536,7 +538,7 @@ mod reassembly_tests {
             for cut in cuts {
                 partial.push(Bytes::copy_from_slice(&message[at..at + cut]));
                 at += cut;
-                prop_assert!(partial.pieces.len() <= at / KEEP_APART + 1);
+                prop_assert!(partial.pieces.len() <= 2 * (at / KEEP_APART) + 1);
             }
             prop_assert_eq!(partial.len, len);
             prop_assert_eq!(&partial.take()[..], &message[..]);
@@ -551,5 +553,26 @@ mod reassembly_tests {
         let mut partial = Reassembly::default();
         partial.push(piece.clone());
         assert_eq!(partial.take().as_ptr(), piece.as_ptr());
+    }
+
+    #[test]
+    fn a_short_message_does_not_keep_the_buffer_it_came_in() {
+        let buffer = Bytes::from(vec![7u8; 4 * KEEP_APART]);
+        let mut partial = Reassembly::default();
+        partial.push(buffer.slice(..100));
+        let message = partial.take();
+        assert_eq!(&message[..], &buffer[..100]);
+        assert!(!buffer.as_ptr_range().contains(&message.as_ptr()));
+    }
+
+    #[test]
+    fn runs_of_short_pieces_between_long_ones_are_bounded() {
+        let mut partial = Reassembly::default();
+        for _ in 0..3 {
+            partial.push(Bytes::from(vec![1u8; 20_000]));
+            partial.push(Bytes::from(vec![2u8; 100]));
+        }
+        assert_eq!(partial.pieces.len(), 5);
+        assert_eq!(partial.take().len(), 60_300);
     }
 }
