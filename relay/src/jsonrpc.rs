@@ -125,8 +125,9 @@ struct Parsed<'a> {
     /// Only whether there is one. Skipped, not kept as raw text: a raw value's text is
     /// checked as UTF-8 apart from the JSON scan, a second pass over what is most of a
     /// large answer. Its JSON is still checked; invalid UTF-8 inside its strings reaches
-    /// the client, whose own parser reports it at once (dropping the answer here would
-    /// leave the call waiting until its timeout). `null` counts: JSON-RPC allows it.
+    /// the client as sent, where a decoder usually replaces it with U+FFFD (refusing the
+    /// answer here dropped it and left the call waiting for its timeout). `null` counts:
+    /// JSON-RPC allows it.
     #[serde(default, deserialize_with = "present")]
     result: Option<IgnoredAny>,
     error: Option<ErrorObject>,

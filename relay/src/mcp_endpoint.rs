@@ -975,7 +975,11 @@ impl Drop for SseStream {
     /// does) may drop the response before it sees the channel close: if everything was
     /// handed over by then, the stream counts as delivered all the same.
     fn drop(&mut self) {
-        if self.initial.is_empty() && self.messages.is_closed() && self.messages.is_empty() {
+        if self.initial.is_empty()
+            && self.rest_of_event.is_empty()
+            && self.messages.is_closed()
+            && self.messages.is_empty()
+        {
             self.delivered();
         }
     }
