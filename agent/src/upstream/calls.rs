@@ -487,6 +487,13 @@ pub(crate) fn error_response(id: &str, code: i64, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// A request's id (canonical JSON text) and method; `None` for any other message.
+pub(crate) fn request(message: &[u8]) -> Option<(String, String)> {
+    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
+    let id = peek.id.filter(|id| id.get() != "null")?;
+    Some((id.get().to_owned(), peek.method?.into_owned()))
+}
+
 /// The message's id (canonical JSON text) and whether it has a method.
 pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
     let peek: Peek<'_> = serde_json::from_slice(message).ok()?;

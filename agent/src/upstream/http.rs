@@ -197,12 +197,11 @@ impl Bridge {
 
     /// POSTs one message and waits for the response headers.
     async fn send(self: Arc<Self>, message: Bytes) -> Option<Sent> {
-        let request_id = super::calls::peek(&message)
-            .filter(|(_, is_request)| *is_request)
-            .map(|(id, _)| id);
-        let initialize = request_id.is_some()
-            && memchr::memmem::find(&message, b"\"initialize\"").is_some()
-            && super::calls::method(&message).as_deref() == Some("initialize");
+        let request = super::calls::request(&message);
+        let initialize = request
+            .as_ref()
+            .is_some_and(|(_, method)| method == "initialize");
+        let request_id = request.map(|(id, _)| id);
         let initialized = is_initialized_notification(&message);
         let response = tokio::select! {
             _ = self.stop.cancelled() => return None,
@@ -371,9 +370,8 @@ impl Session {
         }
     }
 
-    /// Relays SSE `message` events until the stream ends.
-    /// Relays an SSE response's messages; `initialize`: the answer to an `initialize`
-    /// request is among them.
+    /// Relays SSE `message` events until the stream ends; `initialize`: the answer to an
+    /// `initialize` request is among them.
     async fn relay_events(
         &self,
         response: reqwest::Response,
