@@ -62,12 +62,9 @@ struct Envelope<'a> {
     error: Option<ErrorObject>,
 }
 
-/// Messages from this size up take the fast path to their envelope first.
-const SKIM_FROM: usize = 16 * 1024;
-
 impl<'a> Envelope<'a> {
     fn of(message: &'a [u8]) -> Result<Self, Invalid> {
-        if message.len() >= SKIM_FROM
+        if message.len() >= envelope::FAST_PATH_FROM
             && let Some(fast) = envelope::members(message).ok().and_then(Self::from_members)
         {
             return Ok(fast);
@@ -91,19 +88,13 @@ impl<'a> Envelope<'a> {
     /// The fast path's members as serde_json reads them; `None` where it would refuse one
     /// (serde_json then says why).
     fn from_members(members: envelope::Members<'a>) -> Option<Self> {
-        fn raw(text: Option<&[u8]>) -> Option<Option<&str>> {
-            match text {
-                Some(b"null") | None => Some(None),
-                Some(text) => std::str::from_utf8(text).ok().map(Some),
-            }
-        }
         Some(Envelope {
-            id: raw(members.id)?,
+            id: envelope::raw_value(members.id)?,
             method: match members.method {
                 Some(text) => serde_json::from_slice(text).ok()?,
                 None => None,
             },
-            params: raw(members.params)?,
+            params: envelope::raw_value(members.params)?,
             result: members.result,
             error: match members.error {
                 Some(text) => serde_json::from_slice(text).ok()?,

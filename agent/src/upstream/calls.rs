@@ -501,13 +501,10 @@ pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
     Some((id.get().to_owned(), peek.method.is_some()))
 }
 
-/// Messages from this size up take the fast path to their envelope first.
-const FAST_PATH_FROM: usize = 16 * 1024;
-
 /// The id a message from the upstream answers (canonical JSON text) and whether the answer
 /// is an error; `None` for a request, a notification or what is not JSON-RPC.
 fn answer(message: &[u8]) -> Option<(String, bool)> {
-    if message.len() >= FAST_PATH_FROM
+    if message.len() >= envelope::FAST_PATH_FROM
         && let Ok(members) = envelope::members(message)
         && let Some(answer) = answer_of(&members)
     {
@@ -528,21 +525,14 @@ fn answer_by_serde(message: &[u8]) -> Option<(String, bool)> {
 /// [`answer`] from the fast path's members as serde_json reads them into a [`Peek`]; `None`
 /// where it would refuse the message (serde_json then decides).
 fn answer_of(members: &envelope::Members<'_>) -> Option<Option<(String, bool)>> {
-    // serde_json reads `null` as no member, and checks a raw value's text as UTF-8.
-    fn raw(text: Option<&[u8]>) -> Option<Option<&str>> {
-        match text {
-            None | Some(b"null") => Some(None),
-            Some(text) => std::str::from_utf8(text).ok().map(Some),
-        }
-    }
     // A method that is a string makes a request or notification; one that is not, a
     // message serde_json refuses: no answer either way.
-    if raw(members.method)?.is_some() {
+    if envelope::raw_value(members.method)?.is_some() {
         return Some(None);
     }
-    let id = raw(members.id)?;
-    raw(members.params)?;
-    let is_error = raw(members.error)?.is_some();
+    let id = envelope::raw_value(members.id)?;
+    envelope::raw_value(members.params)?;
+    let is_error = envelope::raw_value(members.error)?.is_some();
     Some(id.map(|id| (id.to_owned(), is_error)))
 }
 
@@ -693,7 +683,7 @@ mod tests {
 
     #[test]
     fn a_large_answer_is_read_as_serde_json_reads_it() {
-        let pad = "x".repeat(FAST_PATH_FROM);
+        let pad = "x".repeat(envelope::FAST_PATH_FROM);
         for message in [
             format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"text":"{pad}"}}}}"#),
             format!(r#"{{"jsonrpc":"2.0","id":"a","error":{{"code":-1,"message":"{pad}"}}}}"#),
