@@ -938,12 +938,7 @@ impl SseStream {
             .seq
             .zip(self.resumable)
             .map(|(seq, stream)| self.session.event_id(stream, seq));
-        let frames = sse_frames(&message.body, id.as_deref());
-        if let Some(message) = frames.message {
-            self.rest_of_event.push_back(message);
-            self.rest_of_event.push_back(Bytes::from_static(EVENT_END));
-        }
-        frames.head
+        sse_frames(&message.body, id.as_deref()).first_queuing_rest(&mut self.rest_of_event)
     }
 
     /// A message from the channel: filtered, then rendered.
@@ -1052,23 +1047,29 @@ pub(crate) fn channel_sse_with(
     guard: Option<tokio_util::sync::DropGuard>,
 ) -> Response {
     let keepalive = keepalive(app);
+    // The body frames still to go: the rest of an event begun, or the first message's.
+    let mut pending = VecDeque::new();
+    if let Some(message) = first {
+        let head = sse_frames(&message, None).first_queuing_rest(&mut pending);
+        pending.push_front(head);
+    }
     let body = futures_util::stream::unfold(
-        (first, rx, keepalive, guard),
-        |(first, mut rx, mut keepalive, guard)| async move {
-            if let Some(message) = first {
-                let event = sse_event(&message);
+        (pending, rx, keepalive, guard),
+        |(mut pending, mut rx, mut keepalive, guard)| async move {
+            if let Some(frame) = pending.pop_front() {
                 return Some((
-                    Ok::<_, std::convert::Infallible>(event),
-                    (None, rx, keepalive, guard),
+                    Ok::<_, std::convert::Infallible>(frame),
+                    (pending, rx, keepalive, guard),
                 ));
             }
             tokio::select! {
                 biased;
                 message = rx.recv() => message.map(|m| {
-                    (Ok(sse_event(&m)), (None, rx, keepalive, guard))
+                    let head = sse_frames(&m, None).first_queuing_rest(&mut pending);
+                    (Ok(head), (pending, rx, keepalive, guard))
                 }),
                 _ = keepalive.tick() => {
-                    Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), (None, rx, keepalive, guard)))
+                    Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), (pending, rx, keepalive, guard)))
                 }
             }
         },
@@ -1137,13 +1138,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Frames one message as an SSE `message` event. JSON may contain line breaks only as
-/// whitespace; each line becomes its own `data:` line, which SSE joins back with `\n`.
-pub(crate) fn sse_event(message: &[u8]) -> Bytes {
-    sse_event_with_id(message, None)
-}
-
-/// As [`sse_event`], with an `id:` line when `id` is given.
+/// Frames one message as an SSE `message` event, with an `id:` line when `id` is given.
+/// JSON may contain line breaks only as whitespace; each line becomes its own `data:`
+/// line, which SSE joins back with `\n`.
 fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.len() + 64);
     put_event_head(&mut buf, id);
@@ -1180,6 +1177,17 @@ struct EventFrames {
     /// A large message of one line, sent as it is and followed by [`EVENT_END`]: copying
     /// it into the event would add a pass over every byte of it.
     message: Option<Bytes>,
+}
+
+impl EventFrames {
+    /// The event's first body frame; the others, if any, go to the back of `rest`.
+    fn first_queuing_rest(self, rest: &mut VecDeque<Bytes>) -> Bytes {
+        if let Some(message) = self.message {
+            rest.push_back(message);
+            rest.push_back(Bytes::from_static(EVENT_END));
+        }
+        self.head
+    }
 }
 
 /// Ends the data line and the event.
@@ -1387,16 +1395,16 @@ mod tests {
     #[test]
     fn sse_events_split_lines() {
         assert_eq!(
-            sse_event(b"{\"a\":\n1}"),
+            sse_event_with_id(b"{\"a\":\n1}", None),
             Bytes::from_static(b"event: message\ndata: {\"a\":\ndata: 1}\n\n")
         );
         assert_eq!(
-            sse_event(b"{}"),
+            sse_event_with_id(b"{}", None),
             Bytes::from_static(b"event: message\ndata: {}\n\n")
         );
         // A lone CR ends an SSE line too: left in a data line, it would cut it there.
         assert_eq!(
-            sse_event(b"{\"a\":\r\n1,\r\"b\":2}"),
+            sse_event_with_id(b"{\"a\":\r\n1,\r\"b\":2}", None),
             Bytes::from_static(b"event: message\ndata: {\"a\":\ndata: 1,\ndata: \"b\":2}\n\n")
         );
     }
