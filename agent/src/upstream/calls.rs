@@ -487,18 +487,20 @@ pub(crate) fn error_response(id: &str, code: i64, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// A request's id (canonical JSON text) and method; `None` for any other message.
-pub(crate) fn request(message: &[u8]) -> Option<(String, String)> {
-    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
-    let id = peek.id.filter(|id| id.get() != "null")?;
-    Some((id.get().to_owned(), peek.method?.into_owned()))
+/// The message's id (canonical JSON text; `None` when absent or null) and method, from one
+/// parse; neither for what is not JSON-RPC.
+pub(crate) fn id_and_method(message: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(peek) = serde_json::from_slice::<Peek<'_>>(message) else {
+        return (None, None);
+    };
+    let id = peek.id.filter(|id| id.get() != "null");
+    (id.map(|id| id.get().to_owned()), peek.method.map(Cow::into_owned))
 }
 
 /// The message's id (canonical JSON text) and whether it has a method.
 pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
-    let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
-    let id = peek.id.filter(|id| id.get() != "null")?;
-    Some((id.get().to_owned(), peek.method.is_some()))
+    let (id, method) = id_and_method(message);
+    Some((id?, method.is_some()))
 }
 
 /// The id a message from the upstream answers (canonical JSON text) and whether the answer
@@ -538,10 +540,7 @@ fn answer_of(members: &envelope::Members<'_>) -> Option<Option<(String, bool)>> 
 
 /// The message's method, if it is a request or notification.
 pub(crate) fn method(message: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Peek<'_>>(message)
-        .ok()?
-        .method
-        .map(Cow::into_owned)
+    id_and_method(message).1
 }
 
 /// JSON-RPC: invalid params (MCP answers an unknown tool with it).

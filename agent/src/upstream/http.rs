@@ -96,12 +96,13 @@ pub(super) async fn serve(
             }
             continue;
         }
+        let outgoing = Outgoing::read(message);
         if !initialized {
             initialized = true;
-            if super::calls::method(&message).as_deref() == Some("initialize") {
+            if outgoing.method.as_deref() == Some("initialize") {
                 // The first exchange (initialize) completes before anything else is sent,
                 // so every later message carries the session id the server may assign.
-                bridge.clone().exchange(message).await;
+                bridge.clone().exchange(outgoing).await;
                 continue;
             }
             // A stateless request (2026 era) opens no session: it runs like any other, so
@@ -111,20 +112,19 @@ pub(super) async fn serve(
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
         };
-        let is_request = super::calls::peek(&message).is_some_and(|(_, is_request)| is_request);
         let task = bridge.clone();
-        if is_request {
+        if outgoing.request_id.is_some() {
             // Requests run concurrently: a long call must hold up neither the next call
             // nor its cancellation.
             bridge.tasks.spawn(async move {
                 let _permit = permit;
-                task.exchange(message).await;
+                task.exchange(outgoing).await;
             });
         } else {
             // Notifications and responses are posted in order (the server answers them at
             // once with 202), so `initialized` precedes the requests that follow it and a
             // cancellation follows its request.
-            let sent = task.clone().send(message).await;
+            let sent = task.clone().send(outgoing).await;
             bridge.tasks.spawn(async move {
                 let _permit = permit;
                 if let Some(sent) = sent {
@@ -180,7 +180,7 @@ impl Bridge {
             tracing::warn!(server = %self.name, ?timeout, "call timed out; cancelling it upstream");
             let (answer, cancel) = super::timed_out(&id, timeout);
             let _ = self.sender.send(answer).await;
-            if let Some(sent) = self.clone().send(cancel).await {
+            if let Some(sent) = self.clone().send(Outgoing::read(cancel)).await {
                 let bridge = self.clone();
                 self.tasks.spawn(async move { bridge.finish(sent).await });
             }
@@ -189,20 +189,21 @@ impl Bridge {
 
     /// POSTs one client message and relays what comes back, answering a request with an
     /// error if the upstream cannot.
-    async fn exchange(self: Arc<Self>, message: Bytes) {
-        if let Some(sent) = self.clone().send(message).await {
+    async fn exchange(self: Arc<Self>, outgoing: Outgoing) {
+        if let Some(sent) = self.clone().send(outgoing).await {
             self.finish(sent).await;
         }
     }
 
     /// POSTs one message and waits for the response headers.
-    async fn send(self: Arc<Self>, message: Bytes) -> Option<Sent> {
-        let request = super::calls::request(&message);
-        let initialize = request
-            .as_ref()
-            .is_some_and(|(_, method)| method == "initialize");
-        let request_id = request.map(|(id, _)| id);
-        let initialized = is_initialized_notification(&message);
+    async fn send(self: Arc<Self>, outgoing: Outgoing) -> Option<Sent> {
+        let Outgoing {
+            message,
+            request_id,
+            method,
+        } = outgoing;
+        let initialize = request_id.is_some() && method.as_deref() == Some("initialize");
+        let initialized = method.as_deref() == Some("notifications/initialized");
         let response = tokio::select! {
             _ = self.stop.cancelled() => return None,
             response = self.session.post(message) => response,
@@ -500,16 +501,23 @@ impl Session {
     }
 }
 
-fn is_initialized_notification(message: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Method<'a> {
-        #[serde(borrow)]
-        method: Option<std::borrow::Cow<'a, str>>,
+/// A message for the upstream, with what sending it needs to know, read in one parse.
+struct Outgoing {
+    message: Bytes,
+    /// Its id, when it is a request.
+    request_id: Option<String>,
+    method: Option<String>,
+}
+
+impl Outgoing {
+    fn read(message: Bytes) -> Self {
+        let (id, method) = super::calls::id_and_method(&message);
+        Self {
+            request_id: id.filter(|_| method.is_some()),
+            method,
+            message,
+        }
     }
-    serde_json::from_slice::<Method<'_>>(message)
-        .ok()
-        .and_then(|m| m.method)
-        .is_some_and(|m| m == "notifications/initialized")
 }
 
 /// How a response body ended.
