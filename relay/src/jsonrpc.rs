@@ -62,6 +62,18 @@ struct Envelope<'a> {
     error: Option<ErrorObject>,
 }
 
+impl<'a> From<Parsed<'a>> for Envelope<'a> {
+    fn from(parsed: Parsed<'a>) -> Self {
+        Envelope {
+            id: parsed.id.map(RawValue::get),
+            method: parsed.method,
+            params: parsed.params.map(RawValue::get),
+            result: parsed.result.is_some(),
+            error: parsed.error,
+        }
+    }
+}
+
 impl<'a> Envelope<'a> {
     fn of(message: &'a [u8]) -> Result<Self, Invalid> {
         if message.len() >= envelope::FAST_PATH_FROM
@@ -76,13 +88,7 @@ impl<'a> Envelope<'a> {
                 Invalid::NotJson
             }
         })?;
-        Ok(Envelope {
-            id: parsed.id.map(RawValue::get),
-            method: parsed.method,
-            params: parsed.params.map(RawValue::get),
-            result: parsed.result.is_some(),
-            error: parsed.error,
-        })
+        Ok(parsed.into())
     }
 
     /// The fast path's members as serde_json reads them; `None` where it would refuse one
@@ -408,13 +414,7 @@ mod tests {
 
     fn by_serde(message: &[u8]) -> Option<Read> {
         let parsed: Parsed<'_> = serde_json::from_slice(message).ok()?;
-        Some(read(Envelope {
-            id: parsed.id.map(RawValue::get),
-            method: parsed.method,
-            params: parsed.params.map(RawValue::get),
-            result: parsed.result.is_some(),
-            error: parsed.error,
-        }))
+        Some(read(parsed.into()))
     }
 
     fn by_skim(message: &[u8]) -> Option<Read> {

@@ -494,7 +494,10 @@ pub(crate) fn id_and_method(message: &[u8]) -> (Option<String>, Option<String>) 
         return (None, None);
     };
     let id = peek.id.filter(|id| id.get() != "null");
-    (id.map(|id| id.get().to_owned()), peek.method.map(Cow::into_owned))
+    (
+        id.map(|id| id.get().to_owned()),
+        peek.method.map(Cow::into_owned),
+    )
 }
 
 /// The message's id (canonical JSON text) and whether it has a method.
