@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use certs::Certs;
 pub use client::{McpClient, McpResponse};
 pub use cut_proxy::CutProxy;
-pub use mcp_server::HttpMcpServer;
+pub use mcp_server::{HttpMcpServer, serve_on_loopback};
 pub use process::Process;
 
 // === relay ===

@@ -24,7 +24,7 @@ pub struct HttpMcpServer {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<std::io::Result<()>>,
     slow_calls: watch::Receiver<usize>,
 }
 
@@ -43,19 +43,7 @@ impl HttpMcpServer {
             StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
         );
         let router = axum::Router::new().nest_service("/mcp", service);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small responses by
-        // about 40 ms: a benchmark against this server would measure that, not MCP.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let shutdown = stop.clone();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-        });
+        let (addr, task) = serve_on_loopback(router, &stop).await?;
         Ok(Self {
             url: format!("http://{addr}/mcp"),
             addr,
@@ -82,6 +70,27 @@ impl HttpMcpServer {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
+}
+
+/// Serves `app` on an ephemeral loopback port until `stop`; returns where it listens and
+/// the serving task.
+pub async fn serve_on_loopback(
+    app: axum::Router,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small responses by
+    // about 40 ms: a benchmark against this server would measure that, not MCP.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    Ok((addr, task))
 }
 
 #[derive(Debug, Clone)]

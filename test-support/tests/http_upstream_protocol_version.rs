@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use outpost_test_support::{agent, relay};
+use outpost_test_support::{agent, relay, serve_on_loopback};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -28,13 +28,8 @@ async fn the_version_comes_from_the_initialize_answer_only() -> anyhow::Result<(
         .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
         .delete(|| async { StatusCode::OK }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/mcp", listener.local_addr()?);
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let (addr, server) = serve_on_loopback(app, &stop).await?;
+    let url = format!("http://{addr}/mcp");
 
     let relay = relay().spawn().await?;
     let agent = agent(&relay, "laptop")

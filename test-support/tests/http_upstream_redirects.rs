@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::{StatusCode, header};
-use outpost_test_support::{agent, relay};
+use outpost_test_support::{agent, relay, serve_on_loopback};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -62,13 +62,6 @@ async fn a_redirect_from_an_http_upstream_is_not_followed() -> anyhow::Result<()
 
 /// Serves `app` on an ephemeral loopback port until `stop`; returns its `/mcp` URL.
 async fn serve(app: axum::Router, stop: &CancellationToken) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/mcp", listener.local_addr()?);
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
-    Ok(url)
+    let (addr, _server) = serve_on_loopback(app, stop).await?;
+    Ok(format!("http://{addr}/mcp"))
 }
