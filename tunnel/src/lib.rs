@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use driver::{TunnelDriver, TunnelExit};
 pub use runtime::CONTENT_SAFE_LOG_DIRECTIVES;
-pub use stream::{Reassembly, Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
+pub use stream::{
+    MessageWriter, Reassembly, Stream, StreamEnd, StreamError, StreamReceiver, StreamSender,
+};
 
 use stream::StreamShared;
 

@@ -225,49 +225,29 @@ impl StreamSender {
     /// Dropping the future part-way through a message closes the stream, since the peer
     /// could not tell the rest of that message from the next one.
     pub async fn send(&self, message: Bytes) -> Result<(), StreamError> {
-        let config = &self.core.config;
         if message.is_empty() {
             return Err(StreamError::Empty);
         }
-        if message.len() > config.max_message_len {
-            return Err(StreamError::TooLarge {
-                len: message.len(),
-                max: config.max_message_len,
-            });
-        }
-        let piece_len = config.chunk_len.min(config.initial_window as usize).max(1);
-        let _one_message_at_a_time = self.state.send_lock.lock().await;
-        let mut torn = TornMessageGuard {
-            core: &self.core,
-            id: self.state.id,
-            armed: false,
-        };
-        let mut rest = message;
-        loop {
-            let take = rest.len().min(piece_len);
-            let payload = rest.split_to(take);
-            let fin = rest.is_empty();
-            let permits = u32::try_from(take).expect("pieces are at most the chunk length");
-            let permit = match self.state.credit.acquire_many(permits).await {
-                Ok(permit) => permit,
-                Err(_) => return Err(StreamError::Ended(self.state.ended())),
-            };
-            let frame = StreamFrame::Data {
-                stream: self.state.id,
-                fin,
-                payload,
-            };
-            if self.core.data_tx.send(frame).await.is_err() {
-                return Err(StreamError::Ended(StreamEnd::TunnelClosed));
-            }
-            // Spent only once the piece is queued: a send dropped while waiting for the
-            // data lane gives its credit back.
-            permit.forget();
-            if fin {
-                torn.armed = false;
-                return Ok(());
-            }
-            torn.armed = true;
+        let mut writer = self.begin().await;
+        writer.check_room(message.len())?;
+        writer.send_pieces(message, true).await
+    }
+
+    /// Starts a message to be sent in parts, for a message whose start is at hand before
+    /// its end (see [`MessageWriter`]). Waits for sends on clones of this sender to finish
+    /// their messages.
+    pub async fn begin(&self) -> MessageWriter<'_> {
+        let lock = self.state.send_lock.lock().await;
+        MessageWriter {
+            sender: self,
+            _one_message_at_a_time: lock,
+            torn: TornMessageGuard {
+                core: &self.core,
+                id: self.state.id,
+                armed: false,
+            },
+            held: Bytes::new(),
+            len: 0,
         }
     }
 
@@ -461,6 +441,124 @@ impl Drop for TornMessageGuard<'_> {
                 "a message was abandoned part-way".to_owned(),
             );
         }
+    }
+}
+
+/// One message sent in parts, as they come: a hop forwards a large message's start while
+/// its end is still on the way. Holds the stream's send lock until the message ends, so no
+/// other message's pieces come between. The most recent part is held back until the next
+/// one or the end, so that the message's last frame has a payload. Dropped before
+/// [`finish`](Self::finish) or [`abandon`](Self::abandon), it closes the stream if any part
+/// was sent, as a dropped [`StreamSender::send`] does.
+pub struct MessageWriter<'a> {
+    sender: &'a StreamSender,
+    _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
+    torn: TornMessageGuard<'a>,
+    /// The latest part, not yet sent.
+    held: Bytes,
+    /// Bytes of the message so far, `held` included.
+    len: usize,
+}
+
+impl MessageWriter<'_> {
+    /// Bytes of the message so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `part` to the message, sending what was held before it. `TooLarge` if the
+    /// message would exceed the tunnel's limit: then nothing of `part` is taken and the
+    /// message can still be finished or abandoned.
+    pub async fn write(&mut self, part: Bytes) -> Result<(), StreamError> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        self.check_room(part.len())?;
+        self.len += part.len();
+        let before = std::mem::replace(&mut self.held, part);
+        if before.is_empty() {
+            return Ok(());
+        }
+        self.send_pieces(before, false).await
+    }
+
+    /// Ends the message with what was written. `Empty` if nothing was.
+    pub async fn finish(mut self) -> Result<(), StreamError> {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return Err(StreamError::Empty);
+        }
+        self.send_pieces(held, true).await
+    }
+
+    /// Ends a message that cannot be completed (its source broke off, or it outgrew the
+    /// limit) so that the peer refuses it: its last byte becomes NUL, which no JSON text
+    /// may contain, so the peer's parser drops the message and the stream lives on. A
+    /// writer to which nothing was written sends nothing.
+    pub async fn abandon(mut self) -> Result<(), StreamError> {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut spoiled = BytesMut::from(held);
+        let last = spoiled.len() - 1;
+        spoiled[last] = 0;
+        self.send_pieces(spoiled.freeze(), true).await
+    }
+
+    fn check_room(&self, more: usize) -> Result<(), StreamError> {
+        let max = self.sender.core.config.max_message_len;
+        let len = self.len + more;
+        if len > max {
+            return Err(StreamError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` as data frames of at most a chunk each, waiting for credit; `fin` on
+    /// the last when `ends`.
+    async fn send_pieces(&mut self, mut bytes: Bytes, ends: bool) -> Result<(), StreamError> {
+        let sender = self.sender;
+        let config = &sender.core.config;
+        let piece_len = config.chunk_len.min(config.initial_window as usize).max(1);
+        while !bytes.is_empty() {
+            let take = bytes.len().min(piece_len);
+            let payload = bytes.split_to(take);
+            let fin = ends && bytes.is_empty();
+            let permits = u32::try_from(take).expect("pieces are at most the chunk length");
+            let permit = match sender.state.credit.acquire_many(permits).await {
+                Ok(permit) => permit,
+                Err(_) => return Err(StreamError::Ended(sender.state.ended())),
+            };
+            let frame = StreamFrame::Data {
+                stream: sender.state.id,
+                fin,
+                payload,
+            };
+            if sender.core.data_tx.send(frame).await.is_err() {
+                return Err(StreamError::Ended(StreamEnd::TunnelClosed));
+            }
+            // Spent only once the piece is queued: a send dropped while waiting for the
+            // data lane gives its credit back.
+            permit.forget();
+            // Between two pieces of one message, a drop would leave the peer with half.
+            self.torn.armed = !fin;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for MessageWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageWriter")
+            .field("stream", &self.sender.state.id)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 

@@ -660,3 +660,109 @@ async fn opens_follow_earlier_closes_and_precede_their_data_under_load() {
     p.relay.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), echo).await;
 }
+
+/// A message written in parts arrives whole, and a message sent meanwhile from a clone of
+/// the sender waits for it rather than landing between its parts.
+#[tokio::test]
+async fn a_message_written_in_parts_arrives_whole_and_alone() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let parts: Vec<Bytes> = (0..40u8)
+        .map(|i| Bytes::from(vec![b'a' + i % 26; 1000 + 997 * usize::from(i)]))
+        .collect();
+    let whole: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    let mut writer = relay_side.sender.begin().await;
+    let other = relay_side.sender.clone();
+    let interloper = tokio::spawn(async move { other.send(Bytes::from_static(b"next")).await });
+    // The window is smaller than the message: the other side reads as it comes.
+    let received = tokio::spawn(async move {
+        let first = agent_side.receiver.recv().await.unwrap();
+        let second = agent_side.receiver.recv().await.unwrap();
+        (first, second)
+    });
+    for part in parts {
+        writer.write(part).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(writer.len(), whole.len());
+    writer.write(Bytes::from_static(b"!")).await.unwrap();
+    writer.finish().await.unwrap();
+    let (first, second) = received.await.unwrap();
+    assert_eq!(&first[..whole.len()], &whole[..]);
+    assert_eq!(&first[whole.len()..], b"!");
+    assert_eq!(second, "next");
+    interloper.await.unwrap().unwrap();
+}
+
+/// A part that would take the message past the limit is refused and nothing of it sent;
+/// the message is then abandoned: it arrives at its length so far, its last byte NUL,
+/// and the stream carries the next message as usual.
+#[tokio::test]
+async fn a_message_outgrowing_the_limit_is_abandoned_and_the_stream_lives_on() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let max = config().max_message_len;
+    let received = tokio::spawn(async move {
+        let first = agent_side.receiver.recv().await.unwrap();
+        let second = agent_side.receiver.recv().await.unwrap();
+        (first, second)
+    });
+    let mut writer = relay_side.sender.begin().await;
+    writer
+        .write(Bytes::from(vec![b'x'; max - 10]))
+        .await
+        .unwrap();
+    assert_eq!(
+        writer.write(Bytes::from(vec![b'y'; 11])).await,
+        Err(StreamError::TooLarge { len: max + 1, max })
+    );
+    writer.write(Bytes::from(vec![b'z'; 10])).await.unwrap();
+    writer.abandon().await.unwrap();
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    let (spoiled, next) = received.await.unwrap();
+    assert_eq!(spoiled.len(), max);
+    assert_eq!(spoiled[max - 1], 0);
+    assert!(spoiled[..max - 10].iter().all(|&b| b == b'x'));
+    assert!(spoiled[max - 10..max - 1].iter().all(|&b| b == b'z'));
+    assert_eq!(next, "ok");
+}
+
+/// Finishing or abandoning a writer that was given nothing sends nothing (an empty message
+/// is never sent); dropping one that sent parts closes the stream, as a dropped send does.
+#[tokio::test]
+async fn an_empty_writer_sends_nothing_and_a_dropped_one_closes_the_stream() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let writer = relay_side.sender.begin().await;
+    assert!(writer.is_empty());
+    assert_eq!(writer.finish().await, Err(StreamError::Empty));
+    relay_side.sender.begin().await.abandon().await.unwrap();
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), "first");
+    let mut writer = relay_side.sender.begin().await;
+    writer.write(Bytes::from_static(b"{\"a\":")).await.unwrap();
+    writer.write(Bytes::from_static(b"1")).await.unwrap();
+    drop(writer);
+    let next = agent_side.receiver.recv().await;
+    assert!(
+        matches!(
+            next,
+            Err(StreamError::Ended(StreamEnd::Closed {
+                code: CloseCode::ProtocolViolation,
+                ..
+            }))
+        ),
+        "{next:?}"
+    );
+}
