@@ -11,7 +11,7 @@
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroize;
@@ -98,6 +98,82 @@ impl Redactor {
     pub fn redact_text(&self, text: &str) -> String {
         let (bytes, _) = self.redact(Bytes::copy_from_slice(text.as_bytes()));
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Redactor {
+    /// Redaction of one message that arrives in parts (see [`RedactStream`]).
+    pub fn stream(&self) -> RedactStream<'_> {
+        RedactStream {
+            searcher: self.searcher.as_ref(),
+            pending: BytesMut::new(),
+            count: 0,
+        }
+    }
+}
+
+/// Redacts a message part by part, so that its start can be sent on before its end has
+/// arrived, with exactly the result of [`Redactor::redact`] over the whole message.
+///
+/// Each part is searched together with the bytes held back before it. A match that starts
+/// at least one longest-form length before the end of what has arrived is final: every
+/// form that could match there is wholly in view. Bytes from there on could still begin a
+/// secret, so they are held back until the next part (or the end) decides.
+#[derive(Debug)]
+pub struct RedactStream<'a> {
+    searcher: Option<&'a AhoCorasick>,
+    /// Arrived and not yet handed on.
+    pending: BytesMut,
+    /// Replacements so far.
+    count: usize,
+}
+
+impl RedactStream<'_> {
+    /// Takes the next part of the message; returns what can be sent on now, redacted
+    /// (possibly nothing).
+    pub fn push(&mut self, part: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(part);
+        let Some(searcher) = self.searcher else {
+            return self.pending.split().freeze();
+        };
+        let Some(last_final_start) = self.pending.len().checked_sub(searcher.max_pattern_len())
+        else {
+            return Bytes::new();
+        };
+        self.settle(searcher, last_final_start + 1)
+    }
+
+    /// The rest of the message, redacted, and the number of replacements in all of it.
+    pub fn finish(mut self) -> (Bytes, usize) {
+        let rest = match self.searcher {
+            Some(searcher) => self.settle(searcher, self.pending.len()),
+            None => self.pending.split().freeze(),
+        };
+        (rest, self.count)
+    }
+
+    /// Hands on the pending bytes up to `settled` (or to the end of a match that starts
+    /// before it), with every match starting before `settled` replaced.
+    fn settle(&mut self, searcher: &AhoCorasick, settled: usize) -> Bytes {
+        let mut matches = searcher
+            .find_iter(&self.pending[..])
+            .take_while(|found| found.start() < settled)
+            .peekable();
+        if matches.peek().is_none() {
+            return self.pending.split_to(settled).freeze();
+        }
+        let mut out = BytesMut::with_capacity(settled + MARKER.len());
+        let mut last = 0;
+        for found in matches {
+            out.extend_from_slice(&self.pending[last..found.start()]);
+            out.extend_from_slice(MARKER.as_bytes());
+            last = found.end();
+            self.count += 1;
+        }
+        let end = settled.max(last);
+        out.extend_from_slice(&self.pending[last..end]);
+        self.pending.advance(end);
+        out.freeze()
     }
 }
 
@@ -241,5 +317,82 @@ mod tests {
         let (out, n) = redacted(&r, "long-enough-secret, twice: long-enough-secret");
         assert_eq!(n, 2);
         assert_eq!(out, format!("{MARKER}, twice: {MARKER}"));
+    }
+
+    /// Whatever the cut, redacting part by part gives what redacting the whole gives.
+    mod streamed {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const SECRETS: [&str; 2] = ["opa_live_Xk3b9QmZ2rT8", "p@ss w\"ord é"];
+
+        /// Messages built from pieces of the secrets' forms and filler, so that matches,
+        /// near-matches and overlaps are common.
+        fn message() -> impl Strategy<Value = Vec<u8>> {
+            let mut words: Vec<Vec<u8>> = SECRETS
+                .iter()
+                .flat_map(|secret| forms(secret))
+                .flat_map(|form| {
+                    let half = form.len() / 2;
+                    [form.clone(), form[..half].to_vec(), form[half..].to_vec()]
+                })
+                .collect();
+            words.extend([b"x".to_vec(), b"\"".to_vec(), b"op".to_vec(), b"{".to_vec()]);
+            proptest::collection::vec(proptest::sample::select(words), 0..24)
+                .prop_map(|words| words.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn parts_redact_as_the_whole(
+                message in message(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let r = redactor(&SECRETS);
+                let (whole, whole_count) = r.redact(Bytes::from(message.clone()));
+                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(message.len() + 1)).collect();
+                at.sort_unstable();
+                let mut stream = r.stream();
+                let mut out = Vec::new();
+                let mut from = 0;
+                for cut in at {
+                    out.extend_from_slice(&stream.push(&message[from..cut]));
+                    from = cut;
+                }
+                out.extend_from_slice(&stream.push(&message[from..]));
+                let (rest, count) = stream.finish();
+                out.extend_from_slice(&rest);
+                prop_assert_eq!(out, whole.to_vec());
+                prop_assert_eq!(count, whole_count);
+            }
+        }
+
+        #[test]
+        fn a_secret_cut_in_two_is_held_back_until_it_is_whole() {
+            let r = redactor(&SECRETS);
+            let mut stream = r.stream();
+            let head = "x".repeat(100);
+            let sent = stream.push(format!("{head}opa_live_").as_bytes());
+            assert!(sent.len() < 100, "the start of a secret went out: {sent:?}");
+            let mut out = sent.to_vec();
+            out.extend_from_slice(&stream.push(b"Xk3b9QmZ2rT8 and on"));
+            let (rest, count) = stream.finish();
+            out.extend_from_slice(&rest);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{head}{MARKER} and on")
+            );
+            assert_eq!(count, 1);
+        }
+
+        #[test]
+        fn without_secrets_every_part_goes_on_at_once() {
+            let r = redactor(&[]);
+            let mut stream = r.stream();
+            assert_eq!(stream.push(b"abc"), "abc");
+            assert_eq!(stream.push(b"def"), "def");
+            assert_eq!(stream.finish(), (Bytes::new(), 0));
+        }
     }
 }
