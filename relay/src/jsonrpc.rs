@@ -503,5 +503,25 @@ mod tests {
                 prop_assert_eq!(Some(fast), by_serde(&message), "{}", String::from_utf8_lossy(&message));
             }
         }
+
+        /// An agent abandons a message already begun by making its last byte NUL
+        /// (`MessageWriter::abandon`): whatever was sent before, classification refuses it,
+        /// so the relay drops it. Large messages take the fast path.
+        #[test]
+        fn a_message_ending_in_nul_is_refused(
+            message in message(),
+            large in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut message = message;
+            if large {
+                let text = "x".repeat(envelope::FAST_PATH_FROM);
+                message = format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"content":[{{"type":"text","text":"{text}"}}],"more":{}}}}}"#, String::from_utf8_lossy(&message)).into_bytes();
+            }
+            let len = 1 + cut.index(message.len());
+            let mut spoiled = message[..len].to_vec();
+            spoiled[len - 1] = 0;
+            prop_assert!(classify(&spoiled).is_err(), "{}", String::from_utf8_lossy(&spoiled));
+        }
     }
 }
