@@ -796,7 +796,7 @@ impl Supervisor {
             let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
             let mut line = BytesMut::new();
             loop {
-                let next = match stdio::read_line(&mut stdout, &mut line, max).await {
+                let next = match stdio::read_line(&mut stdout, &mut line, max, None).await {
                     Ok(Line::Message) => {
                         let message = line.split().freeze();
                         if message.iter().all(u8::is_ascii_whitespace) {
@@ -805,6 +805,7 @@ impl Supervisor {
                         StdoutLine::Message(message)
                     }
                     Ok(Line::TooLong { len, id, .. }) => StdoutLine::TooLong { len, id },
+                    Ok(Line::Long) => continue,
                     Ok(Line::Eof) | Err(_) => return,
                 };
                 if lines_tx.send(next).await.is_err() {

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use outpost_protocol::CloseCode;
-use outpost_tunnel::{Stream, StreamError};
+use outpost_tunnel::{MessageWriter, Stream, StreamError};
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Admission, Calls, UpstreamContext, answer_with_error, forward, sleep_until};
+use super::{Admission, Calls, UpstreamContext, answer_with_error, calls, forward, sleep_until};
 use crate::config::StdioConfig;
 
 pub(super) async fn serve(
@@ -326,7 +326,7 @@ async fn replay<R: AsyncBufRead + Unpin>(
     let mut line = BytesMut::new();
     let answered = async {
         loop {
-            match read_line(stdout, &mut line, max).await {
+            match read_line(stdout, &mut line, max, None).await {
                 Ok(Line::Message) => {
                     let message = line.split().freeze();
                     match super::calls::peek(&message) {
@@ -342,7 +342,7 @@ async fn replay<R: AsyncBufRead + Unpin>(
                         _ => {}
                     }
                 }
-                Ok(Line::TooLong { .. }) => {}
+                Ok(Line::TooLong { .. } | Line::Long) => {}
                 Ok(Line::Eof) | Err(_) => return Err(Outcome::Exited),
             }
         }
@@ -370,7 +370,9 @@ async fn replay<R: AsyncBufRead + Unpin>(
     Ok(())
 }
 
-/// Forwards the server's stdout to the relay, line by line.
+/// Forwards the server's stdout to the relay, line by line. A long line that answers an
+/// open call goes on as it arrives ([`forward_as_it_arrives`]); any other line is read
+/// whole first.
 async fn relay_stdout<R: AsyncBufRead + Unpin>(
     name: &str,
     stdout: &mut R,
@@ -379,8 +381,20 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
     max: usize,
 ) -> Outcome {
     let mut line = BytesMut::new();
+    let mut long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
     loop {
-        match read_line(stdout, &mut line, max).await {
+        let read = read_line(stdout, &mut line, max, long_from).await;
+        if !matches!(read, Ok(Line::Long)) {
+            long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
+        }
+        match read {
+            Ok(Line::Long) => {
+                match forward_as_it_arrives(name, stdout, &mut line, sender, calls, max).await {
+                    Arrival::ReadWhole => long_from = None,
+                    Arrival::Forwarded => long_from = Some(FORWARD_AS_IT_ARRIVES_FROM),
+                    Arrival::Ended(outcome) => return outcome,
+                }
+            }
             Ok(Line::Message) => {
                 let message = line.split().freeze();
                 if message.iter().all(u8::is_ascii_whitespace) {
@@ -395,11 +409,6 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 id,
                 has_method,
             }) => {
-                tracing::warn!(
-                    server = name,
-                    len,
-                    "server wrote a message over the tunnel limit"
-                );
                 // An answer with no id found at its ends: with one call open, it can only be
                 // that call's. A request or notification is answered by nobody.
                 let answered = if has_method {
@@ -407,16 +416,11 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 } else {
                     id.or_else(|| calls.only_open())
                 };
-                if let Some(id) = answered {
-                    let text = format!(
-                        "the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes"
-                    );
-                    if answer_with_error(sender, calls, &id, super::ERROR_TOO_LARGE, &text)
-                        .await
-                        .is_err()
-                    {
-                        return Outcome::RelayClosed;
-                    }
+                if too_large(name, sender, calls, answered.as_deref(), len, max)
+                    .await
+                    .is_err()
+                {
+                    return Outcome::RelayClosed;
                 }
             }
             Ok(Line::Eof) => return Outcome::Exited,
@@ -427,6 +431,194 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
         }
     }
 }
+
+/// Logs a message over the limit and answers call `id`, if known, with an error instead.
+async fn too_large(
+    name: &str,
+    sender: &outpost_tunnel::StreamSender,
+    calls: &Calls,
+    id: Option<&str>,
+    len: usize,
+    max: usize,
+) -> Result<(), ()> {
+    tracing::warn!(
+        server = name,
+        len,
+        "server wrote a message over the tunnel limit"
+    );
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let text =
+        format!("the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes");
+    answer_with_error(sender, calls, id, super::ERROR_TOO_LARGE, &text).await
+}
+
+/// What became of a long line.
+enum Arrival {
+    /// Not an answer that can go on before its end: read it whole.
+    ReadWhole,
+    /// Sent on, or given up with its call answered (or left to its timeout).
+    Forwarded,
+    /// The stream or the server ended.
+    Ended(Outcome),
+}
+
+/// Sends a long line on as it arrives, when it is the answer to an open call and its id
+/// comes before its result ([`calls::answer_head`]): the relay then receives a large result
+/// while the server is still writing it, instead of after the agent has read it all.
+/// Secrets are redacted part by part ([`crate::redact::RedactStream`]). `line` holds the
+/// line's start.
+///
+/// A line that cannot be finished is abandoned (the relay drops it, see
+/// [`MessageWriter::abandon`]) and its call answered as for a line read whole: over the
+/// limit, with the same error; cut off by the server's exit, with the error every open
+/// call gets then; past the call's deadline, with the timeout's error (and the rest of the
+/// line is skipped).
+async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
+    name: &str,
+    stdout: &mut R,
+    line: &mut BytesMut,
+    sender: &outpost_tunnel::StreamSender,
+    calls: &Calls,
+    max: usize,
+) -> Arrival {
+    let Some(id) = calls::answer_head(line) else {
+        return Arrival::ReadWhole;
+    };
+    let Some(deadline) = calls.streamable(&id) else {
+        return Arrival::ReadWhole;
+    };
+    let answer = Answer {
+        name,
+        sender,
+        calls,
+        id,
+    };
+    let mut writer = sender.begin().await;
+    let mut redaction = calls.redaction();
+    let mut len = line.len();
+    let mut ready = redaction.push(&line.split());
+    loop {
+        if let Err(err) = writer.write(ready).await {
+            return answer.not_sent(err, writer, stdout, true).await;
+        }
+        let available = match deadline {
+            Some(at) => tokio::time::timeout_at(at, stdout.fill_buf()).await,
+            None => Ok(stdout.fill_buf().await),
+        };
+        let available = match available {
+            Ok(Ok(available)) if !available.is_empty() => available,
+            Ok(read) => {
+                if let Err(err) = read {
+                    tracing::warn!(server = name, %err, "cannot read the server's stdout");
+                }
+                // The server's stdout ended mid-line: its exit answers every open call.
+                let _ = writer.abandon().await;
+                return Arrival::Ended(Outcome::Exited);
+            }
+            Err(_) => {
+                // The call's timeout answers it; the rest of this answer is dropped.
+                if writer.abandon().await.is_err() {
+                    return Arrival::Ended(Outcome::RelayClosed);
+                }
+                return skip_line(stdout).await;
+            }
+        };
+        let (chunk, consumed) = match memchr::memchr(b'\n', available) {
+            Some(end) => (&available[..end], end + 1),
+            None => (available, available.len()),
+        };
+        let ends = consumed > chunk.len();
+        len += chunk.len();
+        if len > max {
+            stdout.consume(consumed);
+            let over = StreamError::TooLarge { len, max };
+            return answer.not_sent(over, writer, stdout, !ends).await;
+        }
+        // A CR before the LF ends the line too; JSON text has none of its own there.
+        let chunk = match chunk {
+            [head @ .., b'\r'] if ends => head,
+            _ => chunk,
+        };
+        ready = redaction.push(chunk);
+        stdout.consume(consumed);
+        if ends {
+            let (rest, redacted) = redaction.finish();
+            for part in [ready, rest] {
+                if let Err(err) = writer.write(part).await {
+                    return answer.not_sent(err, writer, stdout, false).await;
+                }
+            }
+            if writer.finish().await.is_err() {
+                return Arrival::Ended(Outcome::RelayClosed);
+            }
+            calls.streamed(&answer.id, redacted);
+            return Arrival::Forwarded;
+        }
+    }
+}
+
+/// The answer [`forward_as_it_arrives`] is sending on.
+struct Answer<'a> {
+    name: &'a str,
+    sender: &'a outpost_tunnel::StreamSender,
+    calls: &'a Calls,
+    /// The call it answers.
+    id: String,
+}
+
+impl Answer<'_> {
+    /// The answer could not be sent whole: over the limit (the server's line, or the line
+    /// made longer by redaction), it is abandoned and the call gets the error a whole line
+    /// over the limit gets; the rest of the line is skipped if `mid_line`. Any other error
+    /// means the stream is gone.
+    async fn not_sent<R: AsyncBufRead + Unpin>(
+        &self,
+        err: StreamError,
+        writer: MessageWriter<'_>,
+        stdout: &mut R,
+        mid_line: bool,
+    ) -> Arrival {
+        let StreamError::TooLarge { len, max } = err else {
+            return Arrival::Ended(Outcome::RelayClosed);
+        };
+        if writer.abandon().await.is_err()
+            || too_large(self.name, self.sender, self.calls, Some(&self.id), len, max)
+                .await
+                .is_err()
+        {
+            return Arrival::Ended(Outcome::RelayClosed);
+        }
+        if mid_line {
+            return skip_line(stdout).await;
+        }
+        Arrival::Forwarded
+    }
+}
+
+/// Reads past the end of the current line.
+async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Arrival {
+    loop {
+        let available = match stdout.fill_buf().await {
+            Ok(available) if !available.is_empty() => available,
+            _ => return Arrival::Ended(Outcome::Exited),
+        };
+        match memchr::memchr(b'\n', available) {
+            Some(end) => {
+                stdout.consume(end + 1);
+                return Arrival::Forwarded;
+            }
+            None => {
+                let all = available.len();
+                stdout.consume(all);
+            }
+        }
+    }
+}
+
+/// Lines from this size on that answer a call are sent on as they arrive.
+const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Outcome {
@@ -467,14 +659,19 @@ pub(super) enum Line {
         has_method: bool,
     },
     Eof,
+    /// The line reached `long_from` bytes and has not ended: `line` holds its start, and
+    /// reading on into the same `line` continues it.
+    Long,
 }
 
 /// Reads one line into `line`, never holding more than `max` bytes of it: an oversized line
-/// is skipped, keeping only its two ends to find the id of the request it answers.
+/// is skipped, keeping only its two ends to find the id of the request it answers. With
+/// `long_from`, returns [`Line::Long`] once a line that has not ended reaches that size.
 pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut BytesMut,
     max: usize,
+    long_from: Option<usize>,
 ) -> std::io::Result<Line> {
     loop {
         let available = reader.fill_buf().await?;
@@ -533,6 +730,9 @@ pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
                 line.truncate(line.len() - 1);
             }
             return Ok(Line::Message);
+        }
+        if long_from.is_some_and(|long| line.len() >= long) {
+            return Ok(Line::Long);
         }
     }
 }
@@ -658,9 +858,10 @@ mod tests {
         let mut line = BytesMut::new();
         let mut out = Vec::new();
         loop {
-            match read_line(&mut reader, &mut line, max).await.unwrap() {
+            match read_line(&mut reader, &mut line, max, None).await.unwrap() {
                 Line::Message => out.push(String::from_utf8(line.split().to_vec()).unwrap()),
                 Line::TooLong { len, id, .. } => out.push(format!("too long {len} {id:?}")),
+                Line::Long => out.push("long".to_owned()),
                 Line::Eof => return out,
             }
         }
