@@ -54,6 +54,10 @@ pub enum StreamError {
     /// Empty messages are not sent: a JSON-RPC message is never empty.
     #[error("empty message")]
     Empty,
+    /// A write of this message was cancelled part-way, so a part of it may be missing: it
+    /// can only be abandoned.
+    #[error("a write of the message was cancelled part-way")]
+    Torn,
     /// The message exceeds the tunnel's message limit. On receive, the stream was closed.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
@@ -228,8 +232,14 @@ impl StreamSender {
         if message.is_empty() {
             return Err(StreamError::Empty);
         }
-        let mut writer = self.begin().await;
-        writer.check_room(message.len())?;
+        let max = self.core.config.max_message_len;
+        if message.len() > max {
+            return Err(StreamError::TooLarge {
+                len: message.len(),
+                max,
+            });
+        }
+        let mut writer = self.writer(false).await;
         writer.send_pieces(message, true).await
     }
 
@@ -237,6 +247,10 @@ impl StreamSender {
     /// its end (see [`MessageWriter`]). Waits for sends on clones of this sender to finish
     /// their messages.
     pub async fn begin(&self) -> MessageWriter<'_> {
+        self.writer(true).await
+    }
+
+    async fn writer(&self, abandon_on_drop: bool) -> MessageWriter<'_> {
         let lock = self.state.send_lock.lock().await;
         MessageWriter {
             sender: self,
@@ -246,6 +260,8 @@ impl StreamSender {
                 id: self.state.id,
                 armed: false,
             },
+            abandon_on_drop,
+            broken: false,
             held: Bytes::new(),
             len: 0,
         }
@@ -447,13 +463,21 @@ impl Drop for TornMessageGuard<'_> {
 /// One message sent in parts, as they come: a hop forwards a large message's start while
 /// its end is still on the way. Holds the stream's send lock until the message ends, so no
 /// other message's pieces come between. The most recent part is held back until the next
-/// one or the end, so that the message's last frame has a payload. Dropped before
-/// [`finish`](Self::finish) or [`abandon`](Self::abandon), it closes the stream if any part
-/// was sent, as a dropped [`StreamSender::send`] does.
+/// one or the end, so that the message's last frame has a payload.
+///
+/// Dropped before [`finish`](Self::finish) or [`abandon`](Self::abandon) (its task
+/// cancelled) after a part was sent, it abandons the message with a last piece of one NUL
+/// byte if a byte of credit and a place on the data lane are free at once; otherwise it
+/// closes the stream, as a dropped [`StreamSender::send`] does.
 pub struct MessageWriter<'a> {
     sender: &'a StreamSender,
     _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
     torn: TornMessageGuard<'a>,
+    /// Abandon rather than close when dropped part-way (not for `send`, whose callers
+    /// relied on the close).
+    abandon_on_drop: bool,
+    /// A write was cancelled part-way: parts may be missing.
+    broken: bool,
     /// The latest part, not yet sent.
     held: Bytes,
     /// Bytes of the message so far, `held` included.
@@ -474,7 +498,11 @@ impl MessageWriter<'_> {
     /// Adds `part` to the message, sending what was held before it. `TooLarge` if the
     /// message would exceed the tunnel's limit: then nothing of `part` is taken and the
     /// message can still be finished or abandoned.
+    /// `Torn` if an earlier write was cancelled part-way.
     pub async fn write(&mut self, part: Bytes) -> Result<(), StreamError> {
+        if self.broken {
+            return Err(StreamError::Torn);
+        }
         if part.is_empty() {
             return Ok(());
         }
@@ -484,11 +512,18 @@ impl MessageWriter<'_> {
         if before.is_empty() {
             return Ok(());
         }
-        self.send_pieces(before, false).await
+        self.broken = true;
+        self.send_pieces(before, false).await?;
+        self.broken = false;
+        Ok(())
     }
 
-    /// Ends the message with what was written. `Empty` if nothing was.
+    /// Ends the message with what was written. `Empty` if nothing was, `Torn` if a write
+    /// was cancelled part-way.
     pub async fn finish(mut self) -> Result<(), StreamError> {
+        if self.broken {
+            return Err(StreamError::Torn);
+        }
         let held = std::mem::take(&mut self.held);
         if held.is_empty() {
             return Err(StreamError::Empty);
@@ -550,6 +585,28 @@ impl MessageWriter<'_> {
             self.torn.armed = !fin;
         }
         Ok(())
+    }
+}
+
+impl Drop for MessageWriter<'_> {
+    fn drop(&mut self) {
+        if !self.torn.armed || !self.abandon_on_drop {
+            return;
+        }
+        let state = &self.sender.state;
+        let Ok(permit) = state.credit.try_acquire_many(1) else {
+            return;
+        };
+        let Ok(slot) = self.sender.core.data_tx.try_reserve() else {
+            return;
+        };
+        slot.send(StreamFrame::Data {
+            stream: state.id,
+            fin: true,
+            payload: Bytes::from_static(&[0]),
+        });
+        permit.forget();
+        self.torn.armed = false;
     }
 }
 

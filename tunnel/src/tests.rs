@@ -734,9 +734,10 @@ async fn a_message_outgrowing_the_limit_is_abandoned_and_the_stream_lives_on() {
 }
 
 /// Finishing or abandoning a writer that was given nothing sends nothing (an empty message
-/// is never sent); dropping one that sent parts closes the stream, as a dropped send does.
+/// is never sent); dropping one that sent parts abandons its message with a NUL byte, and
+/// the stream goes on.
 #[tokio::test]
-async fn an_empty_writer_sends_nothing_and_a_dropped_one_closes_the_stream() {
+async fn an_empty_writer_sends_nothing_and_a_dropped_one_abandons_its_message() {
     let mut p = pair(config()).await;
     let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
     let (mut agent_side, _) = accept(&mut p.agent_events).await;
@@ -753,6 +754,43 @@ async fn an_empty_writer_sends_nothing_and_a_dropped_one_closes_the_stream() {
     let mut writer = relay_side.sender.begin().await;
     writer.write(Bytes::from_static(b"{\"a\":")).await.unwrap();
     writer.write(Bytes::from_static(b"1")).await.unwrap();
+    drop(writer);
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), &b"{\"a\":\0"[..]);
+    relay_side
+        .sender
+        .send(Bytes::from_static(b"next"))
+        .await
+        .unwrap();
+    assert_eq!(agent_side.receiver.recv().await.unwrap(), "next");
+}
+
+/// A write cancelled while it waits for credit leaves the writer torn: it refuses more,
+/// and dropped with no credit to spare it closes the stream.
+#[tokio::test]
+async fn a_writer_cancelled_part_way_refuses_more_and_closes_the_stream_without_credit() {
+    let mut p = pair(TunnelConfig {
+        initial_window: 16 * 1024,
+        ..config()
+    })
+    .await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let mut writer = relay_side.sender.begin().await;
+    writer
+        .write(Bytes::from(vec![b'x'; 64 * 1024]))
+        .await
+        .unwrap();
+    // Nobody reads: the held part waits for credit after the first pieces.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(50),
+        writer.write(Bytes::from_static(b"y")),
+    )
+    .await;
+    assert!(blocked.is_err(), "a write with no credit must wait");
+    assert_eq!(
+        writer.write(Bytes::from_static(b"z")).await,
+        Err(StreamError::Torn)
+    );
     drop(writer);
     let next = agent_side.receiver.recv().await;
     assert!(
