@@ -143,13 +143,17 @@ impl RedactStream<'_> {
         self.settle(searcher, last_final_start + 1)
     }
 
-    /// The rest of the message, redacted, and the number of replacements in all of it.
-    pub fn finish(mut self) -> (Bytes, usize) {
-        let rest = match self.searcher {
+    /// The rest of the message, redacted.
+    pub fn finish(&mut self) -> Bytes {
+        match self.searcher {
             Some(searcher) => self.settle(searcher, self.pending.len()),
             None => self.pending.split().freeze(),
-        };
-        (rest, self.count)
+        }
+    }
+
+    /// Replacements so far.
+    pub fn count(&self) -> usize {
+        self.count
     }
 
     /// Hands on the pending bytes up to `settled` (or to the end of a match that starts
@@ -361,8 +365,8 @@ mod tests {
                     from = cut;
                 }
                 out.extend_from_slice(&stream.push(&message[from..]));
-                let (rest, count) = stream.finish();
-                out.extend_from_slice(&rest);
+                out.extend_from_slice(&stream.finish());
+                let count = stream.count();
                 prop_assert_eq!(out, whole.to_vec());
                 prop_assert_eq!(count, whole_count);
             }
@@ -377,8 +381,8 @@ mod tests {
             assert!(sent.len() < 100, "the start of a secret went out: {sent:?}");
             let mut out = sent.to_vec();
             out.extend_from_slice(&stream.push(b"Xk3b9QmZ2rT8 and on"));
-            let (rest, count) = stream.finish();
-            out.extend_from_slice(&rest);
+            out.extend_from_slice(&stream.finish());
+            let count = stream.count();
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 format!("{head}{MARKER} and on")
@@ -392,7 +396,8 @@ mod tests {
             let mut stream = r.stream();
             assert_eq!(stream.push(b"abc"), "abc");
             assert_eq!(stream.push(b"def"), "def");
-            assert_eq!(stream.finish(), (Bytes::new(), 0));
+            assert_eq!(stream.finish(), Bytes::new());
+            assert_eq!(stream.count(), 0);
         }
     }
 }

@@ -330,7 +330,7 @@ impl Calls {
     /// Whether the answer to call `id` may go on to the client as it arrives, before its
     /// end: the call is open and its result needs no filtering. `Some` holds the call's
     /// deadline (`None`: no timeout), by which the answer must have ended. The upstream is
-    /// heard from: it no longer counts as silent.
+    /// heard from (see [`Calls::heard`]).
     pub(crate) fn streamable(&self, id: &str) -> Option<Option<Instant>> {
         let mut state = self.lock();
         let call = state.open.get(id)?;
@@ -342,18 +342,46 @@ impl Calls {
         Some(deadline)
     }
 
+    /// The upstream is writing: a server in the middle of a long answer is not silent.
+    pub(crate) fn heard(&self) {
+        self.lock().silent_since = None;
+    }
+
     /// Redaction for an answer sent on as it arrives.
     pub(crate) fn redaction(&self) -> crate::redact::RedactStream<'_> {
         self.redactor.stream()
     }
 
-    /// Closes call `id`, whose answer went on as it arrived with `redacted` secrets replaced.
-    pub(crate) fn streamed(&self, id: &str, redacted: usize) {
-        self.close(id, CallStatus::Ok);
-        self.note_redacted(redacted);
+    /// Closes call `id`, whose answer has arrived whole and is about to end. `false` if the
+    /// call timed out meanwhile: its timeout's error is on its way, and the answer must be
+    /// abandoned. Either way the upstream has been heard, and no late answer is awaited.
+    pub(crate) fn streamed(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        state.silent_since = None;
+        state.expired.remove(id);
+        let call = state.open.remove(id);
+        drop(state);
+        let Some(call) = call else {
+            return false;
+        };
+        self.finish(&call, CallStatus::Ok);
+        true
     }
 
-    fn note_redacted(&self, redacted: usize) {
+    /// Closes call `id` as timed out, its answer still arriving at its deadline. `true` if
+    /// this closed it (the caller answers it with the timeout's error), `false` if the
+    /// timeout had already (and answers it).
+    pub(crate) fn time_out_arriving(&self, id: &str) -> bool {
+        let call = self.lock().open.remove(id);
+        let Some(call) = call else {
+            return false;
+        };
+        self.finish(&call, CallStatus::Timeout);
+        true
+    }
+
+    /// Counts and logs secrets replaced in an upstream message.
+    pub(crate) fn note_redacted(&self, redacted: usize) {
         if redacted > 0 {
             self.metrics.redacted(&self.server.name, redacted);
             tracing::warn!(server = %self.server.name, redacted, "secret values redacted from an upstream message");
@@ -871,9 +899,13 @@ mod tests {
         assert_eq!(open.streamable("1"), Some(None));
         assert_eq!(open.streamable("3"), None);
         assert_eq!(total.get(), 2);
-        open.streamed("1", 0);
+        assert!(open.streamed("1"));
         assert!(!open.is_open("1"));
         assert_eq!(total.get(), 1);
+        assert!(!open.streamed("1"), "closed once");
+        assert!(open.time_out_arriving("2"));
+        assert!(!open.time_out_arriving("2"));
+        assert_eq!(total.get(), 0);
         // A tools/list result may need tools hidden: it is read whole.
         let hiding = ToolPolicy::new(vec![], vec!["get-*".into()], None, None).unwrap();
         let (filtering, _, _) = calls(hiding);

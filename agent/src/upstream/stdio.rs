@@ -17,6 +17,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use outpost_protocol::CloseCode;
 use outpost_tunnel::{MessageWriter, Stream, StreamError};
+
+use crate::redact::RedactStream;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -391,7 +393,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
             Ok(Line::Long) => {
                 match forward_as_it_arrives(name, stdout, &mut line, sender, calls, max).await {
                     Arrival::ReadWhole => long_from = None,
-                    Arrival::Forwarded => long_from = Some(FORWARD_AS_IT_ARRIVES_FROM),
+                    Arrival::Forwarded => {}
                     Arrival::Ended(outcome) => return outcome,
                 }
             }
@@ -473,8 +475,9 @@ enum Arrival {
 /// A line that cannot be finished is abandoned (the relay drops it, see
 /// [`MessageWriter::abandon`]) and its call answered as for a line read whole: over the
 /// limit, with the same error; cut off by the server's exit, with the error every open
-/// call gets then; past the call's deadline, with the timeout's error (and the rest of the
-/// line is skipped).
+/// call gets then. At the call's deadline, whether the server is still writing or the
+/// relay still taking the parts, the answer is abandoned for the timeout's error, and the
+/// rest of the line skipped: one answer either way.
 async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
     name: &str,
     stdout: &mut R,
@@ -494,69 +497,14 @@ async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
         sender,
         calls,
         id,
+        deadline,
     };
-    let mut writer = sender.begin().await;
     let mut redaction = calls.redaction();
-    let mut len = line.len();
-    let mut ready = redaction.push(&line.split());
-    loop {
-        if let Err(err) = writer.write(ready).await {
-            return answer.not_sent(err, writer, stdout, true).await;
-        }
-        let available = match deadline {
-            Some(at) => tokio::time::timeout_at(at, stdout.fill_buf()).await,
-            None => Ok(stdout.fill_buf().await),
-        };
-        let available = match available {
-            Ok(Ok(available)) if !available.is_empty() => available,
-            Ok(read) => {
-                if let Err(err) = read {
-                    tracing::warn!(server = name, %err, "cannot read the server's stdout");
-                }
-                // The server's stdout ended mid-line: its exit answers every open call.
-                let _ = writer.abandon().await;
-                return Arrival::Ended(Outcome::Exited);
-            }
-            Err(_) => {
-                // The call's timeout answers it; the rest of this answer is dropped.
-                if writer.abandon().await.is_err() {
-                    return Arrival::Ended(Outcome::RelayClosed);
-                }
-                return skip_line(stdout).await;
-            }
-        };
-        let (chunk, consumed) = match memchr::memchr(b'\n', available) {
-            Some(end) => (&available[..end], end + 1),
-            None => (available, available.len()),
-        };
-        let ends = consumed > chunk.len();
-        len += chunk.len();
-        if len > max {
-            stdout.consume(consumed);
-            let over = StreamError::TooLarge { len, max };
-            return answer.not_sent(over, writer, stdout, !ends).await;
-        }
-        // A CR before the LF ends the line too; JSON text has none of its own there.
-        let chunk = match chunk {
-            [head @ .., b'\r'] if ends => head,
-            _ => chunk,
-        };
-        ready = redaction.push(chunk);
-        stdout.consume(consumed);
-        if ends {
-            let (rest, redacted) = redaction.finish();
-            for part in [ready, rest] {
-                if let Err(err) = writer.write(part).await {
-                    return answer.not_sent(err, writer, stdout, false).await;
-                }
-            }
-            if writer.finish().await.is_err() {
-                return Arrival::Ended(Outcome::RelayClosed);
-            }
-            calls.streamed(&answer.id, redacted);
-            return Arrival::Forwarded;
-        }
-    }
+    let arrival = answer
+        .forward(sender.begin().await, &mut redaction, stdout, line, max)
+        .await;
+    calls.note_redacted(redaction.count());
+    arrival
 }
 
 /// The answer [`forward_as_it_arrives`] is sending on.
@@ -566,9 +514,150 @@ struct Answer<'a> {
     calls: &'a Calls,
     /// The call it answers.
     id: String,
+    /// The call's deadline.
+    deadline: Option<Instant>,
 }
 
 impl Answer<'_> {
+    async fn forward<R: AsyncBufRead + Unpin>(
+        &self,
+        mut writer: MessageWriter<'_>,
+        redaction: &mut RedactStream<'_>,
+        stdout: &mut R,
+        line: &mut BytesMut,
+        max: usize,
+    ) -> Arrival {
+        let mut len = line.len();
+        // A CR that ended the last read: part of the line's end if an LF comes next.
+        let mut cr = line.last() == Some(&b'\r');
+        let mut ready = redaction.push(&line.split()[..len - usize::from(cr)]);
+        loop {
+            match self.by_deadline(writer.write(ready)).await {
+                Some(Ok(())) => {}
+                Some(Err(err)) => return self.not_sent(err, writer, stdout, true).await,
+                None => return self.timed_out(writer, stdout).await,
+            }
+            let available = match self.by_deadline(stdout.fill_buf()).await {
+                Some(Ok(available)) if !available.is_empty() => available,
+                Some(read) => {
+                    if let Err(err) = read {
+                        tracing::warn!(server = self.name, %err, "cannot read the server's stdout");
+                    }
+                    // The server's stdout ended mid-line: its exit answers every open call.
+                    let _ = writer.abandon().await;
+                    return Arrival::Ended(Outcome::Exited);
+                }
+                None => return self.timed_out(writer, stdout).await,
+            };
+            let (mut chunk, consumed) = match memchr::memchr(b'\n', available) {
+                Some(end) => (&available[..end], end + 1),
+                None => (available, available.len()),
+            };
+            let ends = consumed > chunk.len();
+            len += chunk.len();
+            if len > max {
+                stdout.consume(consumed);
+                let over = StreamError::TooLarge { len, max };
+                return self.not_sent(over, writer, stdout, !ends).await;
+            }
+            // A CR before the LF ends the line too (JSON text has none of its own there),
+            // also when the two arrive in different reads.
+            let before = match std::mem::take(&mut cr) {
+                true if !(ends && chunk.is_empty()) => redaction.push(b"\r"),
+                _ => Bytes::new(),
+            };
+            if let [head @ .., b'\r'] = chunk {
+                chunk = head;
+                cr = !ends;
+            }
+            ready = redaction.push(chunk);
+            if !before.is_empty() {
+                ready = [before, ready].concat().into();
+            }
+            stdout.consume(consumed);
+            self.calls.heard();
+            if ends {
+                return self.finish(writer, redaction, ready, stdout).await;
+            }
+        }
+    }
+
+    /// Sends the last parts and ends the message, if the call is still open.
+    async fn finish<R: AsyncBufRead + Unpin>(
+        &self,
+        mut writer: MessageWriter<'_>,
+        redaction: &mut RedactStream<'_>,
+        ready: Bytes,
+        stdout: &mut R,
+    ) -> Arrival {
+        for part in [ready, redaction.finish()] {
+            match self.by_deadline(writer.write(part)).await {
+                Some(Ok(())) => {}
+                Some(Err(err)) => return self.not_sent(err, writer, stdout, false).await,
+                None => return self.timed_out(writer, stdout).await,
+            }
+        }
+        if !self.calls.streamed(&self.id) {
+            // Timed out just now: the timeout's error is on its way instead.
+            return match writer.abandon().await {
+                Ok(()) => Arrival::Forwarded,
+                Err(_) => Arrival::Ended(Outcome::RelayClosed),
+            };
+        }
+        match writer.finish().await {
+            Ok(()) => Arrival::Forwarded,
+            Err(_) => Arrival::Ended(Outcome::RelayClosed),
+        }
+    }
+
+    /// `future`'s output, or `None` once the call's deadline has passed.
+    async fn by_deadline<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        match self.deadline {
+            Some(at) => tokio::time::timeout_at(at, future).await.ok(),
+            None => Some(future.await),
+        }
+    }
+
+    /// The deadline passed with the answer still on its way: it is abandoned, the call
+    /// gets the timeout's error (here, unless `Calls::expire` got to it first and sends
+    /// it), and the rest of the line is skipped.
+    async fn timed_out<R: AsyncBufRead + Unpin>(
+        &self,
+        writer: MessageWriter<'_>,
+        stdout: &mut R,
+    ) -> Arrival {
+        let ours = self.calls.time_out_arriving(&self.id);
+        if writer.abandon().await.is_err() {
+            return Arrival::Ended(Outcome::RelayClosed);
+        }
+        if ours {
+            let timeout = self.calls.call_timeout().unwrap_or_default();
+            tracing::warn!(
+                server = self.name,
+                ?timeout,
+                "call timed out while its answer was arriving"
+            );
+            let text = format!(
+                "the call exceeded the agent's call_timeout of {timeout:?} while its answer was arriving"
+            );
+            if answer_with_error(
+                self.sender,
+                self.calls,
+                &self.id,
+                super::ERROR_TIMEOUT,
+                &text,
+            )
+            .await
+            .is_err()
+            {
+                return Arrival::Ended(Outcome::RelayClosed);
+            }
+        }
+        let skipped = skip_line(stdout).await;
+        self.calls.heard();
+        skipped
+    }
+
     /// The answer could not be sent whole: over the limit (the server's line, or the line
     /// made longer by redaction), it is abandoned and the call gets the error a whole line
     /// over the limit gets; the rest of the line is skipped if `mid_line`. Any other error
@@ -908,5 +997,106 @@ mod tests {
             Some("\"abc\"".into())
         );
         assert_eq!(sniff_id(b"no id here"), None);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_reported_at_its_size_and_reading_on_continues_it() {
+        let input = format!("{}\n{{}}\n", "x".repeat(100));
+        let mut reader = BufReader::with_capacity(7, input.as_bytes());
+        let mut line = BytesMut::new();
+        let read = read_line(&mut reader, &mut line, 1000, Some(50)).await;
+        assert!(matches!(read, Ok(Line::Long)));
+        assert!((50..100).contains(&line.len()), "{}", line.len());
+        let read = read_line(&mut reader, &mut line, 1000, None).await;
+        assert!(matches!(read, Ok(Line::Message)));
+        assert_eq!(line.split(), "x".repeat(100).as_bytes());
+        let read = read_line(&mut reader, &mut line, 1000, Some(50)).await;
+        assert!(matches!(read, Ok(Line::Message)));
+        assert_eq!(&line[..], b"{}");
+    }
+
+    /// The answer goes on while the server writes it: with the relay not reading, the
+    /// agent reads no further than the tunnel's credit allows, so a server writing a long
+    /// answer is held back (read whole, the answer would be taken in at once); once the
+    /// relay reads, the answer arrives intact and closes its call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_answer_is_sent_on_under_the_tunnels_credit() {
+        use std::sync::Arc;
+
+        use outpost_protocol::{AgentFrame, RelayFrame};
+        use outpost_tunnel::{Tunnel, TunnelConfig, TunnelEvent};
+        use tokio::io::AsyncWriteExt as _;
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let config = TunnelConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            chunk_len: 16 * 1024,
+            max_message_len: 4 * 1024 * 1024,
+            initial_window: 64 * 1024,
+            peer_chunk_len: 16 * 1024,
+            max_streams: 8,
+        };
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let relay_socket = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let agent_socket = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (relay, _relay_events, relay_driver) =
+            Tunnel::<RelayFrame>::start::<_, AgentFrame>(relay_socket, config, stop.clone());
+        let (_agent, mut agent_events, agent_driver) =
+            Tunnel::<AgentFrame>::start::<_, RelayFrame>(agent_socket, config, stop.clone());
+        let drivers = [tokio::spawn(relay_driver), tokio::spawn(agent_driver)];
+        let mut relay_side = relay.open_stream("erp", vec![]).unwrap();
+        let Some(TunnelEvent::Open { stream, .. }) = agent_events.recv().await else {
+            panic!("no stream opened");
+        };
+
+        let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
+        let calls = Calls::new(
+            super::super::calls::InFlight::new(),
+            Arc::new(super::super::calls::ServerRuntime::new(
+                "erp".into(),
+                crate::policy::ToolPolicy::default(),
+            )),
+            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(redactor),
+        );
+        let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
+        assert!(matches!(calls.admit(request), Admission::Forward));
+
+        let (mut server_out, agent_in) = tokio::io::duplex(64 * 1024);
+        let head = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":""#;
+        let answer = format!("{head}{}\"}}]}}}}", "x".repeat(2 * 1024 * 1024));
+        let written = answer.clone();
+        let mut server = tokio::spawn(async move {
+            server_out.write_all(written.as_bytes()).await.unwrap();
+            server_out.write_all(b"\n").await.unwrap();
+            server_out
+        });
+        let sender = stream.sender.clone();
+        let agent = tokio::spawn(async move {
+            let mut stdout = BufReader::with_capacity(64 * 1024, agent_in);
+            let outcome = relay_stdout("erp", &mut stdout, &sender, &calls, 4 * 1024 * 1024).await;
+            (outcome, calls)
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut server)
+                .await
+                .is_err(),
+            "the agent took the whole answer in without sending it on"
+        );
+        let received = relay_side.receiver.recv().await.unwrap();
+        assert_eq!(received.len(), answer.len());
+        assert!(received == answer.as_bytes());
+        let server_out = server.await.unwrap();
+        drop(server_out);
+        let (outcome, calls) = agent.await.unwrap();
+        assert!(matches!(outcome, Outcome::Exited));
+        assert!(!calls.is_open("1"));
+        stop.cancel();
+        for driver in drivers {
+            let _ = driver.await;
+        }
+        drop(stream);
     }
 }
