@@ -610,9 +610,11 @@ impl Answer<'_> {
         }
     }
 
-    /// `future`'s output, or `None` once the call's deadline has passed.
+    /// `future`'s output, or `None` once the call's deadline has passed: also when the
+    /// future would be ready at once (a server that keeps writing past the deadline).
     async fn by_deadline<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
         match self.deadline {
+            Some(at) if Instant::now() >= at => None,
             Some(at) => tokio::time::timeout_at(at, future).await.ok(),
             None => Some(future.await),
         }
@@ -1015,17 +1017,21 @@ mod tests {
         assert_eq!(&line[..], b"{}");
     }
 
-    /// The answer goes on while the server writes it: with the relay not reading, the
-    /// agent reads no further than the tunnel's credit allows, so a server writing a long
-    /// answer is held back (read whole, the answer would be taken in at once); once the
-    /// relay reads, the answer arrives intact and closes its call.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_long_answer_is_sent_on_under_the_tunnels_credit() {
+    /// A stdio server's stdout wired to `relay_stdout`, whose stream crosses a real tunnel
+    /// (64 KiB window) to a relay side the test reads, or not; one call (id 1) open.
+    struct Wired {
+        relay_side: outpost_tunnel::Stream,
+        server_out: tokio::io::DuplexStream,
+        agent: tokio::task::JoinHandle<(Outcome, Calls)>,
+        stop: tokio_util::sync::CancellationToken,
+        _keep: (outpost_tunnel::Tunnel<outpost_protocol::AgentFrame>, Stream),
+    }
+
+    async fn wired(call_timeout: Option<Duration>) -> Wired {
         use std::sync::Arc;
 
         use outpost_protocol::{AgentFrame, RelayFrame};
         use outpost_tunnel::{Tunnel, TunnelConfig, TunnelEvent};
-        use tokio::io::AsyncWriteExt as _;
         use tokio_tungstenite::WebSocketStream;
         use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -1041,43 +1047,70 @@ mod tests {
         let relay_socket = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
         let agent_socket = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let stop = tokio_util::sync::CancellationToken::new();
-        let (relay, _relay_events, relay_driver) =
+        let (relay, _, relay_driver) =
             Tunnel::<RelayFrame>::start::<_, AgentFrame>(relay_socket, config, stop.clone());
-        let (_agent, mut agent_events, agent_driver) =
+        let (agent_tunnel, mut agent_events, agent_driver) =
             Tunnel::<AgentFrame>::start::<_, RelayFrame>(agent_socket, config, stop.clone());
-        let drivers = [tokio::spawn(relay_driver), tokio::spawn(agent_driver)];
-        let mut relay_side = relay.open_stream("erp", vec![]).unwrap();
+        tokio::spawn(relay_driver);
+        tokio::spawn(agent_driver);
+        let relay_side = relay.open_stream("erp", vec![]).unwrap();
         let Some(TunnelEvent::Open { stream, .. }) = agent_events.recv().await else {
             panic!("no stream opened");
         };
-
         let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
+        let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
         let calls = Calls::new(
             super::super::calls::InFlight::new(),
             Arc::new(super::super::calls::ServerRuntime::new(
                 "erp".into(),
-                crate::policy::ToolPolicy::default(),
+                policy,
             )),
             Arc::new(crate::metrics::Metrics::new()),
             Arc::new(redactor),
         );
         let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
         assert!(matches!(calls.admit(request), Admission::Forward));
-
-        let (mut server_out, agent_in) = tokio::io::duplex(64 * 1024);
-        let head = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":""#;
-        let answer = format!("{head}{}\"}}]}}}}", "x".repeat(2 * 1024 * 1024));
-        let written = answer.clone();
-        let mut server = tokio::spawn(async move {
-            server_out.write_all(written.as_bytes()).await.unwrap();
-            server_out.write_all(b"\n").await.unwrap();
-            server_out
-        });
+        let (server_out, agent_in) = tokio::io::duplex(64 * 1024);
         let sender = stream.sender.clone();
         let agent = tokio::spawn(async move {
             let mut stdout = BufReader::with_capacity(64 * 1024, agent_in);
             let outcome = relay_stdout("erp", &mut stdout, &sender, &calls, 4 * 1024 * 1024).await;
             (outcome, calls)
+        });
+        Wired {
+            relay_side,
+            server_out,
+            agent,
+            stop,
+            _keep: (agent_tunnel, stream),
+        }
+    }
+
+    /// An answer to call 1 with a text of `len` bytes of `x`.
+    fn long_answer(len: usize) -> String {
+        let head = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":""#;
+        format!("{head}{}\"}}]}}}}", "x".repeat(len))
+    }
+
+    /// The answer goes on while the server writes it: with the relay not reading, the
+    /// agent reads no further than the tunnel's credit allows, so a server writing a long
+    /// answer is held back (read whole, the answer would be taken in at once); once the
+    /// relay reads, the answer arrives intact and closes its call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_answer_is_sent_on_under_the_tunnels_credit() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            stop,
+            _keep,
+        } = wired(None).await;
+        let answer = long_answer(2 * 1024 * 1024);
+        let written = answer.clone();
+        let mut server = tokio::spawn(async move {
+            server_out.write_all(written.as_bytes()).await.unwrap();
+            server_out.write_all(b"\n").await.unwrap();
+            server_out
         });
         assert!(
             tokio::time::timeout(Duration::from_millis(300), &mut server)
@@ -1088,15 +1121,53 @@ mod tests {
         let received = relay_side.receiver.recv().await.unwrap();
         assert_eq!(received.len(), answer.len());
         assert!(received == answer.as_bytes());
-        let server_out = server.await.unwrap();
-        drop(server_out);
+        drop(server.await.unwrap());
         let (outcome, calls) = agent.await.unwrap();
         assert!(matches!(outcome, Outcome::Exited));
         assert!(!calls.is_open("1"));
         stop.cancel();
-        for driver in drivers {
-            let _ = driver.await;
-        }
-        drop(stream);
+    }
+
+    /// At the call's deadline with the relay not taking the answer, the answer is
+    /// abandoned (it arrives ending in NUL, which the relay drops) and the call gets one
+    /// answer, the timeout's error; the rest of the line is skipped and the next line
+    /// goes on as usual.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_still_going_to_the_relay_at_the_deadline_gives_way_to_the_timeout() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            stop,
+            _keep,
+        } = wired(Some(Duration::from_millis(200))).await;
+        let server = tokio::spawn(async move {
+            server_out
+                .write_all(long_answer(2 * 1024 * 1024).as_bytes())
+                .await
+                .unwrap();
+            server_out
+                .write_all(b"\n{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n")
+                .await
+                .unwrap();
+            server_out
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let abandoned = relay_side.receiver.recv().await.unwrap();
+        assert_eq!(abandoned.last(), Some(&0));
+        let timeout: serde_json::Value =
+            serde_json::from_slice(&relay_side.receiver.recv().await.unwrap()).unwrap();
+        assert_eq!(timeout["id"], 1);
+        assert_eq!(timeout["error"]["code"], super::super::ERROR_TIMEOUT);
+        let next = relay_side.receiver.recv().await.unwrap();
+        assert_eq!(
+            &next[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/message"}"#
+        );
+        drop(server.await.unwrap());
+        let (outcome, calls) = agent.await.unwrap();
+        assert!(matches!(outcome, Outcome::Exited));
+        assert!(!calls.is_open("1"));
+        stop.cancel();
     }
 }
