@@ -466,9 +466,9 @@ impl Drop for TornMessageGuard<'_> {
 /// one or the end, so that the message's last frame has a payload.
 ///
 /// Dropped before [`finish`](Self::finish) or [`abandon`](Self::abandon) (its task
-/// cancelled) after a part was sent, it abandons the message with a last piece of one NUL
-/// byte if a byte of credit and a place on the data lane are free at once; otherwise it
-/// closes the stream, as a dropped [`StreamSender::send`] does.
+/// cancelled) after a part was sent, it abandons the message as `abandon` does if a byte
+/// of credit and a place on the data lane are free at once; otherwise it closes the
+/// stream, as a dropped [`StreamSender::send`] does.
 pub struct MessageWriter<'a> {
     sender: &'a StreamSender,
     _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
@@ -519,11 +519,13 @@ impl MessageWriter<'_> {
     }
 
     /// Ends the message with what was written. `Empty` if nothing was, `Torn` if a write
-    /// was cancelled part-way.
+    /// was cancelled part-way. Dropped part-way through, it closes the stream rather than
+    /// abandon the message: a caller that finishes has counted its message as sent.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         if self.broken {
             return Err(StreamError::Torn);
         }
+        self.abandon_on_drop = false;
         let held = std::mem::take(&mut self.held);
         if held.is_empty() {
             return Err(StreamError::Empty);
@@ -532,18 +534,16 @@ impl MessageWriter<'_> {
     }
 
     /// Ends a message that cannot be completed (its source broke off, or it outgrew the
-    /// limit) so that the peer refuses it: its last byte becomes NUL, which no JSON text
-    /// may contain, so the peer's parser drops the message and the stream lives on. A
-    /// writer to which nothing was written sends nothing.
+    /// limit) so that the peer refuses it. If nothing of it was sent yet, nothing is.
+    /// Otherwise the held part is dropped and the message ends with one NUL byte, which no
+    /// JSON text may contain, so the peer's parser drops the message and the stream lives
+    /// on. Within the limit: the held part, at least one byte, is not sent.
     pub async fn abandon(mut self) -> Result<(), StreamError> {
-        let held = std::mem::take(&mut self.held);
-        if held.is_empty() {
+        self.held = Bytes::new();
+        if !self.torn.armed {
             return Ok(());
         }
-        let mut spoiled = BytesMut::from(held);
-        let last = spoiled.len() - 1;
-        spoiled[last] = 0;
-        self.send_pieces(spoiled.freeze(), true).await
+        self.send_pieces(Bytes::from_static(ABANDONED), true).await
     }
 
     fn check_room(&self, more: usize) -> Result<(), StreamError> {
@@ -588,6 +588,9 @@ impl MessageWriter<'_> {
     }
 }
 
+/// The last piece of an abandoned message: a byte no JSON text contains.
+const ABANDONED: &[u8] = &[0];
+
 impl Drop for MessageWriter<'_> {
     fn drop(&mut self) {
         if !self.torn.armed || !self.abandon_on_drop {
@@ -603,7 +606,7 @@ impl Drop for MessageWriter<'_> {
         slot.send(StreamFrame::Data {
             stream: state.id,
             fin: true,
-            payload: Bytes::from_static(&[0]),
+            payload: Bytes::from_static(ABANDONED),
         });
         permit.forget();
         self.torn.armed = false;
