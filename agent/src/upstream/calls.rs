@@ -352,9 +352,9 @@ impl Calls {
         self.redactor.stream()
     }
 
-    /// Closes call `id`, whose answer has arrived whole and is about to end. `false` if the
-    /// call timed out meanwhile: its timeout's error is on its way, and the answer must be
-    /// abandoned. Either way the upstream has been heard, and no late answer is awaited.
+    /// Closes call `id`, whose answer went on as it arrived and has ended. `false` if the
+    /// call had timed out meanwhile (its timeout's error follows the answer). Either way
+    /// the upstream has been heard, and no late answer is awaited.
     pub(crate) fn streamed(&self, id: &str) -> bool {
         let mut state = self.lock();
         state.silent_since = None;
@@ -370,9 +370,17 @@ impl Calls {
 
     /// Closes call `id` as timed out, its answer still arriving at its deadline. `true` if
     /// this closed it (the caller answers it with the timeout's error), `false` if the
-    /// timeout had already (and answers it).
+    /// timeout had already (and answers it). The rest of the answer is skipped, so no late
+    /// answer is awaited; a server that now writes nothing more counts as silent, as after
+    /// any timeout, until [`Calls::heard`].
     pub(crate) fn time_out_arriving(&self, id: &str) -> bool {
-        let call = self.lock().open.remove(id);
+        let mut state = self.lock();
+        state.expired.remove(id);
+        let call = state.open.remove(id);
+        if call.is_some() && state.silent_since.is_none() {
+            state.silent_since = Some(Instant::now());
+        }
+        drop(state);
         let Some(call) = call else {
             return false;
         };
@@ -394,15 +402,18 @@ impl Calls {
     }
 
     /// Closes a call answered by the agent itself (an error in the upstream's place).
-    pub(crate) fn answered(&self, id: &str) {
-        self.close(id, CallStatus::Error);
+    /// `false` if it was not open (answered already).
+    pub(crate) fn answered(&self, id: &str) -> bool {
+        self.close(id, CallStatus::Error)
     }
 
-    fn close(&self, id: &str, status: CallStatus) {
+    fn close(&self, id: &str, status: CallStatus) -> bool {
         let call = self.lock().open.remove(id);
-        if let Some(call) = call {
-            self.finish(&call, status);
-        }
+        let Some(call) = call else {
+            return false;
+        };
+        self.finish(&call, status);
+        true
     }
 
     fn finish(&self, call: &OpenCall, status: CallStatus) {

@@ -17,8 +17,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use outpost_protocol::CloseCode;
 use outpost_tunnel::{MessageWriter, Stream, StreamError};
-
-use crate::redact::RedactStream;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -27,6 +25,7 @@ use tracing::Instrument;
 
 use super::{Admission, Calls, UpstreamContext, answer_with_error, calls, forward, sleep_until};
 use crate::config::StdioConfig;
+use crate::redact::RedactStream;
 
 pub(super) async fn serve(
     name: &str,
@@ -535,7 +534,7 @@ impl Answer<'_> {
             match self.by_deadline(writer.write(ready)).await {
                 Some(Ok(())) => {}
                 Some(Err(err)) => return self.not_sent(err, writer, stdout, true).await,
-                None => return self.timed_out(writer, stdout).await,
+                None => return self.timed_out(writer, stdout, true).await,
             }
             let available = match self.by_deadline(stdout.fill_buf()).await {
                 Some(Ok(available)) if !available.is_empty() => available,
@@ -547,7 +546,7 @@ impl Answer<'_> {
                     let _ = writer.abandon().await;
                     return Arrival::Ended(Outcome::Exited);
                 }
-                None => return self.timed_out(writer, stdout).await,
+                None => return self.timed_out(writer, stdout, true).await,
             };
             let (mut chunk, consumed) = match memchr::memchr(b'\n', available) {
                 Some(end) => (&available[..end], end + 1),
@@ -582,7 +581,9 @@ impl Answer<'_> {
         }
     }
 
-    /// Sends the last parts and ends the message, if the call is still open.
+    /// Sends the last parts and ends the message, then closes the call. The call stays
+    /// open until the message has ended, so that if this task is dropped on the way (the
+    /// server's exit ends the session's loop), the exit's error still answers it.
     async fn finish<R: AsyncBufRead + Unpin>(
         &self,
         mut writer: MessageWriter<'_>,
@@ -594,20 +595,19 @@ impl Answer<'_> {
             match self.by_deadline(writer.write(part)).await {
                 Some(Ok(())) => {}
                 Some(Err(err)) => return self.not_sent(err, writer, stdout, false).await,
-                None => return self.timed_out(writer, stdout).await,
+                // The line has been read: nothing of it is left to skip.
+                None => return self.timed_out(writer, stdout, false).await,
             }
         }
+        if writer.finish().await.is_err() {
+            return Arrival::Ended(Outcome::RelayClosed);
+        }
         if !self.calls.streamed(&self.id) {
-            // Timed out just now: the timeout's error is on its way instead.
-            return match writer.abandon().await {
-                Ok(()) => Arrival::Forwarded,
-                Err(_) => Arrival::Ended(Outcome::RelayClosed),
-            };
+            // Its deadline passed while the last part waited for the tunnel: the timeout's
+            // error follows the answer, and the relay, which has the answer, drops it.
+            tracing::debug!(server = self.name, "a call timed out as its answer ended");
         }
-        match writer.finish().await {
-            Ok(()) => Arrival::Forwarded,
-            Err(_) => Arrival::Ended(Outcome::RelayClosed),
-        }
+        Arrival::Forwarded
     }
 
     /// `future`'s output, or `None` once the call's deadline has passed: also when the
@@ -622,17 +622,17 @@ impl Answer<'_> {
 
     /// The deadline passed with the answer still on its way: it is abandoned, the call
     /// gets the timeout's error (here, unless `Calls::expire` got to it first and sends
-    /// it), and the rest of the line is skipped.
+    /// it), and the rest of the line is skipped if `mid_line`.
     async fn timed_out<R: AsyncBufRead + Unpin>(
         &self,
         writer: MessageWriter<'_>,
         stdout: &mut R,
+        mid_line: bool,
     ) -> Arrival {
-        let ours = self.calls.time_out_arriving(&self.id);
         if writer.abandon().await.is_err() {
             return Arrival::Ended(Outcome::RelayClosed);
         }
-        if ours {
+        if self.calls.time_out_arriving(&self.id) {
             let timeout = self.calls.call_timeout().unwrap_or_default();
             tracing::warn!(
                 server = self.name,
@@ -655,9 +655,10 @@ impl Answer<'_> {
                 return Arrival::Ended(Outcome::RelayClosed);
             }
         }
-        let skipped = skip_line(stdout).await;
-        self.calls.heard();
-        skipped
+        if mid_line {
+            return skip_line(stdout, self.calls).await;
+        }
+        Arrival::Forwarded
     }
 
     /// The answer could not be sent whole: over the limit (the server's line, or the line
@@ -674,27 +675,32 @@ impl Answer<'_> {
         let StreamError::TooLarge { len, max } = err else {
             return Arrival::Ended(Outcome::RelayClosed);
         };
-        if writer.abandon().await.is_err()
-            || too_large(self.name, self.sender, self.calls, Some(&self.id), len, max)
-                .await
-                .is_err()
+        if writer.abandon().await.is_err() {
+            return Arrival::Ended(Outcome::RelayClosed);
+        }
+        // Unless its timeout answered it while the abandon waited for the tunnel.
+        let id = self.calls.answered(&self.id).then_some(self.id.as_str());
+        if too_large(self.name, self.sender, self.calls, id, len, max)
+            .await
+            .is_err()
         {
             return Arrival::Ended(Outcome::RelayClosed);
         }
         if mid_line {
-            return skip_line(stdout).await;
+            return skip_line(stdout, self.calls).await;
         }
         Arrival::Forwarded
     }
 }
 
-/// Reads past the end of the current line.
-async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Arrival {
+/// Reads past the end of the current line. The server is writing: it is not silent.
+async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R, calls: &Calls) -> Arrival {
     loop {
         let available = match stdout.fill_buf().await {
             Ok(available) if !available.is_empty() => available,
             _ => return Arrival::Ended(Outcome::Exited),
         };
+        calls.heard();
         match memchr::memchr(b'\n', available) {
             Some(end) => {
                 stdout.consume(end + 1);
@@ -707,9 +713,6 @@ async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Arrival {
         }
     }
 }
-
-/// Lines from this size on that answer a call are sent on as they arrive.
-const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Outcome {
@@ -939,6 +942,8 @@ const RESTART_MIN_DELAY: Duration = Duration::from_millis(100);
 /// How long a restarted server has to answer the replayed `initialize`.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_HANG_GRACE: Duration = Duration::from_secs(1);
+/// Lines from this size on that answer a call are sent on as they arrive.
+const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -1017,8 +1022,9 @@ mod tests {
         assert_eq!(&line[..], b"{}");
     }
 
-    /// A stdio server's stdout wired to `relay_stdout`, whose stream crosses a real tunnel
-    /// (64 KiB window) to a relay side the test reads, or not; one call (id 1) open.
+    /// A stdio server's stdout (a pipe holding up to `pipe` bytes) wired to `relay_stdout`,
+    /// whose stream crosses a real tunnel (a credit window of `window` bytes) to a relay
+    /// side the test reads, or not; one call (id 1) open.
     struct Wired {
         relay_side: outpost_tunnel::Stream,
         server_out: tokio::io::DuplexStream,
@@ -1027,7 +1033,7 @@ mod tests {
         _keep: (outpost_tunnel::Tunnel<outpost_protocol::AgentFrame>, Stream),
     }
 
-    async fn wired(call_timeout: Option<Duration>) -> Wired {
+    async fn wired(call_timeout: Option<Duration>, window: u32, pipe: usize) -> Wired {
         use std::sync::Arc;
 
         use outpost_protocol::{AgentFrame, RelayFrame};
@@ -1039,7 +1045,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(10),
             chunk_len: 16 * 1024,
             max_message_len: 4 * 1024 * 1024,
-            initial_window: 64 * 1024,
+            initial_window: window,
             peer_chunk_len: 16 * 1024,
             max_streams: 8,
         };
@@ -1070,7 +1076,7 @@ mod tests {
         );
         let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
         assert!(matches!(calls.admit(request), Admission::Forward));
-        let (server_out, agent_in) = tokio::io::duplex(64 * 1024);
+        let (server_out, agent_in) = tokio::io::duplex(pipe);
         let sender = stream.sender.clone();
         let agent = tokio::spawn(async move {
             let mut stdout = BufReader::with_capacity(64 * 1024, agent_in);
@@ -1104,7 +1110,7 @@ mod tests {
             agent,
             stop,
             _keep,
-        } = wired(None).await;
+        } = wired(None, 64 * 1024, 64 * 1024).await;
         let answer = long_answer(2 * 1024 * 1024);
         let written = answer.clone();
         let mut server = tokio::spawn(async move {
@@ -1128,10 +1134,38 @@ mod tests {
         stop.cancel();
     }
 
+    /// The next message the relay side receives, past an abandoned one (ending in NUL,
+    /// which the relay drops) if one comes first: whether it does depends on how far the
+    /// answer got before the deadline.
+    async fn next_whole(relay_side: &mut outpost_tunnel::Stream) -> Bytes {
+        let message = within(relay_side.receiver.recv()).await.unwrap();
+        if message.last() == Some(&0) {
+            return within(relay_side.receiver.recv()).await.unwrap();
+        }
+        message
+    }
+
+    /// `future`'s output; a test waiting longer than this has found a fault.
+    async fn within<F: std::future::Future>(future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .expect("nothing came within 10 s")
+    }
+
+    async fn assert_timed_out_then_next_line(relay_side: &mut outpost_tunnel::Stream) {
+        let timeout: serde_json::Value =
+            serde_json::from_slice(&next_whole(relay_side).await).unwrap();
+        assert_eq!(timeout["id"], 1, "{timeout}");
+        assert_eq!(timeout["error"]["code"], super::super::ERROR_TIMEOUT);
+        let next = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
+    }
+
+    const NEXT_LINE: &str = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n";
+
     /// At the call's deadline with the relay not taking the answer, the answer is
-    /// abandoned (it arrives ending in NUL, which the relay drops) and the call gets one
-    /// answer, the timeout's error; the rest of the line is skipped and the next line
-    /// goes on as usual.
+    /// abandoned and the call gets one answer, the timeout's error; the rest of the line
+    /// is skipped and the next line goes on as usual.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_still_going_to_the_relay_at_the_deadline_gives_way_to_the_timeout() {
         let Wired {
@@ -1140,34 +1174,75 @@ mod tests {
             agent,
             stop,
             _keep,
-        } = wired(Some(Duration::from_millis(200))).await;
+        } = wired(Some(Duration::from_millis(200)), 64 * 1024, 64 * 1024).await;
         let server = tokio::spawn(async move {
-            server_out
-                .write_all(long_answer(2 * 1024 * 1024).as_bytes())
-                .await
-                .unwrap();
-            server_out
-                .write_all(b"\n{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n")
-                .await
-                .unwrap();
+            let answer = long_answer(2 * 1024 * 1024) + "\n" + NEXT_LINE;
+            server_out.write_all(answer.as_bytes()).await.unwrap();
             server_out
         });
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let abandoned = relay_side.receiver.recv().await.unwrap();
-        assert_eq!(abandoned.last(), Some(&0));
-        let timeout: serde_json::Value =
-            serde_json::from_slice(&relay_side.receiver.recv().await.unwrap()).unwrap();
-        assert_eq!(timeout["id"], 1);
-        assert_eq!(timeout["error"]["code"], super::super::ERROR_TIMEOUT);
-        let next = relay_side.receiver.recv().await.unwrap();
-        assert_eq!(
-            &next[..],
-            br#"{"jsonrpc":"2.0","method":"notifications/message"}"#
-        );
+        assert_timed_out_then_next_line(&mut relay_side).await;
         drop(server.await.unwrap());
         let (outcome, calls) = agent.await.unwrap();
         assert!(matches!(outcome, Outcome::Exited));
         assert!(!calls.is_open("1"));
+        stop.cancel();
+    }
+
+    /// The same when the server has written the whole line and only its last parts wait
+    /// for the relay: the line is not skipped twice, so the next line still arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadline_met_on_the_last_parts_skips_nothing_after_the_line() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            stop,
+            _keep,
+        } = wired(Some(Duration::from_millis(200)), 32 * 1024, 64 * 1024).await;
+        // The agent reads the line in two parts of at most 64 KiB, and the first is held
+        // back until the second: with a window of 32 KiB, the line has ended by the time
+        // its parts wait for the relay.
+        let answer = long_answer(100 * 1024) + "\n" + NEXT_LINE;
+        server_out.write_all(answer.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_timed_out_then_next_line(&mut relay_side).await;
+        drop(server_out);
+        let (outcome, _) = agent.await.unwrap();
+        assert!(matches!(outcome, Outcome::Exited));
+        stop.cancel();
+    }
+
+    /// A deadline already past when a long answer starts wins at once, though the server's
+    /// output and the tunnel's credit are both there to be had: nothing of the answer is
+    /// sent (a timeout that polled the read or the write first would send parts of it,
+    /// then abandon them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadline_already_past_wins_over_a_relay_that_keeps_up() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            stop,
+            _keep,
+        } = wired(
+            Some(Duration::from_millis(1)),
+            2 * 1024 * 1024,
+            4 * 1024 * 1024,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = long_answer(1024 * 1024) + "\n" + NEXT_LINE;
+        server_out.write_all(answer.as_bytes()).await.unwrap();
+        let first = within(relay_side.receiver.recv()).await.unwrap();
+        assert_ne!(first.last(), Some(&0), "parts of the answer were sent");
+        let timeout: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(timeout["error"]["code"], super::super::ERROR_TIMEOUT);
+        let next = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
+        drop(server_out);
+        let (outcome, _) = agent.await.unwrap();
+        assert!(matches!(outcome, Outcome::Exited));
         stop.cancel();
     }
 }
