@@ -519,13 +519,12 @@ impl MessageWriter<'_> {
     }
 
     /// Ends the message with what was written. `Empty` if nothing was, `Torn` if a write
-    /// was cancelled part-way. Dropped part-way through, it closes the stream rather than
-    /// abandon the message: a caller that finishes has counted its message as sent.
+    /// was cancelled part-way. Dropped part-way through, it abandons the message as a
+    /// dropped writer does: a caller counts its message as sent only once this returns.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         if self.broken {
             return Err(StreamError::Torn);
         }
-        self.abandon_on_drop = false;
         let held = std::mem::take(&mut self.held);
         if held.is_empty() {
             return Err(StreamError::Empty);
