@@ -254,12 +254,12 @@ impl StreamSender {
         let lock = self.state.send_lock.lock().await;
         MessageWriter {
             sender: self,
-            _one_message_at_a_time: lock,
             torn: TornMessageGuard {
                 core: &self.core,
                 id: self.state.id,
                 armed: false,
             },
+            _one_message_at_a_time: lock,
             abandon_on_drop,
             broken: false,
             held: Bytes::new(),
@@ -471,8 +471,10 @@ impl Drop for TornMessageGuard<'_> {
 /// stream, as a dropped [`StreamSender::send`] does.
 pub struct MessageWriter<'a> {
     sender: &'a StreamSender,
-    _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
+    /// Dropped before the lock (fields drop in order), so that a stream closed for a torn
+    /// message is closed before another message can start.
     torn: TornMessageGuard<'a>,
+    _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
     /// Abandon rather than close when dropped part-way (not for `send`, whose callers
     /// relied on the close).
     abandon_on_drop: bool,

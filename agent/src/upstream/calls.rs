@@ -72,6 +72,10 @@ struct State {
     open: HashMap<String, OpenCall>,
     /// Requests the agent answered itself on timeout: a late answer is dropped.
     expired: HashSet<String>,
+    /// Calls closed for an error the agent sends itself, until it is sent
+    /// ([`Calls::delivered`]): if the task sending it is dropped first (the session's
+    /// loop ends when a stdio server exits), [`Calls::take_all`] still answers them.
+    owed: HashSet<String>,
     /// When a call first timed out with no word from the upstream since.
     silent_since: Option<Instant>,
 }
@@ -377,8 +381,11 @@ impl Calls {
         let mut state = self.lock();
         state.expired.remove(id);
         let call = state.open.remove(id);
-        if call.is_some() && state.silent_since.is_none() {
-            state.silent_since = Some(Instant::now());
+        if call.is_some() {
+            state.owed.insert(id.to_owned());
+            if state.silent_since.is_none() {
+                state.silent_since = Some(Instant::now());
+            }
         }
         drop(state);
         let Some(call) = call else {
@@ -401,10 +408,20 @@ impl Calls {
         self.redactor.redact_text(text)
     }
 
-    /// Closes a call answered by the agent itself (an error in the upstream's place).
-    /// `false` if it was not open (answered already).
+    /// Closes a call answered by the agent itself (an error in the upstream's place),
+    /// owed until [`Calls::delivered`]. `false` if it was not open (answered already).
     pub(crate) fn answered(&self, id: &str) -> bool {
-        self.close(id, CallStatus::Error)
+        let mut state = self.lock();
+        let call = state.open.remove(id);
+        if call.is_some() {
+            state.owed.insert(id.to_owned());
+        }
+        drop(state);
+        let Some(call) = call else {
+            return false;
+        };
+        self.finish(&call, CallStatus::Error);
+        true
     }
 
     fn close(&self, id: &str, status: CallStatus) -> bool {
@@ -449,6 +466,7 @@ impl Calls {
             if let Some(call) = state.open.remove(id) {
                 closed.push(call);
             }
+            state.owed.insert(id.clone());
             if state.expired.len() < MAX_EXPIRED_REMEMBERED {
                 state.expired.insert(id.clone());
             }
@@ -476,15 +494,22 @@ impl Calls {
 
     /// Every open call's id, closing them all: the upstream is gone and the agent
     /// answers each with an error.
+    /// Calls whose error was owed but not sent (see `owed`) are among them.
     pub(crate) fn take_all(&self) -> Vec<String> {
         let mut state = self.lock();
         let calls: Vec<(String, OpenCall)> = state.open.drain().collect();
+        let owed: Vec<String> = state.owed.drain().collect();
         state.silent_since = None;
         drop(state);
         for (_, call) in &calls {
             self.finish(call, CallStatus::Error);
         }
-        calls.into_iter().map(|(id, _)| id).collect()
+        calls.into_iter().map(|(id, _)| id).chain(owed).collect()
+    }
+
+    /// The agent's own error answer to call `id` has been sent: it is owed no longer.
+    pub(crate) fn delivered(&self, id: &str) {
+        self.lock().owed.remove(id);
     }
 
     /// The one unanswered request, if exactly one is open: the only call a nameless
@@ -925,5 +950,42 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#
         ));
         assert_eq!(filtering.streamable("2"), None);
+    }
+
+    /// An error the agent owes a call, once the call is closed for it, is still answered
+    /// by `take_all` (the server's exit) until it has been sent.
+    #[test]
+    fn owed_errors_are_answered_by_take_all_until_delivered() {
+        let (owing, total, _) =
+            calls(ToolPolicy::new(vec![], vec![], None, Some(Duration::from_secs(1))).unwrap());
+        for id in 1..=4 {
+            let request = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"a"}}}}"#
+            );
+            assert!(admitted(&owing, request.as_bytes()));
+        }
+        let mut expired = owing.expire(Instant::now() + Duration::from_secs(2));
+        expired.sort();
+        assert_eq!(expired, ["1", "2", "3", "4"]);
+        assert_eq!(total.get(), 0);
+        owing.delivered("1");
+        assert!(!owing.answered("2"), "closed by the timeout already");
+        let mut owed = owing.take_all();
+        owed.sort();
+        assert_eq!(owed, ["2", "3", "4"]);
+        assert!(owing.take_all().is_empty());
+        assert!(admitted(
+            &owing,
+            br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#
+        ));
+        assert!(owing.answered("5"));
+        assert_eq!(owing.take_all(), ["5"]);
+        assert!(admitted(
+            &owing,
+            br#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#
+        ));
+        assert!(owing.time_out_arriving("6"));
+        owing.delivered("6");
+        assert!(owing.take_all().is_empty());
     }
 }

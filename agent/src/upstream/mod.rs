@@ -140,7 +140,9 @@ pub(crate) async fn answer_with_error(
     sender
         .send(calls::error_response(id, code, &message))
         .await
-        .map_err(|_| ())
+        .map_err(|_| ())?;
+    calls.delivered(id);
+    Ok(())
 }
 
 /// What the agent sends when call `id` outlived its `call_timeout`: the answer for the

@@ -222,6 +222,7 @@ pub(super) async fn serve(
                     if sender.send(answer).await.is_err() {
                         break;
                     }
+                    calls.delivered(&id);
                     expired.extend(take_by_id(&mut sent, &id));
                 }
                 if !expired.is_empty() {

@@ -231,6 +231,7 @@ async fn to_child(
                     if sender.send(answer).await.is_err() {
                         return Outcome::RelayClosed;
                     }
+                    calls.delivered(&id);
                     if write_line(stdin, cancel).await.is_err() {
                         return Outcome::Exited;
                     }
@@ -658,6 +659,8 @@ impl Answer<'_> {
         if mid_line {
             return skip_line(stdout, self.calls).await;
         }
+        // The whole line had been read: the server has answered and is not silent.
+        self.calls.heard();
         Arrival::Forwarded
     }
 
