@@ -78,17 +78,18 @@ async fn a_long_answer_arrives_intact_with_a_secret_cut_between_reads_redacted()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_exits_mid_answer_fails_the_call_with_nothing_half_made() -> anyhow::Result<()>
-{
+/// Calls the tool of a server that begins a long answer and then runs `then`, and checks
+/// that the client gets one answer for the call: an error with `code`.
+async fn call_cut_short(then: &str, policy: ToolPolicy, code: i64) -> anyhow::Result<()> {
     let relay = relay().spawn().await?;
     let agent = agent(&relay, "laptop")
         .stdio(
             "long",
             "/bin/sh",
             &["-c", BEGINS_AN_ANSWER],
-            &[("THEN", "exit 3")],
+            &[("THEN", then)],
         )
+        .policy("long", policy)
         .spawn()
         .await?;
     let key = relay.client_key().await?;
@@ -97,48 +98,22 @@ async fn a_server_that_exits_mid_answer_fails_the_call_with_nothing_half_made() 
     let response = client.call_tool("long", json!({})).await?;
     assert_eq!(response.messages.len(), 1, "{:?}", response.messages);
     assert_eq!(response.answer()?["id"], 2);
-    assert_eq!(
-        response.error_code(),
-        Some(-32012),
-        "{:?}",
-        response.messages
-    );
+    assert_eq!(response.error_code(), Some(code), "{:?}", response.messages);
     agent.stop().await;
     relay.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_exits_mid_answer_fails_the_call_with_nothing_half_made() -> anyhow::Result<()>
+{
+    call_cut_short("exit 3", ToolPolicy::default(), -32012).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_still_arriving_at_the_call_timeout_gives_way_to_the_timeout_error()
 -> anyhow::Result<()> {
-    let relay = relay().spawn().await?;
-    let timeout = Duration::from_secs(1);
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", BEGINS_AN_ANSWER],
-            &[("THEN", "sleep 30")],
-        )
-        .policy(
-            "long",
-            ToolPolicy::new(vec![], vec![], None, Some(timeout))?,
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let response = client.call_tool("long", json!({})).await?;
-    assert_eq!(response.messages.len(), 1, "{:?}", response.messages);
-    assert_eq!(response.answer()?["id"], 2);
-    assert_eq!(
-        response.error_code(),
-        Some(-32014),
-        "{:?}",
-        response.messages
-    );
-    agent.stop().await;
-    relay.stop().await;
-    Ok(())
+    let timeout = Some(Duration::from_secs(1));
+    let policy = ToolPolicy::new(vec![], vec![], None, timeout)?;
+    call_cut_short("sleep 30", policy, -32014).await
 }
