@@ -72,10 +72,12 @@ struct State {
     open: HashMap<String, OpenCall>,
     /// Requests the agent answered itself on timeout: a late answer is dropped.
     expired: HashSet<String>,
-    /// Calls closed for an error the agent sends itself, until it is sent
-    /// ([`Calls::delivered`]): if the task sending it is dropped first (the session's
-    /// loop ends when a stdio server exits), [`Calls::take_all`] still answers them.
-    owed: HashSet<String>,
+    /// Answers decided on and not yet handed to the tunnel, by request id: the upstream's
+    /// answer, or the agent's own error (`None` until its text is set by [`Calls::owe`]).
+    /// A stdio session's loop may be dropped while it waits to send one (the server
+    /// exits); [`Calls::take_all`] then still answers them. Elsewhere an entry outlives
+    /// its send ([`Calls::delivered`]) only when the stream is gone.
+    owed: HashMap<String, Option<Bytes>>,
     /// When a call first timed out with no word from the upstream since.
     silent_since: Option<Instant>,
 }
@@ -351,6 +353,16 @@ impl Calls {
         self.lock().silent_since = None;
     }
 
+    /// The upstream is writing a line that will be dropped: a silence counted since a
+    /// timeout starts again now rather than ends, so that a server that stops in the
+    /// middle of the line still counts as hung.
+    pub(crate) fn still_writing(&self) {
+        let mut state = self.lock();
+        if state.silent_since.is_some() {
+            state.silent_since = Some(Instant::now());
+        }
+    }
+
     /// Redaction for an answer sent on as it arrives.
     pub(crate) fn redaction(&self) -> crate::redact::RedactStream<'_> {
         self.redactor.stream()
@@ -382,7 +394,7 @@ impl Calls {
         state.expired.remove(id);
         let call = state.open.remove(id);
         if call.is_some() {
-            state.owed.insert(id.to_owned());
+            state.owed.insert(id.to_owned(), None);
             if state.silent_since.is_none() {
                 state.silent_since = Some(Instant::now());
             }
@@ -414,7 +426,7 @@ impl Calls {
         let mut state = self.lock();
         let call = state.open.remove(id);
         if call.is_some() {
-            state.owed.insert(id.to_owned());
+            state.owed.insert(id.to_owned(), None);
         }
         drop(state);
         let Some(call) = call else {
@@ -466,7 +478,7 @@ impl Calls {
             if let Some(call) = state.open.remove(id) {
                 closed.push(call);
             }
-            state.owed.insert(id.clone());
+            state.owed.insert(id.clone(), None);
             if state.expired.len() < MAX_EXPIRED_REMEMBERED {
                 state.expired.insert(id.clone());
             }
@@ -492,22 +504,32 @@ impl Calls {
         self.server.policy().call_timeout
     }
 
-    /// Every open call's id, closing them all: the upstream is gone and the agent
-    /// answers each with an error.
-    /// Calls whose error was owed but not sent (see `owed`) are among them.
-    pub(crate) fn take_all(&self) -> Vec<String> {
+    /// Every call still owed an answer, closing them all: the upstream is gone. Open
+    /// calls come with `None` (the agent answers each with an error); calls whose answer
+    /// was decided on but not sent (see `owed`) with that answer, if it was set.
+    pub(crate) fn take_all(&self) -> Vec<(String, Option<Bytes>)> {
         let mut state = self.lock();
         let calls: Vec<(String, OpenCall)> = state.open.drain().collect();
-        let owed: Vec<String> = state.owed.drain().collect();
+        let owed: Vec<(String, Option<Bytes>)> = state.owed.drain().collect();
         state.silent_since = None;
         drop(state);
         for (_, call) in &calls {
             self.finish(call, CallStatus::Error);
         }
-        calls.into_iter().map(|(id, _)| id).chain(owed).collect()
+        calls
+            .into_iter()
+            .map(|(id, _)| (id, None))
+            .chain(owed)
+            .collect()
     }
 
-    /// The agent's own error answer to call `id` has been sent: it is owed no longer.
+    /// `answer` is about to be sent to request `id`, whose call is closed: owed until
+    /// [`Calls::delivered`].
+    pub(crate) fn owe(&self, id: &str, answer: &Bytes) {
+        self.lock().owed.insert(id.to_owned(), Some(answer.clone()));
+    }
+
+    /// The answer to request `id` has been handed to the tunnel: it is owed no longer.
     pub(crate) fn delivered(&self, id: &str) {
         self.lock().owed.remove(id);
     }
@@ -952,8 +974,8 @@ mod tests {
         assert_eq!(filtering.streamable("2"), None);
     }
 
-    /// An error the agent owes a call, once the call is closed for it, is still answered
-    /// by `take_all` (the server's exit) until it has been sent.
+    /// An answer owed to a call, once the call is closed for it, is still given by
+    /// `take_all` (the server's exit) until it has been sent: with its text once set.
     #[test]
     fn owed_errors_are_answered_by_take_all_until_delivered() {
         let (owing, total, _) =
@@ -970,16 +992,25 @@ mod tests {
         assert_eq!(total.get(), 0);
         owing.delivered("1");
         assert!(!owing.answered("2"), "closed by the timeout already");
+        let timeout = Bytes::from_static(b"the timeout's error");
+        owing.owe("3", &timeout);
         let mut owed = owing.take_all();
         owed.sort();
-        assert_eq!(owed, ["2", "3", "4"]);
+        assert_eq!(
+            owed,
+            [
+                ("2".to_owned(), None),
+                ("3".to_owned(), Some(timeout)),
+                ("4".to_owned(), None)
+            ]
+        );
         assert!(owing.take_all().is_empty());
         assert!(admitted(
             &owing,
             br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#
         ));
         assert!(owing.answered("5"));
-        assert_eq!(owing.take_all(), ["5"]);
+        assert_eq!(owing.take_all(), [("5".to_owned(), None)]);
         assert!(admitted(
             &owing,
             br#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#
@@ -987,5 +1018,34 @@ mod tests {
         assert!(owing.time_out_arriving("6"));
         owing.delivered("6");
         assert!(owing.take_all().is_empty());
+    }
+
+    /// After a timeout the server counts as silent; a server still writing a line that
+    /// will be dropped starts that silence again rather than ends it; one heard ends it.
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_a_timeout_restarts_while_a_dropped_line_is_written() {
+        let policy = ToolPolicy::new(vec![], vec![], None, Some(Duration::from_secs(1))).unwrap();
+        let (quiet, _, _) = calls(policy);
+        quiet.still_writing();
+        assert_eq!(
+            quiet.silent_for(Instant::now()),
+            None,
+            "no timeout, no silence"
+        );
+        assert!(admitted(
+            &quiet,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(quiet.expire(Instant::now()), ["1"]);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            quiet.silent_for(Instant::now()),
+            Some(Duration::from_secs(3))
+        );
+        quiet.still_writing();
+        assert_eq!(quiet.silent_for(Instant::now()), Some(Duration::ZERO));
+        quiet.heard();
+        assert_eq!(quiet.silent_for(Instant::now()), None);
     }
 }

@@ -179,9 +179,7 @@ impl Bridge {
         for id in self.calls.expire(tokio::time::Instant::now()) {
             tracing::warn!(server = %self.name, ?timeout, "call timed out; cancelling it upstream");
             let (answer, cancel) = super::timed_out(&id, timeout);
-            if self.sender.send(answer).await.is_ok() {
-                self.calls.delivered(&id);
-            }
+            let _ = super::send_owed(&self.sender, &self.calls, &id, answer).await;
             if let Some(sent) = self.clone().send(Outgoing::read(cancel)).await {
                 let bridge = self.clone();
                 self.tasks.spawn(async move { bridge.finish(sent).await });

@@ -99,7 +99,15 @@ pub(crate) async fn forward(
         return Ok(());
     };
     let len = message.len();
-    match sender.send(message).await {
+    // An answer closed its call: it is owed until sent, in case this task is dropped.
+    if let Some(id) = &answers {
+        calls.owe(id, &message);
+    }
+    let sent = sender.send(message).await;
+    if let Some(id) = &answers {
+        calls.delivered(id);
+    }
+    match sent {
         Ok(()) => Ok(()),
         Err(StreamError::TooLarge { len: _, max }) => {
             tracing::warn!(
@@ -137,10 +145,19 @@ pub(crate) async fn answer_with_error(
 ) -> Result<(), ()> {
     calls.answered(id);
     let message = calls.redact_text(message);
-    sender
-        .send(calls::error_response(id, code, &message))
-        .await
-        .map_err(|_| ())?;
+    send_owed(sender, calls, id, calls::error_response(id, code, &message)).await
+}
+
+/// Sends `answer` to request `id`, whose call is closed, keeping it owed (see
+/// [`Calls::owe`]) until the tunnel has it. `Err` means the stream is gone.
+pub(crate) async fn send_owed(
+    sender: &StreamSender,
+    calls: &Calls,
+    id: &str,
+    answer: Bytes,
+) -> Result<(), ()> {
+    calls.owe(id, &answer);
+    sender.send(answer).await.map_err(|_| ())?;
     calls.delivered(id);
     Ok(())
 }

@@ -219,10 +219,9 @@ pub(super) async fn serve(
                     let timeout = calls.call_timeout().unwrap_or_default();
                     tracing::warn!(server = name, ?timeout, "call timed out; cancelling it upstream");
                     let (answer, _) = super::timed_out(&id, timeout);
-                    if sender.send(answer).await.is_err() {
+                    if super::send_owed(&sender, &calls, &id, answer).await.is_err() {
                         break;
                     }
-                    calls.delivered(&id);
                     expired.extend(take_by_id(&mut sent, &id));
                 }
                 if !expired.is_empty() {

@@ -124,8 +124,10 @@ pub(super) async fn serve(
                 };
                 tracing::warn!(server = name, pid, %status, "stdio server {what}");
                 let text = format!("the server {what} ({status}) during the call");
-                for id in calls.take_all() {
-                    let answer = super::calls::error_response(&id, super::ERROR_UPSTREAM, &text);
+                for (id, owed) in calls.take_all() {
+                    let answer = owed.unwrap_or_else(|| {
+                        super::calls::error_response(&id, super::ERROR_UPSTREAM, &text)
+                    });
                     if sender.send(answer).await.is_err() {
                         return;
                     }
@@ -228,10 +230,9 @@ async fn to_child(
                     let timeout = calls.call_timeout().unwrap_or_default();
                     tracing::warn!(server = name, ?timeout, "call timed out; cancelling it upstream");
                     let (answer, cancel) = super::timed_out(&id, timeout);
-                    if sender.send(answer).await.is_err() {
+                    if super::send_owed(sender, calls, &id, answer).await.is_err() {
                         return Outcome::RelayClosed;
                     }
-                    calls.delivered(&id);
                     if write_line(stdin, cancel).await.is_err() {
                         return Outcome::Exited;
                     }
@@ -247,7 +248,13 @@ async fn to_child(
         match message {
             Ok(message) => {
                 if let Admission::Refuse(answer) = calls.admit(&message) {
-                    if sender.send(answer).await.is_err() {
+                    // Owed meanwhile: the send may wait behind a long answer, and the
+                    // server's exit would drop it.
+                    let sent = match super::calls::peek(&answer) {
+                        Some((id, _)) => super::send_owed(sender, calls, &id, answer).await,
+                        None => sender.send(answer).await.map_err(|_| ()),
+                    };
+                    if sent.is_err() {
                         return Outcome::RelayClosed;
                     }
                     continue;
@@ -681,13 +688,27 @@ impl Answer<'_> {
         if writer.abandon().await.is_err() {
             return Arrival::Ended(Outcome::RelayClosed);
         }
-        // Unless its timeout answered it while the abandon waited for the tunnel.
-        let id = self.calls.answered(&self.id).then_some(self.id.as_str());
-        if too_large(self.name, self.sender, self.calls, id, len, max)
+        tracing::warn!(
+            server = self.name,
+            len,
+            "server wrote a message over the tunnel limit"
+        );
+        // Unless its timeout answered it while the abandon waited for the tunnel. The
+        // line's whole length is not known: only that it passed the limit.
+        if self.calls.answered(&self.id) {
+            let text = format!("the server's message exceeds the tunnel's limit of {max} bytes");
+            if answer_with_error(
+                self.sender,
+                self.calls,
+                &self.id,
+                super::ERROR_TOO_LARGE,
+                &text,
+            )
             .await
             .is_err()
-        {
-            return Arrival::Ended(Outcome::RelayClosed);
+            {
+                return Arrival::Ended(Outcome::RelayClosed);
+            }
         }
         if mid_line {
             return skip_line(stdout, self.calls).await;
@@ -696,17 +717,20 @@ impl Answer<'_> {
     }
 }
 
-/// Reads past the end of the current line. The server is writing: it is not silent.
+/// Reads past the end of the current line. While the server writes, a silence counted
+/// since a timeout starts again from each read (a server that stops mid-line is still
+/// found hung); once the line has ended the server has been heard.
 async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R, calls: &Calls) -> Arrival {
     loop {
         let available = match stdout.fill_buf().await {
             Ok(available) if !available.is_empty() => available,
             _ => return Arrival::Ended(Outcome::Exited),
         };
-        calls.heard();
+        calls.still_writing();
         match memchr::memchr(b'\n', available) {
             Some(end) => {
                 stdout.consume(end + 1);
+                calls.heard();
                 return Arrival::Forwarded;
             }
             None => {
