@@ -261,7 +261,7 @@ impl StreamSender {
             },
             _one_message_at_a_time: lock,
             abandon_on_drop,
-            broken: false,
+            write_cancelled: false,
             held: Bytes::new(),
             len: 0,
         }
@@ -479,7 +479,7 @@ pub struct MessageWriter<'a> {
     /// relied on the close).
     abandon_on_drop: bool,
     /// A write was cancelled part-way: parts may be missing.
-    broken: bool,
+    write_cancelled: bool,
     /// The latest part, not yet sent.
     held: Bytes,
     /// Bytes of the message so far, `held` included.
@@ -502,7 +502,7 @@ impl MessageWriter<'_> {
     /// message can still be finished or abandoned.
     /// `Torn` if an earlier write was cancelled part-way.
     pub async fn write(&mut self, part: Bytes) -> Result<(), StreamError> {
-        if self.broken {
+        if self.write_cancelled {
             return Err(StreamError::Torn);
         }
         if part.is_empty() {
@@ -514,9 +514,9 @@ impl MessageWriter<'_> {
         if before.is_empty() {
             return Ok(());
         }
-        self.broken = true;
+        self.write_cancelled = true;
         self.send_pieces(before, false).await?;
-        self.broken = false;
+        self.write_cancelled = false;
         Ok(())
     }
 
@@ -524,7 +524,7 @@ impl MessageWriter<'_> {
     /// was cancelled part-way. Dropped part-way through, it abandons the message as a
     /// dropped writer does: a caller counts its message as sent only once this returns.
     pub async fn finish(mut self) -> Result<(), StreamError> {
-        if self.broken {
+        if self.write_cancelled {
             return Err(StreamError::Torn);
         }
         let held = std::mem::take(&mut self.held);

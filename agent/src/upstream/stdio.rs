@@ -390,17 +390,15 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
     max: usize,
 ) -> Outcome {
     let mut line = BytesMut::new();
+    // `None` while a long line that cannot go on early is read on whole.
     let mut long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
     loop {
-        let read = read_line(stdout, &mut line, max, long_from).await;
-        if !matches!(read, Ok(Line::Long)) {
-            long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
-        }
-        match read {
+        let reading = long_from.replace(FORWARD_AS_IT_ARRIVES_FROM);
+        match read_line(stdout, &mut line, max, reading).await {
             Ok(Line::Long) => {
                 match forward_as_it_arrives(name, stdout, &mut line, sender, calls, max).await {
                     Arrival::ReadWhole => long_from = None,
-                    Arrival::Forwarded => {}
+                    Arrival::Handled => {}
                     Arrival::Ended(outcome) => return outcome,
                 }
             }
@@ -467,8 +465,8 @@ async fn too_large(
 enum Arrival {
     /// Not an answer that can go on before its end: read it whole.
     ReadWhole,
-    /// Sent on, or given up with its call answered (or left to its timeout).
-    Forwarded,
+    /// Dealt with: sent on, or abandoned with its call answered.
+    Handled,
     /// The stream or the server ended.
     Ended(Outcome),
 }
@@ -615,7 +613,7 @@ impl Answer<'_> {
             // error follows the answer, and the relay, which has the answer, drops it.
             tracing::debug!(server = self.name, "a call timed out as its answer ended");
         }
-        Arrival::Forwarded
+        Arrival::Handled
     }
 
     /// `future`'s output, or `None` once the call's deadline has passed: also when the
@@ -668,7 +666,7 @@ impl Answer<'_> {
         }
         // The whole line had been read: the server has answered and is not silent.
         self.calls.heard();
-        Arrival::Forwarded
+        Arrival::Handled
     }
 
     /// The answer could not be sent whole: over the limit (the server's line, or the line
@@ -713,7 +711,7 @@ impl Answer<'_> {
         if mid_line {
             return skip_line(stdout, self.calls).await;
         }
-        Arrival::Forwarded
+        Arrival::Handled
     }
 }
 
@@ -731,7 +729,7 @@ async fn skip_line<R: AsyncBufRead + Unpin>(stdout: &mut R, calls: &Calls) -> Ar
             Some(end) => {
                 stdout.consume(end + 1);
                 calls.heard();
-                return Arrival::Forwarded;
+                return Arrival::Handled;
             }
             None => {
                 let all = available.len();
