@@ -15,7 +15,8 @@ async fn the_quickstart_brings_up_a_working_relay_and_agent() -> anyhow::Result<
             ("QUICKSTART_DIR", state.path().to_str().unwrap()),
         ],
     )?;
-    // It installs tools, builds (a no-op here) and starts node: slow on a loaded machine.
+    // It installs tools, builds (a no-op here: `Process` keeps the test crate's CARGO_*
+    // package variables from it) and starts node: slow on a loaded machine.
     let code = quickstart
         .wait_within(std::time::Duration::from_secs(100))
         .await?;
