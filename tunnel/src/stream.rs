@@ -239,7 +239,7 @@ impl StreamSender {
                 max,
             });
         }
-        let mut writer = self.writer(false).await;
+        let mut writer = self.writer(IfDropped::CloseStream).await;
         writer.send_pieces(message, true).await
     }
 
@@ -247,10 +247,10 @@ impl StreamSender {
     /// its end (see [`MessageWriter`]). Waits for sends on clones of this sender to finish
     /// their messages.
     pub async fn begin(&self) -> MessageWriter<'_> {
-        self.writer(true).await
+        self.writer(IfDropped::Abandon).await
     }
 
-    async fn writer(&self, abandon_on_drop: bool) -> MessageWriter<'_> {
+    async fn writer(&self, if_dropped: IfDropped) -> MessageWriter<'_> {
         let lock = self.state.send_lock.lock().await;
         MessageWriter {
             sender: self,
@@ -260,7 +260,7 @@ impl StreamSender {
                 armed: false,
             },
             _one_message_at_a_time: lock,
-            abandon_on_drop,
+            if_dropped,
             write_cancelled: false,
             held: Bytes::new(),
             len: 0,
@@ -475,9 +475,8 @@ pub struct MessageWriter<'a> {
     /// message is closed before another message can start.
     torn: TornMessageGuard<'a>,
     _one_message_at_a_time: tokio::sync::MutexGuard<'a, ()>,
-    /// Abandon rather than close when dropped part-way (not for `send`, whose callers
-    /// relied on the close).
-    abandon_on_drop: bool,
+    /// What a message dropped part-way does.
+    if_dropped: IfDropped,
     /// A write was cancelled part-way: parts may be missing.
     write_cancelled: bool,
     /// The latest part, not yet sent.
@@ -589,12 +588,21 @@ impl MessageWriter<'_> {
     }
 }
 
+/// What a [`MessageWriter`] dropped part-way through its message does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfDropped {
+    /// Closes the stream, always: [`StreamSender::send`]'s callers rely on it.
+    CloseStream,
+    /// Abandons the message if it can at once, else closes the stream.
+    Abandon,
+}
+
 /// The last piece of an abandoned message: a byte no JSON text contains.
 const ABANDONED: &[u8] = &[0];
 
 impl Drop for MessageWriter<'_> {
     fn drop(&mut self) {
-        if !self.torn.armed || !self.abandon_on_drop {
+        if !self.torn.armed || self.if_dropped == IfDropped::CloseStream {
             return;
         }
         let state = &self.sender.state;

@@ -82,11 +82,14 @@ struct State {
     silent_since: Option<Instant>,
 }
 
+/// When a call times out: `None` when no timeout is set.
+pub(crate) type Deadline = Option<Instant>;
+
 #[derive(Debug)]
 struct OpenCall {
     tool: Option<String>,
     started: Instant,
-    deadline: Option<Instant>,
+    deadline: Deadline,
     /// Holds one of the server's `max_concurrent_calls` slots.
     slot: bool,
     /// A `tools/list` whose result must be filtered.
@@ -335,9 +338,9 @@ impl Calls {
 
     /// Whether the answer to call `id` may go on to the client as it arrives, before its
     /// end: the call is open and its result needs no filtering. `Some` holds the call's
-    /// deadline (`None`: no timeout), by which the answer must have ended. The upstream is
-    /// heard from (see [`Calls::heard`]).
-    pub(crate) fn streamable(&self, id: &str) -> Option<Option<Instant>> {
+    /// deadline, by which the answer must have ended. The upstream is heard from (see
+    /// [`Calls::heard`]).
+    pub(crate) fn streamable(&self, id: &str) -> Option<Deadline> {
         let mut state = self.lock();
         let call = state.open.get(id)?;
         if call.filter_tools {

@@ -520,7 +520,7 @@ struct Answer<'a> {
     /// The call it answers.
     id: String,
     /// The call's deadline.
-    deadline: Option<Instant>,
+    deadline: calls::Deadline,
 }
 
 impl Answer<'_> {
@@ -539,8 +539,8 @@ impl Answer<'_> {
         loop {
             match self.by_deadline(writer.write(ready)).await {
                 Some(Ok(())) => {}
-                Some(Err(err)) => return self.not_sent(err, writer, stdout, true).await,
-                None => return self.timed_out(writer, stdout, true).await,
+                Some(Err(err)) => return self.not_sent(err, writer, stdout, Rest::Unread).await,
+                None => return self.timed_out(writer, stdout, Rest::Unread).await,
             }
             let available = match self.by_deadline(stdout.fill_buf()).await {
                 Some(Ok(available)) if !available.is_empty() => available,
@@ -552,7 +552,7 @@ impl Answer<'_> {
                     let _ = writer.abandon().await;
                     return Arrival::Ended(Outcome::Exited);
                 }
-                None => return self.timed_out(writer, stdout, true).await,
+                None => return self.timed_out(writer, stdout, Rest::Unread).await,
             };
             let (mut chunk, consumed) = match memchr::memchr(b'\n', available) {
                 Some(end) => (&available[..end], end + 1),
@@ -563,7 +563,8 @@ impl Answer<'_> {
             if len > max {
                 stdout.consume(consumed);
                 let over = StreamError::TooLarge { len, max };
-                return self.not_sent(over, writer, stdout, !ends).await;
+                let rest = if ends { Rest::Read } else { Rest::Unread };
+                return self.not_sent(over, writer, stdout, rest).await;
             }
             // A CR before the LF ends the line too (JSON text has none of its own there),
             // also when the two arrive in different reads.
@@ -600,9 +601,8 @@ impl Answer<'_> {
         for part in [ready, redaction.finish()] {
             match self.by_deadline(writer.write(part)).await {
                 Some(Ok(())) => {}
-                Some(Err(err)) => return self.not_sent(err, writer, stdout, false).await,
-                // The line has been read: nothing of it is left to skip.
-                None => return self.timed_out(writer, stdout, false).await,
+                Some(Err(err)) => return self.not_sent(err, writer, stdout, Rest::Read).await,
+                None => return self.timed_out(writer, stdout, Rest::Read).await,
             }
         }
         if writer.finish().await.is_err() {
@@ -626,19 +626,19 @@ impl Answer<'_> {
         }
     }
 
-    /// The deadline passed with the answer still on its way: it is abandoned, the call
+    /// The deadline passed with the answer still on its way: it is abandoned, and the call
     /// gets the timeout's error (here, unless `Calls::expire` got to it first and sends
-    /// it), and the rest of the line is skipped if `mid_line`.
+    /// it).
     async fn timed_out<R: AsyncBufRead + Unpin>(
         &self,
         writer: MessageWriter<'_>,
         stdout: &mut R,
-        mid_line: bool,
+        rest: Rest,
     ) -> Arrival {
         if writer.abandon().await.is_err() {
             return Arrival::Ended(Outcome::RelayClosed);
         }
-        if self.calls.time_out_arriving(&self.id) {
+        let error = self.calls.time_out_arriving(&self.id).then(|| {
             let timeout = self.calls.call_timeout().unwrap_or_default();
             tracing::warn!(
                 server = self.name,
@@ -648,37 +648,20 @@ impl Answer<'_> {
             let text = format!(
                 "the call exceeded the agent's call_timeout of {timeout:?} while its answer was arriving"
             );
-            if answer_with_error(
-                self.sender,
-                self.calls,
-                &self.id,
-                super::ERROR_TIMEOUT,
-                &text,
-            )
-            .await
-            .is_err()
-            {
-                return Arrival::Ended(Outcome::RelayClosed);
-            }
-        }
-        if mid_line {
-            return skip_line(stdout, self.calls).await;
-        }
-        // The whole line had been read: the server has answered and is not silent.
-        self.calls.heard();
-        Arrival::Handled
+            (super::ERROR_TIMEOUT, text)
+        });
+        self.answer_instead(error, stdout, rest).await
     }
 
     /// The answer could not be sent whole: over the limit (the server's line, or the line
     /// made longer by redaction), it is abandoned and the call gets the error a whole line
-    /// over the limit gets; the rest of the line is skipped if `mid_line`. Any other error
-    /// means the stream is gone.
+    /// over the limit gets. Any other error means the stream is gone.
     async fn not_sent<R: AsyncBufRead + Unpin>(
         &self,
         err: StreamError,
         writer: MessageWriter<'_>,
         stdout: &mut R,
-        mid_line: bool,
+        rest: Rest,
     ) -> Arrival {
         let StreamError::TooLarge { len, max } = err else {
             return Arrival::Ended(Outcome::RelayClosed);
@@ -693,26 +676,46 @@ impl Answer<'_> {
         );
         // Unless its timeout answered it while the abandon waited for the tunnel. The
         // line's whole length is not known: only that it passed the limit.
-        if self.calls.answered(&self.id) {
+        let error = self.calls.answered(&self.id).then(|| {
             let text = format!("the server's message exceeds the tunnel's limit of {max} bytes");
-            if answer_with_error(
-                self.sender,
-                self.calls,
-                &self.id,
-                super::ERROR_TOO_LARGE,
-                &text,
-            )
-            .await
-            .is_err()
-            {
-                return Arrival::Ended(Outcome::RelayClosed);
+            (super::ERROR_TOO_LARGE, text)
+        });
+        self.answer_instead(error, stdout, rest).await
+    }
+
+    /// After an abandoned answer: sends the agent's `error` (code and text) in its place,
+    /// if this path closed the call, then skips what is left of the line. A line read to
+    /// its end means the server has been heard.
+    async fn answer_instead<R: AsyncBufRead + Unpin>(
+        &self,
+        error: Option<(i64, String)>,
+        stdout: &mut R,
+        rest: Rest,
+    ) -> Arrival {
+        if let Some((code, text)) = error
+            && answer_with_error(self.sender, self.calls, &self.id, code, &text)
+                .await
+                .is_err()
+        {
+            return Arrival::Ended(Outcome::RelayClosed);
+        }
+        match rest {
+            Rest::Unread => skip_line(stdout, self.calls).await,
+            Rest::Read => {
+                self.calls.heard();
+                Arrival::Handled
             }
         }
-        if mid_line {
-            return skip_line(stdout, self.calls).await;
-        }
-        Arrival::Handled
     }
+}
+
+/// What is left on stdout of a line whose answer was given up.
+#[derive(Clone, Copy)]
+enum Rest {
+    /// The line goes on: it is skipped.
+    Unread,
+    /// The line was read to its end.
+    Read,
 }
 
 /// Reads past the end of the current line. While the server writes, a silence counted
