@@ -142,7 +142,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             }));
         }
     }
-    section.note("Peak RSS is VmHWM, reset before each run (`/proc/PID/clear_refs`), so it is the peak of that run; Outpost's figure is the relay's and the agent's, a peer's is its own process.");
+    section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`): the peak of that run, or what the process still held from the runs before it, whichever is more. Outpost's figure is the relay's and the agent's, a peer's is its own process.");
     Ok(section)
 }
 

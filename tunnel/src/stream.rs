@@ -591,7 +591,7 @@ impl MessageWriter<'_> {
 /// What a [`MessageWriter`] dropped part-way through its message does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IfDropped {
-    /// Closes the stream, always: [`StreamSender::send`]'s callers rely on it.
+    /// Closes the stream: [`StreamSender::send`]'s callers rely on it.
     CloseStream,
     /// Abandons the message if it can at once, else closes the stream.
     Abandon,
