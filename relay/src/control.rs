@@ -714,34 +714,7 @@ impl Control<'_> {
                 "scopes must name at least one agent/server pattern".into(),
             ));
         }
-        // The same character sets as the OpenAPI document: names and the glob characters
-        // `*` and `?`, so every accepted pattern compiles.
-        let glob_chars =
-            |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-');
-        for pattern in &scopes.servers {
-            let valid = pattern.split_once('/').is_some_and(|(a, s)| {
-                (1..=64).contains(&a.len())
-                    && (1..=64).contains(&s.len())
-                    && a.chars().all(glob_chars)
-                    && s.chars().all(glob_chars)
-            });
-            if !valid {
-                return Err(ControlError::Invalid(format!(
-                    "scope {pattern:?} must be AGENT/SERVER of letters, digits, _ . - and the globs * ?"
-                )));
-            }
-        }
-        for pattern in &scopes.tools {
-            let valid = (1..=128).contains(&pattern.len())
-                && pattern
-                    .chars()
-                    .all(|c| glob_chars(c) || matches!(c, '/' | ':'));
-            if !valid {
-                return Err(ControlError::Invalid(format!(
-                    "tool scope {pattern:?} must be letters, digits, _ . - / : and the globs * ?"
-                )));
-            }
-        }
+        check_patterns(&scopes)?;
         Scope::new(&scopes).map_err(|e| ControlError::Invalid(e.to_string()))?;
         if actor.role < Role::Admin {
             let own =
@@ -920,6 +893,49 @@ const MAX_LIFETIME_SECONDS: u64 = 315_360_000;
 const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
 const AUDIT_PAGE: i64 = 1000;
 
+/// Server patterns a key may hold, as the OpenAPI document's `maxItems` says.
+const MAX_SERVER_PATTERNS: usize = 64;
+/// Tool patterns a key may hold, as the OpenAPI document's `maxItems` says.
+const MAX_TOOL_PATTERNS: usize = 256;
+
+/// Checks a new key's patterns against the limits the OpenAPI document gives: how many, and
+/// the same character sets (names and the glob characters `*` and `?`), so that every
+/// accepted pattern compiles.
+fn check_patterns(scopes: &Scopes) -> Result<(), ControlError> {
+    if scopes.servers.len() > MAX_SERVER_PATTERNS || scopes.tools.len() > MAX_TOOL_PATTERNS {
+        return Err(ControlError::Invalid(format!(
+            "a key holds at most {MAX_SERVER_PATTERNS} scopes and {MAX_TOOL_PATTERNS} tool patterns"
+        )));
+    }
+    let glob_chars =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-');
+    for pattern in &scopes.servers {
+        let valid = pattern.split_once('/').is_some_and(|(a, s)| {
+            (1..=64).contains(&a.len())
+                && (1..=64).contains(&s.len())
+                && a.chars().all(glob_chars)
+                && s.chars().all(glob_chars)
+        });
+        if !valid {
+            return Err(ControlError::Invalid(format!(
+                "scope {pattern:?} must be AGENT/SERVER of letters, digits, _ . - and the globs * ?"
+            )));
+        }
+    }
+    for pattern in &scopes.tools {
+        let valid = (1..=128).contains(&pattern.len())
+            && pattern
+                .chars()
+                .all(|c| glob_chars(c) || matches!(c, '/' | ':'));
+        if !valid {
+            return Err(ControlError::Invalid(format!(
+                "tool scope {pattern:?} must be letters, digits, _ . - / : and the globs * ?"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,5 +968,29 @@ mod tests {
         }
         assert!(!permits(Role::Admin, UpdateOrganisation));
         assert!(!permits(Role::Viewer, ReadKeys));
+    }
+
+    /// The limits the OpenAPI document gives a new key's patterns hold: schemathesis
+    /// found a key of more scopes than its `maxItems` accepted.
+    #[test]
+    fn a_keys_patterns_are_bounded_as_the_openapi_document_says() {
+        let scopes = |servers: usize, tools: usize| Scopes {
+            servers: vec!["prod-eu/erp".to_owned(); servers],
+            tools: vec!["erp/*".to_owned(); tools],
+        };
+        assert!(check_patterns(&scopes(MAX_SERVER_PATTERNS, MAX_TOOL_PATTERNS)).is_ok());
+        assert!(check_patterns(&scopes(MAX_SERVER_PATTERNS + 1, 0)).is_err());
+        assert!(check_patterns(&scopes(1, MAX_TOOL_PATTERNS + 1)).is_err());
+        let document: serde_json::Value = serde_json::from_str(crate::admin::OPENAPI).unwrap();
+        let create = &document["components"]["schemas"]["CreateKey"]["properties"];
+        assert_eq!(create["scopes"]["maxItems"], MAX_SERVER_PATTERNS);
+        assert_eq!(create["tools"]["maxItems"], MAX_TOOL_PATTERNS);
+        assert!(
+            check_patterns(&Scopes {
+                servers: vec!["no-slash".to_owned()],
+                tools: vec![],
+            })
+            .is_err()
+        );
     }
 }
