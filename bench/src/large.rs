@@ -43,9 +43,13 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
         for (k, &(size, concurrency)) in cases.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
                 let pids = stack.bridge_pids(target.path);
-                for (_, pid) in &pids {
-                    procfs::reset_peak(*pid);
-                }
+                let starts: Vec<u64> = pids
+                    .iter()
+                    .map(|(_, pid)| {
+                        procfs::reset_peak(*pid);
+                        procfs::rss_kib(*pid)
+                    })
+                    .collect();
                 let big = open_sessions(&target.endpoint, concurrency).await?;
                 let small = open_sessions(&target.endpoint, 1).await?;
                 let side = Bounds {
@@ -57,9 +61,14 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     closed_loop(big, Call::Big(size), bounds),
                     closed_loop(small, Call::Echo, side),
                 );
-                let peaks: Vec<(&'static str, u64)> = pids
+                let peaks: Vec<Peak> = pids
                     .iter()
-                    .map(|(name, pid)| (*name, procfs::peak_rss_kib(*pid)))
+                    .zip(starts)
+                    .map(|(&(process, pid), start_kib)| Peak {
+                        process,
+                        start_kib,
+                        peak_kib: procfs::peak_rss_kib(pid),
+                    })
                     .collect();
                 close_sessions(big).await;
                 close_sessions(small).await;
@@ -68,8 +77,10 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     Some(run) => {
                         run.big.merge(&big_outcome);
                         run.small.merge(&small_outcome);
-                        for (kept, new) in run.peaks.iter_mut().zip(&peaks) {
-                            kept.1 = kept.1.max(new.1);
+                        for (kept, new) in run.peaks.iter_mut().zip(peaks) {
+                            if new.peak_kib > kept.peak_kib {
+                                *kept = new;
+                            }
                         }
                     }
                     None => {
@@ -115,7 +126,14 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             } else {
                 peaks
                     .iter()
-                    .map(|(name, kib)| format!("{name} {:.0}", *kib as f64 / 1024.0))
+                    .map(|peak| {
+                        format!(
+                            "{} {:.0} ({:.0})",
+                            peak.process,
+                            mib(peak.peak_kib),
+                            mib(peak.start_kib)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };
@@ -138,11 +156,11 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                 "concurrency": concurrency,
                 "big": outcome_json(big),
                 "small": outcome_json(small),
-                "peak_rss_kib": peaks.iter().map(|(name, kib)| json!({"process": name, "kib": kib})).collect::<Vec<_>>(),
+                "peak_rss_kib": peaks.iter().map(|peak| json!({"process": peak.process, "kib": peak.peak_kib, "start_kib": peak.start_kib})).collect::<Vec<_>>(),
             }));
         }
     }
-    section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`): the peak of that run, or what the process still held from the runs before it, whichever is more. Outpost's figure is the relay's and the agent's, a peer's is its own process.");
+    section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`), which is given in brackets: a peak equal to it means the run fitted in memory the process still held from the runs before it (glibc keeps freed memory), so the run's own need may be smaller. Of the rounds, the run with the largest peak is shown. Outpost's figure is the relay's and the agent's, a peer's is its own process.");
     Ok(section)
 }
 
@@ -153,8 +171,20 @@ struct Run {
     big: Outcome,
     /// The `echo` calls on another session meanwhile.
     small: Outcome,
-    /// Peak RSS in KiB of each process between client and upstream.
-    peaks: Vec<(&'static str, u64)>,
+    /// The peak RSS of each process between client and upstream.
+    peaks: Vec<Peak>,
+}
+
+/// One process's peak RSS over a run, and its RSS when the run started.
+#[derive(Debug, Clone)]
+struct Peak {
+    process: &'static str,
+    start_kib: u64,
+    peak_kib: u64,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn size_name(size: usize) -> String {
