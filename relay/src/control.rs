@@ -705,6 +705,9 @@ impl Control<'_> {
         } else {
             actor.scopes.clone()
         };
+        // Only what the request names: a member's own patterns, inherited when it names
+        // none, may predate the limits.
+        check_counts(request.scopes.as_deref(), request.tools.as_deref())?;
         let scopes = Scopes {
             servers: request.scopes.clone().unwrap_or(base.servers),
             tools: request.tools.clone().unwrap_or(base.tools),
@@ -898,15 +901,22 @@ const MAX_SERVER_PATTERNS: usize = 64;
 /// Tool patterns a key may hold, as the OpenAPI document's `maxItems` says.
 const MAX_TOOL_PATTERNS: usize = 256;
 
-/// Checks a new key's patterns against the limits the OpenAPI document gives: how many, and
-/// the same character sets (names and the glob characters `*` and `?`), so that every
-/// accepted pattern compiles.
-fn check_patterns(scopes: &Scopes) -> Result<(), ControlError> {
-    if scopes.servers.len() > MAX_SERVER_PATTERNS || scopes.tools.len() > MAX_TOOL_PATTERNS {
+/// Checks how many server and tool patterns a request for a new key names against the
+/// OpenAPI document's `maxItems`.
+fn check_counts(servers: Option<&[String]>, tools: Option<&[String]>) -> Result<(), ControlError> {
+    if servers.is_some_and(|s| s.len() > MAX_SERVER_PATTERNS)
+        || tools.is_some_and(|t| t.len() > MAX_TOOL_PATTERNS)
+    {
         return Err(ControlError::Invalid(format!(
             "a key holds at most {MAX_SERVER_PATTERNS} scopes and {MAX_TOOL_PATTERNS} tool patterns"
         )));
     }
+    Ok(())
+}
+
+/// Checks a new key's patterns against the character sets the OpenAPI document gives
+/// (names and the glob characters `*` and `?`), so that every accepted pattern compiles.
+fn check_patterns(scopes: &Scopes) -> Result<(), ControlError> {
     let glob_chars =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '-');
     for pattern in &scopes.servers {
@@ -974,13 +984,21 @@ mod tests {
     /// found a key of more scopes than its `maxItems` accepted.
     #[test]
     fn a_keys_patterns_are_bounded_as_the_openapi_document_says() {
-        let scopes = |servers: usize, tools: usize| Scopes {
-            servers: vec!["prod-eu/erp".to_owned(); servers],
-            tools: vec!["erp/*".to_owned(); tools],
+        let servers = |n: usize| vec!["prod-eu/erp".to_owned(); n];
+        let tools = |n: usize| vec!["erp/*".to_owned(); n];
+        let counts = |s: Option<Vec<String>>, t: Option<Vec<String>>| {
+            check_counts(s.as_deref(), t.as_deref())
         };
-        assert!(check_patterns(&scopes(MAX_SERVER_PATTERNS, MAX_TOOL_PATTERNS)).is_ok());
-        assert!(check_patterns(&scopes(MAX_SERVER_PATTERNS + 1, 0)).is_err());
-        assert!(check_patterns(&scopes(1, MAX_TOOL_PATTERNS + 1)).is_err());
+        assert!(
+            counts(
+                Some(servers(MAX_SERVER_PATTERNS)),
+                Some(tools(MAX_TOOL_PATTERNS))
+            )
+            .is_ok()
+        );
+        assert!(counts(None, None).is_ok());
+        assert!(counts(Some(servers(MAX_SERVER_PATTERNS + 1)), None).is_err());
+        assert!(counts(None, Some(tools(MAX_TOOL_PATTERNS + 1))).is_err());
         let document: serde_json::Value = serde_json::from_str(crate::admin::OPENAPI).unwrap();
         let create = &document["components"]["schemas"]["CreateKey"]["properties"];
         assert_eq!(create["scopes"]["maxItems"], MAX_SERVER_PATTERNS);

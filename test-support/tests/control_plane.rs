@@ -559,3 +559,47 @@ async fn key_lifecycle_revoke_rotate_expire() -> anyhow::Result<()> {
     relay.stop().await;
     Ok(())
 }
+
+/// A new key names at most as many patterns as the OpenAPI document's `maxItems` allow,
+/// through the API as well as in `check_patterns`' unit test; the refusal is a 400 that
+/// says why, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_naming_more_patterns_than_the_document_allows_is_refused() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let owner = relay
+        .key_with(relay.org_id(), "owner", Scopes::default())
+        .await?;
+    let scopes = |n: usize| (0..n).map(|i| format!("site/s{i}")).collect::<Vec<_>>();
+    let tools = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+    let keys_before = relay
+        .admin(Method::GET, "/admin/v1/keys", &owner, None)
+        .await?
+        .2["keys"]
+        .as_array()
+        .map_or(0, Vec::len);
+    for body in [
+        json!({"scopes": scopes(65)}),
+        json!({"scopes": scopes(1), "tools": tools(257)}),
+    ] {
+        let (status, _, refused) = relay
+            .admin(Method::POST, "/admin/v1/keys", &owner, Some(body))
+            .await?;
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused["message"].as_str().unwrap().contains("at most 64"),
+            "{refused}"
+        );
+    }
+    let (_, _, listed) = relay
+        .admin(Method::GET, "/admin/v1/keys", &owner, None)
+        .await?;
+    assert_eq!(listed["keys"].as_array().map_or(0, Vec::len), keys_before);
+    key_id(
+        &relay,
+        &owner,
+        json!({"scopes": scopes(64), "tools": tools(256)}),
+    )
+    .await;
+    relay.stop().await;
+    Ok(())
+}
