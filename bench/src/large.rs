@@ -113,7 +113,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             "p50 ratio",
             "small p50 µs",
             "small p99 µs",
-            "peak RSS MiB",
+            "peak RSS MiB (at start)",
             "errors",
         ],
     );

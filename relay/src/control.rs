@@ -896,9 +896,11 @@ const MAX_LIFETIME_SECONDS: u64 = 315_360_000;
 const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
 const AUDIT_PAGE: i64 = 1000;
 
-/// Server patterns a key may hold, as the OpenAPI document's `maxItems` says.
+/// Server patterns a request for a new key may name, as the OpenAPI document's `maxItems`
+/// says.
 const MAX_SERVER_PATTERNS: usize = 64;
-/// Tool patterns a key may hold, as the OpenAPI document's `maxItems` says.
+/// Tool patterns a request for a new key may name, as the OpenAPI document's `maxItems`
+/// says.
 const MAX_TOOL_PATTERNS: usize = 256;
 
 /// Checks how many server and tool patterns a request for a new key names against the
@@ -908,7 +910,7 @@ fn check_counts(servers: Option<&[String]>, tools: Option<&[String]>) -> Result<
         || tools.is_some_and(|t| t.len() > MAX_TOOL_PATTERNS)
     {
         return Err(ControlError::Invalid(format!(
-            "a key holds at most {MAX_SERVER_PATTERNS} scopes and {MAX_TOOL_PATTERNS} tool patterns"
+            "a new key names at most {MAX_SERVER_PATTERNS} scopes and {MAX_TOOL_PATTERNS} tool patterns"
         )));
     }
     Ok(())

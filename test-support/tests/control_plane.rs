@@ -561,7 +561,8 @@ async fn key_lifecycle_revoke_rotate_expire() -> anyhow::Result<()> {
 }
 
 /// A new key names at most as many patterns as the OpenAPI document's `maxItems` allow,
-/// through the API as well as in `check_patterns`' unit test; the refusal is a 400 that
+/// through the API as well as in `check_counts`' unit test
+/// (`a_keys_patterns_are_bounded_as_the_openapi_document_says`); the refusal is a 400 that
 /// says why, and nothing is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_naming_more_patterns_than_the_document_allows_is_refused() -> anyhow::Result<()> {
@@ -577,16 +578,19 @@ async fn a_key_naming_more_patterns_than_the_document_allows_is_refused() -> any
         .2["keys"]
         .as_array()
         .map_or(0, Vec::len);
-    for body in [
-        json!({"scopes": scopes(65)}),
-        json!({"scopes": scopes(1), "tools": tools(257)}),
+    for (body, limit) in [
+        (json!({"scopes": scopes(65)}), "at most 64 scopes"),
+        (
+            json!({"scopes": scopes(1), "tools": tools(257)}),
+            "256 tool patterns",
+        ),
     ] {
         let (status, _, refused) = relay
             .admin(Method::POST, "/admin/v1/keys", &owner, Some(body))
             .await?;
         assert_eq!(status, 400, "{refused}");
         assert!(
-            refused["message"].as_str().unwrap().contains("at most 64"),
+            refused["message"].as_str().unwrap().contains(limit),
             "{refused}"
         );
     }
