@@ -380,11 +380,7 @@ impl Calls {
         state.expired.remove(id);
         let call = state.open.remove(id);
         drop(state);
-        let Some(call) = call else {
-            return false;
-        };
-        self.finish(&call, CallStatus::Ok);
-        true
+        self.finished(call, CallStatus::Ok)
     }
 
     /// Closes call `id` as timed out, its answer still arriving at its deadline. `true` if
@@ -403,11 +399,7 @@ impl Calls {
             }
         }
         drop(state);
-        let Some(call) = call else {
-            return false;
-        };
-        self.finish(&call, CallStatus::Timeout);
-        true
+        self.finished(call, CallStatus::Timeout)
     }
 
     /// Counts and logs secrets replaced in an upstream message.
@@ -432,20 +424,18 @@ impl Calls {
             state.owed.insert(id.to_owned(), None);
         }
         drop(state);
-        let Some(call) = call else {
-            return false;
-        };
-        self.finish(&call, CallStatus::Error);
-        true
+        self.finished(call, CallStatus::Error)
     }
 
     fn close(&self, id: &str, status: CallStatus) -> bool {
         let call = self.lock().open.remove(id);
-        let Some(call) = call else {
-            return false;
-        };
-        self.finish(&call, status);
-        true
+        self.finished(call, status)
+    }
+
+    /// Counts `call`, just taken from the open calls with the lock released since, as
+    /// finished with `status`. `false` if there was none (it was closed already).
+    fn finished(&self, call: Option<OpenCall>, status: CallStatus) -> bool {
+        call.map(|call| self.finish(&call, status)).is_some()
     }
 
     fn finish(&self, call: &OpenCall, status: CallStatus) {

@@ -1120,6 +1120,18 @@ mod tests {
         }
     }
 
+    /// The agent's side once the server has closed its stdout: it ended as for an exit.
+    /// Stops the tunnel and gives back the calls.
+    async fn exited(
+        agent: tokio::task::JoinHandle<(Outcome, Calls)>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Calls {
+        let (outcome, calls) = agent.await.unwrap();
+        assert!(matches!(outcome, Outcome::Exited));
+        stop.cancel();
+        calls
+    }
+
     /// An answer to call 1 with a text of `len` bytes of `x`.
     fn long_answer(len: usize) -> String {
         let head = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":""#;
@@ -1156,10 +1168,8 @@ mod tests {
         assert_eq!(received.len(), answer.len());
         assert!(received == answer.as_bytes());
         drop(server.await.unwrap());
-        let (outcome, calls) = agent.await.unwrap();
-        assert!(matches!(outcome, Outcome::Exited));
+        let calls = exited(agent, stop).await;
         assert!(!calls.is_open("1"));
-        stop.cancel();
     }
 
     /// The next message the relay side receives, past an abandoned one (ending in NUL,
@@ -1211,10 +1221,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_timed_out_then_next_line(&mut relay_side).await;
         drop(server.await.unwrap());
-        let (outcome, calls) = agent.await.unwrap();
-        assert!(matches!(outcome, Outcome::Exited));
+        let calls = exited(agent, stop).await;
         assert!(!calls.is_open("1"));
-        stop.cancel();
     }
 
     /// The same when the server has written the whole line and only its last parts wait
@@ -1236,9 +1244,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_timed_out_then_next_line(&mut relay_side).await;
         drop(server_out);
-        let (outcome, _) = agent.await.unwrap();
-        assert!(matches!(outcome, Outcome::Exited));
-        stop.cancel();
+        exited(agent, stop).await;
     }
 
     /// A deadline already past when a long answer starts wins at once, though the server's
@@ -1269,8 +1275,6 @@ mod tests {
         let next = within(relay_side.receiver.recv()).await.unwrap();
         assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
         drop(server_out);
-        let (outcome, _) = agent.await.unwrap();
-        assert!(matches!(outcome, Outcome::Exited));
-        stop.cancel();
+        exited(agent, stop).await;
     }
 }
