@@ -42,7 +42,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
     for _ in 0..settings.rounds {
         for (k, &(size, concurrency)) in cases.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
-                let pids = stack.bridge_pids(target.path);
+                let pids = stack.bridge_pids(target);
                 let starts: Vec<u64> = pids
                     .iter()
                     .map(|(_, pid)| {

@@ -14,10 +14,14 @@
 //! - (f) `handshakes`: TLS handshakes per second the relay accepts.
 //! - (g) `peers`: supergateway and mcp-proxy beside Outpost on (a), (b) and (c).
 //!
+//! Beside Outpost in (a), (b) and (c) runs the floor of any two-hop path: two TLS
+//! forwarders in series (`forward`, this binary) that pass the bytes on unread.
+//!
 //! Targets take turns within each round (A B C A B C), at least two rounds.
 
 mod client;
 mod fleet;
+mod forward;
 mod handshakes;
 mod idle;
 mod large;
@@ -37,7 +41,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::report::Section;
-use crate::stack::{Binaries, Stack};
+use crate::stack::{Binaries, FloorHops, Stack};
 
 /// Measures Outpost against the direct path and against peers, on this machine.
 #[derive(Debug, Parser)]
@@ -68,6 +72,10 @@ struct Args {
     /// Include the peers in a --quick run.
     #[arg(long)]
     peers: bool,
+    /// Forwarders on the floor targets' path: 2 (as many hops as through Outpost) or 1 (the
+    /// least any relay can be).
+    #[arg(long, value_enum, default_value = "2")]
+    floor_hops: FloorHops,
     /// Runs the relay of a, b, c, f and d under this command, e.g. "valgrind
     /// --tool=callgrind --callgrind-out-file=relay.callgrind" (a profile of workload a), or
     /// "valgrind --tool=massif" (where an idle agent's memory goes, with d).
@@ -115,6 +123,11 @@ fn main() -> ExitCode {
         Some("upstream-http") => run_on(Runtime::TwoThreads, upstream::serve_http()),
         Some("upstream-stdio-2026") => run_on(Runtime::OneThread, upstream::serve_stdio_2026()),
         Some("upstream-http-2026") => run_on(Runtime::TwoThreads, upstream::serve_http_2026()),
+        // The floor's forwarders: one worker per CPU, as the relay and the agent run.
+        Some("forward") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            run_on(Runtime::TwoThreads, forward::serve(&args))
+        }
         _ => run_on(Runtime::TwoThreads, until_signal(bench(Args::parse()))),
     };
     match result {
@@ -213,6 +226,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let stack = Stack::start(
             &binaries,
             peers,
+            args.floor_hops,
             &settings.relay_under,
             &settings.agent_under,
         )

@@ -225,6 +225,10 @@ pub(crate) enum Route {
     Supergateway,
     /// mcp-proxy (Python) → the stdio server, plain HTTP.
     McpProxy,
+    /// Two forwarders (TLS in, then TLS and plain TCP out) → the HTTP server: what two
+    /// more hops cost when nothing reads the bytes; or one (`--floor-hops 1`: TLS in,
+    /// plain TCP out). See `forward.rs`.
+    Floor,
 }
 
 /// One thing the load generator calls.
@@ -250,16 +254,19 @@ pub(crate) struct Stack {
     pub(crate) relay: RelayProcess,
     pub(crate) agent: Process,
     peers: Vec<(Route, Process)>,
+    /// Each era's forwarders, the one the client dials first.
+    floors: Vec<(Era, Vec<Process>)>,
     pub(crate) targets: Vec<Target>,
 }
 
 impl Stack {
-    /// Starts the upstream, relay, agent and (when `peers`) supergateway and mcp-proxy.
-    /// `relay_wrapper` and `agent_wrapper` run the relay and the agent under another
-    /// program (valgrind).
+    /// Starts the upstream, relay, agent, the floor's `floor_hops` forwarders per era, and
+    /// (when `peers`) supergateway and mcp-proxy. `relay_wrapper` and `agent_wrapper` run
+    /// the relay and the agent under another program (valgrind).
     pub(crate) async fn start(
         binaries: &Binaries,
         peers: bool,
+        floor_hops: FloorHops,
         relay_wrapper: &[String],
         agent_wrapper: &[String],
     ) -> anyhow::Result<Self> {
@@ -269,6 +276,10 @@ impl Stack {
             start_upstream(binaries, "upstream-http-2026").await?;
 
         let home = RelayHome::create(binaries).await?;
+        let (floor, floor_url) = start_floor(binaries, &home, floor_hops, &upstream_url).await?;
+        let (floor_2026, floor_2026_url) =
+            start_floor(binaries, &home, floor_hops, &upstream_2026_url).await?;
+        let [floor_name, floor_2026_name] = floor_hops.names();
         let relay = home
             .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), relay_wrapper)
             .await?;
@@ -320,6 +331,11 @@ impl Stack {
                 path: Route::OutpostStdio,
                 endpoint: through("stdio", Era::Sessions)?,
             },
+            Target {
+                name: floor_name,
+                path: Route::Floor,
+                endpoint: Endpoint::new(floor_url, None, Some(&home.ca), Era::Sessions)?,
+            },
         ];
         let mut peer_processes = Vec::new();
         if peers {
@@ -363,6 +379,11 @@ impl Stack {
                 path: Route::OutpostHttp,
                 endpoint: through("rmcp", Era::Stateless)?,
             },
+            Target {
+                name: floor_2026_name,
+                path: Route::Floor,
+                endpoint: Endpoint::new(floor_2026_url, None, Some(&home.ca), Era::Stateless)?,
+            },
         ]);
         Ok(Self {
             _upstream: upstream,
@@ -371,6 +392,7 @@ impl Stack {
             relay,
             agent,
             peers: peer_processes,
+            floors: vec![(Era::Sessions, floor), (Era::Stateless, floor_2026)],
             targets,
         })
     }
@@ -412,11 +434,21 @@ impl Stack {
         }
     }
 
-    /// The process whose memory a target's bridge uses: the relay and agent for Outpost,
-    /// the peer's process otherwise.
-    pub(crate) fn bridge_pids(&self, path: Route) -> Vec<(&'static str, u32)> {
-        match path {
+    /// The processes whose memory a target's bridge uses: the relay and agent for Outpost,
+    /// the forwarders for the floor, the peer's process otherwise.
+    pub(crate) fn bridge_pids(&self, target: &Target) -> Vec<(&'static str, u32)> {
+        match target.path {
             Route::Direct => Vec::new(),
+            Route::Floor => self
+                .floors
+                .iter()
+                .filter(|(era, _)| *era == target.era())
+                .flat_map(|(_, forwarders)| {
+                    forwarders
+                        .iter()
+                        .map(|process| ("forwarder", process.pid().unwrap_or(0)))
+                })
+                .collect(),
             Route::OutpostHttp | Route::OutpostStdio => vec![
                 ("relay", self.relay.pid()),
                 ("agent", self.agent.pid().unwrap_or(0)),
@@ -453,6 +485,79 @@ async fn start_upstream(binaries: &Binaries, mode: &str) -> anyhow::Result<(Proc
     let line = upstream.wait_for("listening on").await?;
     let url = format!("http://{}/mcp", line.rsplit(' ').next().unwrap_or(""));
     Ok((upstream, url))
+}
+
+/// How many forwarders the floor targets cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FloorHops {
+    /// One: TLS in, plain TCP to the server. No relay design can do less.
+    #[value(name = "1")]
+    One,
+    /// Two: TLS in, TLS to the second, plain TCP to the server. As many hops and
+    /// encryptions as a call through the relay and the agent.
+    #[value(name = "2")]
+    Two,
+}
+
+impl FloorHops {
+    /// The floor targets' names, 2025 era then 2026 era.
+    fn names(self) -> [&'static str; 2] {
+        match self {
+            Self::One => [
+                "floor: 1 TLS forwarder → HTTP",
+                "floor 2026: 1 TLS forwarder → HTTP",
+            ],
+            Self::Two => [
+                "floor: 2 TLS forwarders → HTTP",
+                "floor 2026: 2 TLS forwarders → HTTP",
+            ],
+        }
+    }
+}
+
+/// Starts the floor's forwarders in front of the HTTP server at `upstream_url`, with the
+/// relay's certificate: the client dials the first over TLS; with two, the first dials the
+/// second over TLS; the last dials the server over plain TCP. Returns them, the first
+/// first, and the MCP URL a client calls.
+async fn start_floor(
+    binaries: &Binaries,
+    home: &RelayHome,
+    hops: FloorHops,
+    upstream_url: &str,
+) -> anyhow::Result<(Vec<Process>, String)> {
+    let upstream = upstream_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/mcp"))
+        .context("the upstream's URL is http://ADDR/mcp")?;
+    let text = |path: PathBuf| path.to_string_lossy().into_owned();
+    let (cert, key, ca) = (
+        text(home.path("tls/cert.pem")),
+        text(home.path("tls/key.pem")),
+        text(home.ca.clone()),
+    );
+    let spawn = |next: &str, ca: Option<&str>| {
+        let mut args = vec!["forward", cert.as_str(), key.as_str(), next];
+        args.extend(ca);
+        Process::spawn(&binaries.bench, &args, &[])
+    };
+    let mut last = spawn(upstream, None)?;
+    let last_addr = listening_on(&mut last).await?;
+    let (forwarders, first_addr) = match hops {
+        FloorHops::One => (vec![last], last_addr),
+        FloorHops::Two => {
+            let mut first = spawn(&last_addr, Some(&ca))?;
+            let first_addr = listening_on(&mut first).await?;
+            (vec![first, last], first_addr)
+        }
+    };
+    let port = first_addr.rsplit(':').next().unwrap_or("");
+    Ok((forwarders, format!("https://localhost:{port}/mcp")))
+}
+
+/// The address a child of this binary printed as `listening on ADDR`.
+async fn listening_on(process: &mut Process) -> anyhow::Result<String> {
+    let line = process.wait_for("listening on").await?;
+    Ok(line.rsplit(' ').next().unwrap_or("").to_owned())
 }
 
 /// Starts a peer bridging `bench upstream-stdio` to Streamable HTTP on a free port; returns
