@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
@@ -48,7 +49,15 @@ pub(crate) async fn serve(args: &[String]) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (tcp, _) = accepted?;
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(err) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        eprintln!("forward: accept failed: {err}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 let acceptor = acceptor.clone();
                 let connector = connector.clone();
                 connections.spawn(async move {
@@ -57,7 +66,11 @@ pub(crate) async fn serve(args: &[String]) -> anyhow::Result<()> {
                     }
                 });
             }
-            Some(_) = connections.join_next() => {}
+            Some(joined) = connections.join_next() => {
+                if let Err(err) = joined {
+                    eprintln!("forward: a connection's task failed: {err}");
+                }
+            }
         }
     }
 }
@@ -71,14 +84,17 @@ async fn pass_on(
 ) -> anyhow::Result<()> {
     // Nagle plus delayed ACKs would stall each small message by ~40 ms.
     tcp.set_nodelay(true)?;
-    let inbound = acceptor.accept(tcp).await?;
+    let inbound = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .context("the TLS handshake in timed out")??;
     let out = TcpStream::connect(next).await?;
     out.set_nodelay(true)?;
     match connector {
         Some(connector) => {
-            let outbound = connector
-                .connect(ServerName::try_from("localhost")?, out)
-                .await?;
+            let handshake = connector.connect(ServerName::try_from("localhost")?, out);
+            let outbound = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .context("the TLS handshake out timed out")??;
             copy_both_ways(inbound, outbound).await
         }
         None => copy_both_ways(inbound, out).await,
@@ -90,8 +106,12 @@ async fn copy_both_ways(
     mut b: impl AsyncRead + AsyncWrite + Unpin,
 ) -> anyhow::Result<()> {
     // 64 KiB each way: as much as one read of the socket usually brings.
-    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await?;
-    Ok(())
+    match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await {
+        // A client that hangs up without TLS's close_notify ends its connection all the same.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(err) => Err(err.into()),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// TLS 1.3 only, with the certificate chain and key the relay serves.
@@ -107,3 +127,5 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig
 }
 
 const COPY_BUFFER: usize = 64 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -160,7 +160,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             }));
         }
     }
-    section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`), which is given in brackets: a peak equal to it (in whole MiB) means the run fitted in memory the process still held from earlier runs or workloads (glibc keeps freed memory), so the run's own need may be smaller. For each process, the round with the largest peak is shown. Outpost's figure is the relay's and the agent's, a peer's is its own process.");
+    section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`), which is given in brackets: a peak equal to it (in whole MiB) means the run fitted in memory the process still held from earlier runs or workloads (glibc keeps freed memory), so the run's own need may be smaller. For each process, the round with the largest peak is shown. Outpost's figure is the relay's and the agent's; the floor's, its forwarders' in the order the client's bytes cross them; a peer's, its own process's.");
     Ok(section)
 }
 

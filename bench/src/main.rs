@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         // The floor's forwarders: one worker per CPU, as the relay and the agent run.
         Some("forward") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
-            run_on(Runtime::TwoThreads, forward::serve(&args))
+            run_on(Runtime::OnePerCpu, forward::serve(&args))
         }
         _ => run_on(Runtime::TwoThreads, until_signal(bench(Args::parse()))),
     };
@@ -166,6 +166,8 @@ fn words(command: Option<&str>) -> Vec<String> {
 enum Runtime {
     OneThread,
     TwoThreads,
+    /// tokio's default: a worker per CPU.
+    OnePerCpu,
 }
 
 fn run_on(
@@ -179,6 +181,7 @@ fn run_on(
             builder.worker_threads(2);
             builder
         }
+        Runtime::OnePerCpu => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build()?.block_on(future)
 }

@@ -1,7 +1,8 @@
 //! Workload (g): the peers' summary. supergateway and mcp-proxy run as targets in (a), (b)
 //! and (c), bridging the same stdio server; this gathers each target's ratio to direct from
-//! those sections, so Outpost and the peers can be compared on one line each. The peers
-//! speak the 2025 era, so the rows are the 2025-era targets.
+//! those sections, so Outpost and the peers can be compared on one line each, with the
+//! floor (two forwarders that read nothing) beside them when it ran. The peers speak the
+//! 2025 era, so the rows are the 2025-era targets.
 
 use serde_json::{Value, json};
 
@@ -72,7 +73,7 @@ pub(crate) fn summary(sections: &[Section]) -> Section {
 
     let mut section = Section::new(
         "g_peers",
-        "(g) ratio to direct, same run: Outpost beside the peers (lower is better on a and c, higher on b)",
+        "(g) ratio to direct, same run: Outpost beside the peers and the floor (lower is better on a and c, higher on b)",
         &[
             "target",
             "(a) p50 latency ratio",

@@ -1,7 +1,8 @@
 //! Starts what the workloads measure, each as a process of its own on 127.0.0.1, so that
 //! each one's memory and CPU can be read from /proc: the upstream MCP servers (this binary,
 //! `upstream-http` for the 2025 era and `upstream-http-2026` for the 2026 era), the real
-//! `outpost-relay` and `outpost-agent` release binaries, and the peers (supergateway,
+//! `outpost-relay` and `outpost-agent` release binaries, the floor's forwarders (this
+//! binary, `forward`) in front of the same HTTP upstreams, and the peers (supergateway,
 //! mcp-proxy) bridging the same upstream over stdio. Names the targets the load generator
 //! calls, each with the protocol era it is spoken to in. Does not measure.
 
@@ -215,7 +216,7 @@ impl RelayProcess {
 /// Which path a target measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// The rmcp HTTP server, called directly: the floor.
+    /// The rmcp HTTP server, called directly: the baseline every ratio divides by.
     Direct,
     /// Relay (TLS) → tunnel → agent → the rmcp HTTP server.
     OutpostHttp,
@@ -414,22 +415,30 @@ impl Stack {
     }
 
     /// Stops the agent, then the relay, with SIGTERM (a relay or agent under valgrind
-    /// writes its profile on a clean exit); the upstream and the peers are killed when dropped.
+    /// writes its profile on a clean exit); the upstream, the forwarders and the peers are
+    /// killed when dropped.
     pub(crate) async fn stop(mut self) {
         let _ = self.agent.terminate().await;
         let _ = self.relay.process.terminate().await;
     }
 
-    /// Keeps what the relay and the agent logged in `target/bench/logs/`, for a run whose
-    /// figures show errors.
+    /// Keeps what the relay, the agent and the forwarders logged in `target/bench/logs/`,
+    /// for a run whose figures show errors.
     fn save_logs(&self) {
         let dir = outpost_test_support::workspace_root().join("target/bench/logs");
         let saved = std::fs::create_dir_all(&dir).and_then(|()| {
             std::fs::write(dir.join("relay.log"), self.relay.process.output())?;
-            std::fs::write(dir.join("agent.log"), self.agent.output())
+            std::fs::write(dir.join("agent.log"), self.agent.output())?;
+            for (era, forwarders) in &self.floors {
+                for (n, process) in forwarders.iter().enumerate() {
+                    let name = format!("forwarder-{}-{}.log", n + 1, era.label());
+                    std::fs::write(dir.join(name), process.output())?;
+                }
+            }
+            Ok(())
         });
         match saved {
-            Ok(()) => eprintln!("relay and agent logs: {}", dir.display()),
+            Ok(()) => eprintln!("relay, agent and forwarder logs: {}", dir.display()),
             Err(err) => eprintln!("note: the logs were not saved in {}: {err}", dir.display()),
         }
     }
@@ -444,9 +453,10 @@ impl Stack {
                 .iter()
                 .filter(|(era, _)| *era == target.era())
                 .flat_map(|(_, forwarders)| {
-                    forwarders
+                    FORWARDER_LABELS
                         .iter()
-                        .map(|process| ("forwarder", process.pid().unwrap_or(0)))
+                        .zip(forwarders)
+                        .map(|(label, process)| (*label, process.pid().unwrap_or(0)))
                 })
                 .collect(),
             Route::OutpostHttp | Route::OutpostStdio => vec![
@@ -653,6 +663,8 @@ async fn run(program: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(output)
 }
 
+/// The floor's forwarders, in the order the client's bytes cross them.
+const FORWARDER_LABELS: [&str; 2] = ["forwarder 1", "forwarder 2"];
 /// The agent's name in the stack.
 pub(crate) const AGENT: &str = "bench";
 const PEER_START: Duration = Duration::from_secs(20);
