@@ -14,8 +14,8 @@
 //! - (f) `handshakes`: TLS handshakes per second the relay accepts.
 //! - (g) `peers`: supergateway and mcp-proxy beside Outpost on (a), (b) and (c).
 //!
-//! Beside Outpost in (a), (b) and (c) runs the floor of any two-hop path: two TLS
-//! forwarders in series (`forward`, this binary) that pass the bytes on unread.
+//! Beside Outpost in (a), (b) and (c) runs the floor: two TLS forwarders in series
+//! (`forward`, this binary; one with `--floor-hops 1`) that pass the bytes on unread.
 //!
 //! Targets take turns within each round (A B C A B C), at least two rounds.
 

@@ -1,7 +1,7 @@
 //! Workload (g): the peers' summary. supergateway and mcp-proxy run as targets in (a), (b)
 //! and (c), bridging the same stdio server; this gathers each target's ratio to direct from
 //! those sections, so Outpost and the peers can be compared on one line each, with the
-//! floor (two forwarders that read nothing) beside them when it ran. The peers speak the
+//! floor (forwarders that read nothing) beside them when it ran. The peers speak the
 //! 2025 era, so the rows are the 2025-era targets.
 
 use serde_json::{Value, json};

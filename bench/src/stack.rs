@@ -255,7 +255,7 @@ pub(crate) struct Stack {
     pub(crate) relay: RelayProcess,
     pub(crate) agent: Process,
     peers: Vec<(Route, Process)>,
-    /// Each era's forwarders, the one the client dials first.
+    /// Each era's forwarders, in the order the client's bytes cross them.
     floors: Vec<(Era, Vec<Process>)>,
     pub(crate) targets: Vec<Target>,
 }
@@ -429,6 +429,16 @@ impl Stack {
         let saved = std::fs::create_dir_all(&dir).and_then(|()| {
             std::fs::write(dir.join("relay.log"), self.relay.process.output())?;
             std::fs::write(dir.join("agent.log"), self.agent.output())?;
+            // A run with one forwarder must not leave an earlier run's second one's log.
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("forwarder-"))
+                {
+                    std::fs::remove_file(path)?;
+                }
+            }
             for (era, forwarders) in &self.floors {
                 for (n, process) in forwarders.iter().enumerate() {
                     let name = format!("forwarder-{}-{}.log", n + 1, era.label());
@@ -527,8 +537,8 @@ impl FloorHops {
 
 /// Starts the floor's forwarders in front of the HTTP server at `upstream_url`, with the
 /// relay's certificate: the client dials the first over TLS; with two, the first dials the
-/// second over TLS; the last dials the server over plain TCP. Returns them, the first
-/// first, and the MCP URL a client calls.
+/// second over TLS; the last dials the server over plain TCP. Returns them in the order
+/// the client's bytes cross them, and the MCP URL a client calls.
 async fn start_floor(
     binaries: &Binaries,
     home: &RelayHome,
@@ -555,19 +565,22 @@ async fn start_floor(
     let (forwarders, first_addr) = match hops {
         FloorHops::One => (vec![last], last_addr),
         FloorHops::Two => {
-            let mut first = spawn(&last_addr, Some(&ca))?;
+            let mut first = spawn(&last_addr.to_string(), Some(&ca))?;
             let first_addr = listening_on(&mut first).await?;
             (vec![first, last], first_addr)
         }
     };
-    let port = first_addr.rsplit(':').next().unwrap_or("");
+    let port = first_addr.port();
     Ok((forwarders, format!("https://localhost:{port}/mcp")))
 }
 
 /// The address a child of this binary printed as `listening on ADDR`.
-async fn listening_on(process: &mut Process) -> anyhow::Result<String> {
+async fn listening_on(process: &mut Process) -> anyhow::Result<SocketAddr> {
     let line = process.wait_for("listening on").await?;
-    Ok(line.rsplit(' ').next().unwrap_or("").to_owned())
+    line.rsplit(' ')
+        .next()
+        .and_then(|addr| addr.parse().ok())
+        .with_context(|| format!("no address in {line:?}"))
 }
 
 /// Starts a peer bridging `bench upstream-stdio` to Streamable HTTP on a free port; returns
