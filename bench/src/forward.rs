@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use outpost_relay::config::TlsFiles;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -29,18 +29,21 @@ use crate::client::tls_client_config;
 
 /// Serves as `forward CERT KEY NEXT [CA]`; `args` are the words after `forward`.
 pub(crate) async fn serve(args: &[String]) -> anyhow::Result<()> {
-    let [cert, key, next, rest @ ..] = args else {
-        anyhow::bail!("usage: outpost-bench forward CERT KEY NEXT [CA]");
-    };
-    let next: SocketAddr = next.parse().context("NEXT is an address")?;
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(Path::new(cert), Path::new(key))?));
-    let connector = match rest {
-        [] => None,
-        [ca] => Some(TlsConnector::from(Arc::new(tls_client_config(Path::new(
-            ca,
-        ))?))),
+    let (cert, key, next, ca) = match args {
+        [cert, key, next] => (cert, key, next, None),
+        [cert, key, next, ca] => (cert, key, next, Some(ca)),
         _ => anyhow::bail!("usage: outpost-bench forward CERT KEY NEXT [CA]"),
     };
+    let next: SocketAddr = next.parse().context("NEXT is an address")?;
+    // The relay's own listener configuration: TLS 1.3 only.
+    let acceptor = TlsAcceptor::from(outpost_relay::tls_config(&TlsFiles {
+        cert_file: cert.into(),
+        key_file: key.into(),
+    })?);
+    let connector = ca
+        .map(|ca| tls_client_config(Path::new(ca)))
+        .transpose()?
+        .map(|config| TlsConnector::from(Arc::new(config)));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
     // Every connection's task is owned here and ends with its connection or with the
@@ -112,18 +115,6 @@ async fn copy_both_ways(
         Err(err) => Err(err.into()),
         Ok(_) => Ok(()),
     }
-}
-
-/// TLS 1.3 only, with the certificate chain and key the relay serves.
-fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    Ok(rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?)
 }
 
 const COPY_BUFFER: usize = 64 * 1024;

@@ -185,13 +185,7 @@ impl RelayHome {
             &listen,
         ]);
         let mut process = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
-        let line = process.wait_for("listening on").await?;
-        let addr = line
-            .rsplit(' ')
-            .next()
-            .context("listening line")?
-            .parse()
-            .context("relay address")?;
+        let addr = listening_on(&mut process).await?;
         Ok(RelayProcess { process, addr })
     }
 }
@@ -272,14 +266,18 @@ impl Stack {
         agent_wrapper: &[String],
     ) -> anyhow::Result<Self> {
         let bench = binaries.bench.to_string_lossy().into_owned();
-        let (upstream, upstream_url) = start_upstream(binaries, "upstream-http").await?;
-        let (upstream_2026, upstream_2026_url) =
+        let (upstream, upstream_addr) = start_upstream(binaries, "upstream-http").await?;
+        let (upstream_2026, upstream_2026_addr) =
             start_upstream(binaries, "upstream-http-2026").await?;
+        let (upstream_url, upstream_2026_url) = (
+            format!("http://{upstream_addr}/mcp"),
+            format!("http://{upstream_2026_addr}/mcp"),
+        );
 
         let home = RelayHome::create(binaries).await?;
-        let (floor, floor_url) = start_floor(binaries, &home, floor_hops, &upstream_url).await?;
+        let (floor, floor_url) = start_floor(binaries, &home, floor_hops, upstream_addr).await?;
         let (floor_2026, floor_2026_url) =
-            start_floor(binaries, &home, floor_hops, &upstream_2026_url).await?;
+            start_floor(binaries, &home, floor_hops, upstream_2026_addr).await?;
         let [floor_name, floor_2026_name] = floor_hops.names();
         let relay = home
             .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), relay_wrapper)
@@ -499,12 +497,12 @@ pub(crate) fn direct_of(targets: &[Target], era: Era) -> usize {
         .expect("every era has a direct target")
 }
 
-/// Starts this binary as an upstream server (`mode`); returns it and its MCP URL.
-async fn start_upstream(binaries: &Binaries, mode: &str) -> anyhow::Result<(Process, String)> {
+/// Starts this binary as an upstream server (`mode`); returns it and its address (its MCP
+/// URL is `http://ADDR/mcp`).
+async fn start_upstream(binaries: &Binaries, mode: &str) -> anyhow::Result<(Process, SocketAddr)> {
     let mut upstream = Process::spawn(&binaries.bench, &[mode], &[])?;
-    let line = upstream.wait_for("listening on").await?;
-    let url = format!("http://{}/mcp", line.rsplit(' ').next().unwrap_or(""));
-    Ok((upstream, url))
+    let addr = listening_on(&mut upstream).await?;
+    Ok((upstream, addr))
 }
 
 /// How many forwarders the floor targets cross.
@@ -535,7 +533,7 @@ impl FloorHops {
     }
 }
 
-/// Starts the floor's forwarders in front of the HTTP server at `upstream_url`, with the
+/// Starts the floor's forwarders in front of the HTTP server at `upstream`, with the
 /// relay's certificate: the client dials the first over TLS; with two, the first dials the
 /// second over TLS; the last dials the server over plain TCP. Returns them in the order
 /// the client's bytes cross them, and the MCP URL a client calls.
@@ -543,12 +541,8 @@ async fn start_floor(
     binaries: &Binaries,
     home: &RelayHome,
     hops: FloorHops,
-    upstream_url: &str,
+    upstream: SocketAddr,
 ) -> anyhow::Result<(Vec<Process>, String)> {
-    let upstream = upstream_url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/mcp"))
-        .context("the upstream's URL is http://ADDR/mcp")?;
     let text = |path: PathBuf| path.to_string_lossy().into_owned();
     let (cert, key, ca) = (
         text(home.path("tls/cert.pem")),
@@ -560,7 +554,7 @@ async fn start_floor(
         args.extend(ca);
         Process::spawn(&binaries.bench, &args, &[])
     };
-    let mut last = spawn(upstream, None)?;
+    let mut last = spawn(&upstream.to_string(), None)?;
     let last_addr = listening_on(&mut last).await?;
     let (forwarders, first_addr) = match hops {
         FloorHops::One => (vec![last], last_addr),
@@ -574,7 +568,8 @@ async fn start_floor(
     Ok((forwarders, format!("https://localhost:{port}/mcp")))
 }
 
-/// The address a child of this binary printed as `listening on ADDR`.
+/// The address a child process printed as `listening on ADDR`: the relay, or this binary
+/// as an upstream or a forwarder.
 async fn listening_on(process: &mut Process) -> anyhow::Result<SocketAddr> {
     let line = process.wait_for("listening on").await?;
     line.rsplit(' ')

@@ -56,32 +56,27 @@ async fn the_benchmark_runs_in_quick_mode() -> anyhow::Result<()> {
     }
     // A target that answers nothing still prints its row: every load must have made calls,
     // and none may have failed.
-    let runs = |key: &str, parts: &[&str]| -> Vec<(String, serde_json::Value)> {
-        let items = results[key].as_array().cloned().unwrap_or_default();
+    for (key, parts) in [
+        ("a_latency", &["outcome"][..]),
+        ("b_throughput", &["outcome"]),
+        ("b_open_loop", &["outcome"]),
+        ("c_large_results", &["big", "small"]),
+    ] {
+        let items = results[key].as_array().map_or(&[][..], Vec::as_slice);
         assert!(!items.is_empty(), "{key} has no runs");
-        items
-            .iter()
-            .flat_map(|item| {
-                parts.iter().map(move |part| {
-                    let name = format!("{key} {} {part}", item["target"]);
-                    (name, item[*part].clone())
-                })
-            })
-            .collect()
-    };
-    for (name, outcome) in runs("a_latency", &["outcome"])
-        .into_iter()
-        .chain(runs("b_throughput", &["outcome"]))
-        .chain(runs("b_open_loop", &["outcome"]))
-        .chain(runs("c_large_results", &["big", "small"]))
-    {
-        assert!(outcome["calls"].as_u64() > Some(0), "{name} made no calls");
-        assert_eq!(
-            outcome["errors"].as_u64(),
-            Some(0),
-            "{name} failed: {}",
-            outcome["first_error"]
-        );
+        for item in items {
+            for part in parts {
+                let outcome = &item[*part];
+                let name = format!("{key} {} {part}", item["target"]);
+                assert!(outcome["calls"].as_u64() > Some(0), "{name} made no calls");
+                assert_eq!(
+                    outcome["errors"].as_u64(),
+                    Some(0),
+                    "{name} failed: {}",
+                    outcome["first_error"]
+                );
+            }
+        }
     }
     for round in results["f_handshakes"].as_array().into_iter().flatten() {
         assert_eq!(round["failures"].as_u64(), Some(0), "handshakes failed");
