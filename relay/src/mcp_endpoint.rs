@@ -353,19 +353,19 @@ async fn handle_post(
     // connection breaks; a new session's first answers are read whole, and a stateless
     // request has no session to resume in.
     let resumable = streaming && !stateless && !created;
-    // Forwarding runs in a task of its own: a client that hangs up mid-request must not
-    // cut a message in half on the tunnel (which would end the session).
     let forwarding = {
         let session = session.clone();
-        app.tasks.spawn(async move {
+        async move {
             if resumable {
                 session.submit_resumable(messages).await
             } else {
                 session.submit(messages, streaming).await
             }
-        })
+        }
     };
-    let submitted = forwarding.await.unwrap_or(Err(RelayError::Internal));
+    let submitted = finish_detached(&app.tasks, forwarding)
+        .await
+        .unwrap_or(Err(RelayError::Internal));
     let submission = match submitted {
         Ok(Some(submission)) => submission,
         Ok(None) => return Ok(StatusCode::ACCEPTED.into_response()),
@@ -523,6 +523,25 @@ async fn handle_post(
         response.headers_mut().extend(rotation);
         Ok(response)
     }
+}
+
+/// Runs `future` to its end even if the caller is dropped on the way: a client that hangs
+/// up mid-request must not cut a message in half on the tunnel (which would end the
+/// session). A future done at its first poll (the usual case: the messages fit the
+/// stream's credit) finishes here, with no task of its own. Spawning it would wake the
+/// runtime's other worker for every request, and let the tunnel's writer send a new
+/// stream's `Open` in one write and its message in the next. `None` if the task panicked.
+async fn finish_detached<F>(tasks: &tokio_util::task::TaskTracker, future: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut future = Box::pin(future);
+    if let std::task::Poll::Ready(output) = futures_util::poll!(future.as_mut()) {
+        return Some(output);
+    }
+    // Pending: the rest runs in a task, which polls it from where this poll left it.
+    tasks.spawn(future).await.ok()
 }
 
 /// Resolves the agent and server, opens a tunnel stream and creates the session.

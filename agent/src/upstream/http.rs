@@ -77,10 +77,14 @@ pub(super) async fn serve(
     });
 
     let mut initialized = false;
+    let mut stateless = false;
+    // Fires when a stateless stream's one request has been answered (see below).
+    let answered = CancellationToken::new();
     loop {
         let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
+            _ = answered.cancelled() => break,
             message = receiver.recv() => match message {
                 Ok(message) => message,
                 Err(_) => break,
@@ -108,6 +112,10 @@ pub(super) async fn serve(
             // A stateless request (2026 era) opens no session: it runs like any other, so
             // the stream's end (its client went away) still stops it. A listen stream
             // would otherwise hold the upstream request open until the upstream ends it.
+            // Its stream carries nothing after the answer, so the agent closes it then:
+            // the Close leaves with the answer, where waiting for the relay's would cost
+            // both sides another wake-up per request.
+            stateless = outgoing.request_id.is_some();
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
@@ -116,9 +124,11 @@ pub(super) async fn serve(
         if outgoing.request_id.is_some() {
             // Requests run concurrently: a long call must hold up neither the next call
             // nor its cancellation.
+            let done = std::mem::take(&mut stateless).then(|| answered.clone().drop_guard());
             bridge.tasks.spawn(async move {
                 let _permit = permit;
                 task.exchange(outgoing).await;
+                drop(done);
             });
         } else {
             // Notifications and responses are posted in order (the server answers them at
@@ -631,7 +641,171 @@ const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use outpost_protocol::CloseCode;
+    use outpost_tunnel::{Stream, StreamEnd, StreamError, TunnelConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
     use super::EventSizeGuard;
+    use crate::upstream::{Calls, InFlight, ServerRuntime, SharedProcesses, UpstreamContext};
+
+    /// A Streamable HTTP server on loopback that answers every POST with a JSON answer to
+    /// id 1 (and a session id to `initialize`), and every other request with 200.
+    async fn json_server() -> url::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < head_end + 4 + len {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> =
+                            buf.drain(..head_end + 4 + len).skip(head_end + 4).collect();
+                        let response = if !head.starts_with("post") {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                        } else {
+                            let session =
+                                if String::from_utf8_lossy(&body).contains("\"initialize\"") {
+                                    "mcp-session-id: s1\r\n"
+                                } else {
+                                    ""
+                                };
+                            let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{session}content-length: {}\r\n\r\n{answer}",
+                                answer.len()
+                            )
+                        };
+                        if conn.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    /// A tunnel over an in-memory socket, with one stream served by [`super::serve`] on
+    /// `url`: the relay's side of that stream, and the token that stops it all.
+    async fn served(url: url::Url) -> (Stream, CancellationToken) {
+        let config = TunnelConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            chunk_len: 16 * 1024,
+            max_message_len: 1024 * 1024,
+            initial_window: 1024 * 1024,
+            peer_chunk_len: 16 * 1024,
+            max_streams: 8,
+        };
+        let stop = CancellationToken::new();
+        let (relay_side, stream, meta, agent) = super::super::opened_stream(config, &stop).await;
+        let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
+        let redactor = Arc::new(redactor);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let in_flight = InFlight::new();
+        let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, None).unwrap();
+        let runtime = Arc::new(ServerRuntime::new("erp".into(), policy));
+        let calls = Calls::new(
+            in_flight.clone(),
+            runtime,
+            metrics.clone(),
+            redactor.clone(),
+        );
+        let ctx = UpstreamContext {
+            in_flight,
+            http: reqwest::Client::builder()
+                .use_preconfigured_tls(crate::local_tls().unwrap())
+                .no_proxy()
+                .build()
+                .unwrap(),
+            max_message_len: config.max_message_len,
+            cancel: stop.clone(),
+            metrics,
+            redactor,
+            shared: Arc::new(SharedProcesses::new(tokio_util::task::TaskTracker::new())),
+        };
+        let http = crate::config::HttpConfig {
+            url,
+            headers: vec![],
+            reference_values: vec![],
+        };
+        tokio::spawn(async move {
+            let _agent = agent;
+            super::serve("erp", &http, stream, meta, calls, ctx).await;
+        });
+        (relay_side, stop)
+    }
+
+    async fn within<F: std::future::Future>(future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .expect("in time")
+    }
+
+    const ANSWER: &[u8] = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+
+    /// A stateless (2026-era) request's stream is over once it is answered: the agent
+    /// closes it behind the answer, without waiting for the relay's Close.
+    #[tokio::test]
+    async fn a_stateless_request_s_stream_is_closed_behind_its_answer() {
+        let (mut relay_side, stop) = served(json_server().await).await;
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        relay_side.sender.send(Bytes::from(request)).await.unwrap();
+        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
+        match within(relay_side.receiver.recv()).await {
+            Err(StreamError::Ended(StreamEnd::Closed { code, .. })) => {
+                assert_eq!(code, CloseCode::Normal);
+            }
+            other => panic!("expected the agent's Close, got {other:?}"),
+        }
+        stop.cancel();
+    }
+
+    /// A 2025-era session's stream stays open between its requests: only the relay ends it.
+    #[tokio::test]
+    async fn a_session_s_stream_stays_open_after_an_answer() {
+        let (mut relay_side, stop) = served(json_server().await).await;
+        let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        relay_side
+            .sender
+            .send(Bytes::from(initialize))
+            .await
+            .unwrap();
+        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        relay_side.sender.send(Bytes::from(call)).await.unwrap();
+        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
+        let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
+        assert!(
+            more.await.is_err(),
+            "the session's stream ended after an answer"
+        );
+        stop.cancel();
+    }
 
     #[test]
     fn events_are_measured_across_chunks_and_line_endings() {

@@ -197,3 +197,38 @@ pub(crate) const ERROR_UPSTREAM: i64 = -32012;
 pub(crate) const ERROR_TIMEOUT: i64 = -32014;
 /// JSON-RPC code: a message exceeded a size limit.
 pub(crate) const ERROR_TOO_LARGE: i64 = -32015;
+
+/// A relay and an agent tunnel over an in-memory socket, for tests of the upstream
+/// bridges: one stream opened by the relay, as each side sees it, with its `Open`'s
+/// metadata. The tunnels run until `stop` fires; the agent's tunnel is returned so the
+/// test keeps it alive.
+#[cfg(test)]
+pub(crate) async fn opened_stream(
+    config: outpost_tunnel::TunnelConfig,
+    stop: &CancellationToken,
+) -> (
+    outpost_tunnel::Stream,
+    outpost_tunnel::Stream,
+    Vec<(String, String)>,
+    outpost_tunnel::Tunnel<outpost_protocol::AgentFrame>,
+) {
+    use outpost_protocol::{AgentFrame, RelayFrame};
+    use outpost_tunnel::{Tunnel, TunnelEvent};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let relay_socket = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let agent_socket = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+    let (relay, _, relay_driver) =
+        Tunnel::<RelayFrame>::start::<_, AgentFrame>(relay_socket, config, stop.clone());
+    let (agent, mut events, agent_driver) =
+        Tunnel::<AgentFrame>::start::<_, RelayFrame>(agent_socket, config, stop.clone());
+    tokio::spawn(relay_driver);
+    tokio::spawn(agent_driver);
+    let relay_side = relay.open_stream("erp", vec![]).unwrap();
+    let Some(TunnelEvent::Open { stream, meta, .. }) = events.recv().await else {
+        panic!("no stream opened");
+    };
+    (relay_side, stream, meta, agent)
+}

@@ -203,6 +203,12 @@ pub(super) async fn serve(
                 if forward(&sender, &calls, answer).await.is_err() {
                     break;
                 }
+                // A stateless stream carries one request: with its answer sent, the stream
+                // is over, and its Close leaves with the answer rather than after the
+                // relay's (a wake-up of each side fewer per request).
+                if sent.is_empty() {
+                    break;
+                }
             }
             message = receiver.recv() => {
                 let Ok(message) = message else { break };

@@ -1064,10 +1064,7 @@ mod tests {
     async fn wired(call_timeout: Option<Duration>, window: u32, pipe: usize) -> Wired {
         use std::sync::Arc;
 
-        use outpost_protocol::{AgentFrame, RelayFrame};
-        use outpost_tunnel::{Tunnel, TunnelConfig, TunnelEvent};
-        use tokio_tungstenite::WebSocketStream;
-        use tokio_tungstenite::tungstenite::protocol::Role;
+        use outpost_tunnel::TunnelConfig;
 
         let config = TunnelConfig {
             heartbeat_interval: Duration::from_secs(10),
@@ -1077,20 +1074,9 @@ mod tests {
             peer_chunk_len: 16 * 1024,
             max_streams: 8,
         };
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let relay_socket = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-        let agent_socket = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let stop = tokio_util::sync::CancellationToken::new();
-        let (relay, _, relay_driver) =
-            Tunnel::<RelayFrame>::start::<_, AgentFrame>(relay_socket, config, stop.clone());
-        let (agent_tunnel, mut agent_events, agent_driver) =
-            Tunnel::<AgentFrame>::start::<_, RelayFrame>(agent_socket, config, stop.clone());
-        tokio::spawn(relay_driver);
-        tokio::spawn(agent_driver);
-        let relay_side = relay.open_stream("erp", vec![]).unwrap();
-        let Some(TunnelEvent::Open { stream, .. }) = agent_events.recv().await else {
-            panic!("no stream opened");
-        };
+        let (relay_side, stream, _, agent_tunnel) =
+            super::super::opened_stream(config, &stop).await;
         let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
         let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
         let calls = Calls::new(
