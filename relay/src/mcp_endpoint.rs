@@ -443,21 +443,21 @@ async fn handle_post(
             // A stateless answer's HTTP status depends on its error (404 for an unknown
             // method, 400 for a bad request), so a lone answer goes back as JSON with its
             // status; anything else (progress, logs, input requests) opens the SSE stream.
-            match initial
+            if let Some(message) = initial
                 .pop_front()
                 .or_else(|| held.take().map(|first| first.body))
             {
-                Some(message) if is_answer(&message) => {
-                    drop(slots);
-                    drop(one_shot);
-                    let status = stateless_status(&message);
-                    let mut response = json_response(vec![filter(message)]);
-                    *response.status_mut() = status;
-                    response.headers_mut().extend(rotation);
-                    return Ok(response);
+                match answer_status(&message) {
+                    Some(status) => {
+                        drop(slots);
+                        drop(one_shot);
+                        let mut response = json_response(vec![filter(message)]);
+                        *response.status_mut() = status;
+                        response.headers_mut().extend(rotation);
+                        return Ok(response);
+                    }
+                    None => initial.push_front(message),
                 }
-                Some(message) => initial.push_front(message),
-                None => {}
             }
         }
         let initial: VecDeque<Outbound> = initial
@@ -1126,15 +1126,15 @@ pub(crate) async fn stateless_answer(
     } else {
         None
     };
-    match first {
-        Some(message) if is_answer(&message) => {
-            let status = stateless_status(&message);
+    let status = first.as_deref().and_then(answer_status);
+    match (first, status) {
+        (Some(message), Some(status)) => {
             let mut response = json_response(vec![message]);
             *response.status_mut() = status;
             response
         }
-        Some(message) => channel_sse_with(app, Some(message), rx, None),
-        None => {
+        (Some(message), None) => channel_sse_with(app, Some(message), rx, None),
+        (None, _) => {
             let mut answers = Vec::new();
             while let Some(message) = rx.recv().await {
                 answers.push(message);
@@ -1266,28 +1266,26 @@ pub(crate) fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
 }
 
-/// Whether a message from the upstream is a response (result or error).
-fn is_answer(message: &[u8]) -> bool {
-    matches!(jsonrpc::classify(message), Ok(Kind::Response { .. }))
-}
-
 /// The HTTP status MCP 2026-07-28 gives a stateless request's answer: 404 with -32601
 /// (unknown or removed method), 400 with a protocol error of the request itself (parse,
 /// invalid request or params, header mismatch, missing client capability, unsupported
 /// version), 200 otherwise. A stdio upstream has no status of its own, so one rule serves
-/// every upstream.
-fn stateless_status(message: &[u8]) -> StatusCode {
-    match jsonrpc::classify(message) {
-        Ok(Kind::Response {
-            error_code: Some(code),
-            ..
-        }) => match code {
-            -32601 => StatusCode::NOT_FOUND,
-            -32700 | -32600 | -32602 | -32020 | -32021 | -32022 => StatusCode::BAD_REQUEST,
-            _ => StatusCode::OK,
-        },
+/// every upstream. `None` when the message is not an answer (progress, a log, an input
+/// request): one reading of the message says both.
+fn answer_status(message: &[u8]) -> Option<StatusCode> {
+    let Ok(Kind::Response { error_code, .. }) = jsonrpc::classify(message) else {
+        return None;
+    };
+    Some(match error_code {
+        Some(-32601) => StatusCode::NOT_FOUND,
+        Some(-32700 | -32600 | -32602 | -32020 | -32021 | -32022) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
-    }
+    })
+}
+
+/// [`answer_status`], 200 for a message that is not an answer.
+fn stateless_status(message: &[u8]) -> StatusCode {
+    answer_status(message).unwrap_or(StatusCode::OK)
 }
 
 /// Whether a request belongs to a stateless revision (2026-07-28): no session, one POST.
@@ -1450,6 +1448,32 @@ mod tests {
         );
         let lines = Bytes::from([&b"{\n"[..], &message[1..]].concat());
         assert!(sse_frames(&lines, None).message.is_none());
+    }
+
+    #[test]
+    fn a_stateless_answer_s_status_comes_from_its_error_and_other_messages_have_none() {
+        let answer = |tail: &str| format!(r#"{{"jsonrpc":"2.0","id":7,{tail}}}"#);
+        let status = |message: String| answer_status(message.as_bytes());
+        assert_eq!(status(answer(r#""result":{}"#)), Some(StatusCode::OK));
+        assert_eq!(status(answer(r#""result":null"#)), Some(StatusCode::OK));
+        let error = |code: i64| answer(&format!(r#""error":{{"code":{code},"message":"m"}}"#));
+        assert_eq!(status(error(-32601)), Some(StatusCode::NOT_FOUND));
+        for code in [-32700, -32600, -32602, -32020, -32021, -32022] {
+            assert_eq!(status(error(code)), Some(StatusCode::BAD_REQUEST), "{code}");
+        }
+        for code in [-32603, -32000, -32012, 1] {
+            assert_eq!(status(error(code)), Some(StatusCode::OK), "{code}");
+        }
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+        let request = r#"{"jsonrpc":"2.0","id":3,"method":"elicitation/create","params":{}}"#;
+        for message in [progress, request, "not json"] {
+            assert_eq!(answer_status(message.as_bytes()), None, "{message}");
+            assert_eq!(
+                stateless_status(message.as_bytes()),
+                StatusCode::OK,
+                "{message}"
+            );
+        }
     }
 
     #[test]
