@@ -421,8 +421,14 @@ impl Store for SqliteStore {
     async fn record_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
         // Rows go in a few at a time: each statement is one round trip to the connection's
         // thread, which a statement per event made the larger part of the writer's cost.
+        // And in a few shapes only, so that every statement is prepared once per
+        // connection and found in its cache afterwards: a batch's last rows in an INSERT
+        // of their own count were a new statement to prepare at nearly every flush.
         let mut tx = self.pool.begin().await?;
-        for rows in events.chunks(USAGE_ROWS_PER_INSERT) {
+        let mut rest = events;
+        while !rest.is_empty() {
+            let (rows, after) = rest.split_at(insert_rows(rest.len()));
+            rest = after;
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_events (at, org_id, key_id, agent, server, method, tool, \
                  status, error_code, latency_us, bytes_in, bytes_out) ",
@@ -591,6 +597,17 @@ const POOL_SIZE: u32 = 4;
 /// Usage rows per INSERT: 12 values each, 768 in all, within the 999 bound parameters of
 /// SQLite builds before 3.32.
 const USAGE_ROWS_PER_INSERT: usize = 64;
+/// The row counts an INSERT of usage takes, largest first: a batch of any size is written
+/// in at most three statements of each smaller shape beyond its full ones.
+const USAGE_INSERT_SHAPES: [usize; 4] = [USAGE_ROWS_PER_INSERT, 16, 4, 1];
+
+/// How many of `left` rows the next INSERT takes: the largest shape that fits.
+fn insert_rows(left: usize) -> usize {
+    USAGE_INSERT_SHAPES
+        .into_iter()
+        .find(|&shape| shape <= left)
+        .unwrap_or(left)
+}
 const KEY_COLUMNS: &str = "id, org_id, kind, environment, name, role, agent_id, hash, \
                            created_at, expires_at, revoked_at, scopes, tool_scopes, \
                            rate_per_second, burst, last_used_at, replaced_by, created_by";
@@ -695,5 +712,22 @@ mod tests {
             .collect();
         store.record_usage(&events).await.unwrap();
         assert_eq!(store.usage_since(&org.id, 0).await.unwrap(), events);
+    }
+
+    #[test]
+    fn a_batch_of_any_size_is_cut_into_a_few_insert_shapes() {
+        for len in 0..1_000 {
+            let mut left = len;
+            let mut cuts = Vec::new();
+            while left > 0 {
+                let rows = insert_rows(left);
+                assert!(USAGE_INSERT_SHAPES.contains(&rows), "{len}: {rows}");
+                cuts.push(rows);
+                left -= rows;
+            }
+            let full = len / USAGE_ROWS_PER_INSERT;
+            assert!(cuts.len() <= full + 9, "{len}: {cuts:?}");
+            assert!(cuts.is_sorted_by(|a, b| a >= b), "{len}: {cuts:?}");
+        }
     }
 }
