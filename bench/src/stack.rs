@@ -397,13 +397,20 @@ impl Stack {
     }
 
     /// Keeps the direct paths and the targets whose names contain one of `words`; all of
-    /// them when `words` is empty.
+    /// them when `words` is empty. The forwarders of a floor left out are stopped (dropped),
+    /// so that no idle process sits beside the measured ones.
     pub(crate) fn keep(mut self, words: &[String]) -> Self {
         if !words.is_empty() {
             self.targets.retain(|t| {
                 t.path == Route::Direct || words.iter().any(|w| t.name.contains(w.as_str()))
             });
         }
+        let targets = &self.targets;
+        self.floors.retain(|(era, _)| {
+            targets
+                .iter()
+                .any(|t| t.path == Route::Floor && t.era() == *era)
+        });
         self
     }
 
