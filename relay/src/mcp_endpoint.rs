@@ -530,7 +530,8 @@ async fn handle_post(
 /// session). A future done at its first poll (the usual case: the messages fit the
 /// stream's credit) finishes here, with no task of its own. Spawning it would wake the
 /// runtime's other worker for every request, and let the tunnel's writer send a new
-/// stream's `Open` in one write and its message in the next. `None` if the task panicked.
+/// stream's `Open` in one write and its message in the next. `None` if the task it went on
+/// in panicked; a panic at the first poll unwinds here, like one anywhere in the handler.
 async fn finish_detached<F>(tasks: &tokio_util::task::TaskTracker, future: F) -> Option<F::Output>
 where
     F: std::future::Future + Send + 'static,

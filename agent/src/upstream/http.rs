@@ -113,9 +113,11 @@ pub(super) async fn serve(
             // the stream's end (its client went away) still stops it. A listen stream
             // would otherwise hold the upstream request open until the upstream ends it.
             // Its stream carries nothing after the answer, so the agent closes it then:
-            // the Close leaves with the answer, where waiting for the relay's would cost
-            // both sides another wake-up per request.
-            stateless = outgoing.request_id.is_some();
+            // the Close follows the answer, where waiting for the relay's would cost
+            // both sides another wake-up per request. The stream's metadata says so
+            // (the relay forwards the request's `MCP-Protocol-Version`), not the first
+            // message alone: a 2025 batch may put a request before its `initialize`.
+            stateless = outgoing.request_id.is_some() && super::is_stateless(&meta);
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
@@ -641,17 +643,16 @@ const GET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use bytes::Bytes;
-    use outpost_protocol::CloseCode;
-    use outpost_tunnel::{Stream, StreamEnd, StreamError, TunnelConfig};
+    use outpost_tunnel::Stream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
 
+    use crate::upstream::within;
+
     use super::EventSizeGuard;
-    use crate::upstream::{Calls, InFlight, ServerRuntime, SharedProcesses, UpstreamContext};
 
     /// A Streamable HTTP server on loopback that answers every POST with a JSON answer to
     /// id 1 (and a session id to `initialize`), and every other request with 200.
@@ -711,43 +712,15 @@ mod tests {
     }
 
     /// A tunnel over an in-memory socket, with one stream served by [`super::serve`] on
-    /// `url`: the relay's side of that stream, and the token that stops it all.
-    async fn served(url: url::Url) -> (Stream, CancellationToken) {
-        let config = TunnelConfig {
-            heartbeat_interval: Duration::from_secs(10),
-            chunk_len: 16 * 1024,
-            max_message_len: 1024 * 1024,
-            initial_window: 1024 * 1024,
-            peer_chunk_len: 16 * 1024,
-            max_streams: 8,
-        };
+    /// `url`, opened for a request of protocol `version`: the relay's side of that stream,
+    /// and the token that stops it all.
+    async fn served(url: url::Url, version: &str) -> (Stream, CancellationToken) {
+        let config = super::super::test_tunnel_config();
         let stop = CancellationToken::new();
-        let (relay_side, stream, meta, agent) = super::super::opened_stream(config, &stop).await;
-        let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
-        let redactor = Arc::new(redactor);
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let in_flight = InFlight::new();
-        let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, None).unwrap();
-        let runtime = Arc::new(ServerRuntime::new("erp".into(), policy));
-        let calls = Calls::new(
-            in_flight.clone(),
-            runtime,
-            metrics.clone(),
-            redactor.clone(),
-        );
-        let ctx = UpstreamContext {
-            in_flight,
-            http: reqwest::Client::builder()
-                .use_preconfigured_tls(crate::local_tls().unwrap())
-                .no_proxy()
-                .build()
-                .unwrap(),
-            max_message_len: config.max_message_len,
-            cancel: stop.clone(),
-            metrics,
-            redactor,
-            shared: Arc::new(SharedProcesses::new(tokio_util::task::TaskTracker::new())),
-        };
+        let meta = vec![("mcp-protocol-version".to_owned(), version.to_owned())];
+        let (relay_side, stream, meta, agent) =
+            super::super::opened_stream(config, meta, &stop).await;
+        let (calls, ctx) = super::super::test_context(config.max_message_len, &stop);
         let http = crate::config::HttpConfig {
             url,
             headers: vec![],
@@ -760,51 +733,40 @@ mod tests {
         (relay_side, stop)
     }
 
-    async fn within<F: std::future::Future>(future: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(10), future)
-            .await
-            .expect("in time")
-    }
-
     const ANSWER: &[u8] = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
 
     /// A stateless (2026-era) request's stream is over once it is answered: the agent
     /// closes it behind the answer, without waiting for the relay's Close.
     #[tokio::test]
     async fn a_stateless_request_s_stream_is_closed_behind_its_answer() {
-        let (mut relay_side, stop) = served(json_server().await).await;
+        let (mut relay_side, stop) = served(json_server().await, "2026-07-28").await;
         let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
         relay_side.sender.send(Bytes::from(request)).await.unwrap();
         assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
-        match within(relay_side.receiver.recv()).await {
-            Err(StreamError::Ended(StreamEnd::Closed { code, .. })) => {
-                assert_eq!(code, CloseCode::Normal);
-            }
-            other => panic!("expected the agent's Close, got {other:?}"),
-        }
+        super::super::assert_closed_by_agent(&mut relay_side).await;
         stop.cancel();
     }
 
     /// A 2025-era session's stream stays open between its requests: only the relay ends it.
+    /// Also when its first message is a request other than `initialize` (a batch may put
+    /// one before it): the stream's metadata, not the first message, says stateless.
     #[tokio::test]
     async fn a_session_s_stream_stays_open_after_an_answer() {
-        let (mut relay_side, stop) = served(json_server().await).await;
         let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-        relay_side
-            .sender
-            .send(Bytes::from(initialize))
-            .await
-            .unwrap();
-        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
         let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
-        relay_side.sender.send(Bytes::from(call)).await.unwrap();
-        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
-        let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
-        assert!(
-            more.await.is_err(),
-            "the session's stream ended after an answer"
-        );
-        stop.cancel();
+        for first in [initialize, call] {
+            let (mut relay_side, stop) = served(json_server().await, "2025-06-18").await;
+            for message in [first, call] {
+                relay_side.sender.send(Bytes::from(message)).await.unwrap();
+                assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
+            }
+            let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
+            assert!(
+                more.await.is_err(),
+                "the session's stream ended after an answer"
+            );
+            stop.cancel();
+        }
     }
 
     #[test]

@@ -199,12 +199,13 @@ pub(crate) const ERROR_TIMEOUT: i64 = -32014;
 pub(crate) const ERROR_TOO_LARGE: i64 = -32015;
 
 /// A relay and an agent tunnel over an in-memory socket, for tests of the upstream
-/// bridges: one stream opened by the relay, as each side sees it, with its `Open`'s
-/// metadata. The tunnels run until `stop` fires; the agent's tunnel is returned so the
-/// test keeps it alive.
+/// bridges: one stream opened by the relay with `meta`, as each side sees it, with the
+/// metadata the agent read. The tunnels run until `stop` fires; the agent's tunnel is
+/// returned so the test keeps it alive.
 #[cfg(test)]
 pub(crate) async fn opened_stream(
     config: outpost_tunnel::TunnelConfig,
+    meta: Vec<(String, String)>,
     stop: &CancellationToken,
 ) -> (
     outpost_tunnel::Stream,
@@ -226,9 +227,78 @@ pub(crate) async fn opened_stream(
         Tunnel::<AgentFrame>::start::<_, RelayFrame>(agent_socket, config, stop.clone());
     tokio::spawn(relay_driver);
     tokio::spawn(agent_driver);
-    let relay_side = relay.open_stream("erp", vec![]).unwrap();
+    let relay_side = relay.open_stream("erp", meta).unwrap();
     let Some(TunnelEvent::Open { stream, meta, .. }) = events.recv().await else {
         panic!("no stream opened");
     };
     (relay_side, stream, meta, agent)
+}
+
+/// What [`serve`] and the bridges need besides the stream, for tests: an open policy and
+/// no secrets, the agent's local HTTP client, stopped with `stop`.
+#[cfg(test)]
+pub(crate) fn test_context(
+    max_message_len: usize,
+    stop: &CancellationToken,
+) -> (Calls, UpstreamContext) {
+    let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
+    let redactor = Arc::new(redactor);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let in_flight = InFlight::new();
+    let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, None).unwrap();
+    let runtime = Arc::new(ServerRuntime::new("erp".into(), policy));
+    let calls = Calls::new(
+        in_flight.clone(),
+        runtime,
+        metrics.clone(),
+        redactor.clone(),
+    );
+    let ctx = UpstreamContext {
+        in_flight,
+        http: reqwest::Client::builder()
+            .use_preconfigured_tls(crate::local_tls().unwrap())
+            .no_proxy()
+            .build()
+            .unwrap(),
+        max_message_len,
+        cancel: stop.clone(),
+        metrics,
+        redactor,
+        shared: Arc::new(SharedProcesses::new(tokio_util::task::TaskTracker::new())),
+    };
+    (calls, ctx)
+}
+
+/// The tunnel settings of the bridges' tests: 1 MiB messages and window.
+#[cfg(test)]
+pub(crate) fn test_tunnel_config() -> outpost_tunnel::TunnelConfig {
+    outpost_tunnel::TunnelConfig {
+        heartbeat_interval: std::time::Duration::from_secs(10),
+        chunk_len: 16 * 1024,
+        max_message_len: 1024 * 1024,
+        initial_window: 1024 * 1024,
+        peer_chunk_len: 16 * 1024,
+        max_streams: 8,
+    }
+}
+
+/// `future`'s output, or a test failure after 20 s.
+#[cfg(test)]
+pub(crate) async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(20), future)
+        .await
+        .expect("in time")
+}
+
+/// Asserts that the next thing on the relay's side of a stream is the agent's Close, with
+/// code `Normal`.
+#[cfg(test)]
+pub(crate) async fn assert_closed_by_agent(relay_side: &mut outpost_tunnel::Stream) {
+    use outpost_tunnel::{StreamEnd, StreamError};
+    match within(relay_side.receiver.recv()).await {
+        Err(StreamError::Ended(StreamEnd::Closed { code, .. })) => {
+            assert_eq!(code, outpost_protocol::CloseCode::Normal);
+        }
+        other => panic!("expected the agent's Close, got {other:?}"),
+    }
 }

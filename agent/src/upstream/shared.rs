@@ -158,6 +158,9 @@ struct Sent {
     id: String,
     /// The client's progress token (JSON text).
     token: Option<String>,
+    /// The request is an `initialize`: a session's start, whose stream goes on after the
+    /// answer (a stateless request never is one).
+    initialize: bool,
 }
 
 /// Serves one stateless stream through server `name`'s shared process.
@@ -204,9 +207,10 @@ pub(super) async fn serve(
                     break;
                 }
                 // A stateless stream carries one request: with its answer sent, the stream
-                // is over, and its Close leaves with the answer rather than after the
-                // relay's (a wake-up of each side fewer per request).
-                if sent.is_empty() {
+                // is over, and its Close follows the answer rather than the relay's (a
+                // wake-up of each side fewer per request). Not after an `initialize`,
+                // which only a session's stream begins with.
+                if sent.is_empty() && !request.initialize {
                     break;
                 }
             }
@@ -297,6 +301,7 @@ async fn from_client(
                 Sent {
                     id: rewritten.id,
                     token: rewritten.token,
+                    initialize: method.as_deref() == Some("initialize"),
                 },
             );
             // If the child just went away, its supervisor answers the request.
@@ -894,3 +899,101 @@ const STDIN_DEPTH: usize = 64;
 const STDOUT_DEPTH: usize = 64;
 /// Notifications queued for one stream; beyond, they are dropped (never an answer).
 const EVENTS_PER_STREAM: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use outpost_tunnel::Stream;
+    use secrecy::SecretString;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::upstream::within;
+
+    use crate::config::StdioConfig;
+
+    /// A stdio MCP server in a few lines of Python: every request gets an empty result.
+    const SERVER: &str = r#"
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if "id" in message and "method" in message:
+        print(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}), flush=True)
+"#;
+
+    /// A stream of the stateless era served by [`super::serve`] through the shared
+    /// process of [`SERVER`]: the relay's side of it, and the token that stops it all.
+    async fn served() -> (Stream, CancellationToken) {
+        let config = super::super::test_tunnel_config();
+        let stop = CancellationToken::new();
+        let meta = vec![("mcp-protocol-version".to_owned(), "2026-07-28".to_owned())];
+        let (relay_side, stream, meta, agent) =
+            super::super::opened_stream(config, meta, &stop).await;
+        let (calls, ctx) = super::super::test_context(config.max_message_len, &stop);
+        let stdio = StdioConfig {
+            command: python3(),
+            args: vec!["-c".into(), SERVER.into()],
+            env: Vec::<(String, SecretString)>::new(),
+            env_is_secret: vec![],
+            reference_values: vec![],
+            cwd: None,
+        };
+        tokio::spawn(async move {
+            let _agent = agent;
+            super::serve("erp", &stdio, stream, meta, calls, ctx).await;
+        });
+        (relay_side, stop)
+    }
+
+    /// python3 as found on `PATH`: the child itself gets no environment to search.
+    fn python3() -> String {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join("python3"))
+            .find(|path| path.is_file())
+            .expect("python3 on PATH")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn json(message: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(message).unwrap()
+    }
+
+    /// A stateless request's stream is over once its answer is sent: the agent closes it
+    /// behind the answer.
+    #[tokio::test]
+    async fn the_stream_of_an_answered_request_is_closed_behind_its_answer() {
+        let (mut relay_side, stop) = served().await;
+        let request = r#"{"jsonrpc":"2.0","id":"r1","method":"tools/list","params":{}}"#;
+        relay_side.sender.send(Bytes::from(request)).await.unwrap();
+        let answer = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(
+            json(&answer),
+            json(br#"{"jsonrpc":"2.0","id":"r1","result":{}}"#)
+        );
+        super::super::assert_closed_by_agent(&mut relay_side).await;
+        stop.cancel();
+    }
+
+    /// An `initialize` on such a stream (a session's start) is answered and the stream
+    /// stays open for what follows.
+    #[tokio::test]
+    async fn the_stream_stays_open_after_an_initialize() {
+        let (mut relay_side, stop) = served().await;
+        let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+        relay_side
+            .sender
+            .send(Bytes::from(initialize))
+            .await
+            .unwrap();
+        let answer = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(
+            json(&answer),
+            json(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+        );
+        let more = tokio::time::timeout(Duration::from_millis(500), relay_side.receiver.recv());
+        assert!(more.await.is_err(), "the stream ended after an initialize");
+        stop.cancel();
+    }
+}

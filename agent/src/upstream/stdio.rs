@@ -1076,7 +1076,7 @@ mod tests {
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let (relay_side, stream, _, agent_tunnel) =
-            super::super::opened_stream(config, &stop).await;
+            super::super::opened_stream(config, vec![], &stop).await;
         let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
         let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
         let calls = Calls::new(
