@@ -178,17 +178,25 @@ impl Drop for OneShot {
         self.registry.remove(&self.session.id);
         // The stream's close is queued now, before the client has its answer and can send
         // the next request: that request's `Open` then reaches the agent after this close,
-        // and the agent never counts both streams at once.
+        // and the agent never counts both streams at once. (Usually the agent has closed
+        // it already, behind the answer, and this sends nothing.)
         self.session.closed.cancel();
         self.session
             .sender
             .abort(CloseCode::Normal, "request answered");
-        let session = self.session.clone();
-        self.tasks.spawn(async move {
-            session.close(CloseCode::Normal, "request answered").await;
-        });
+        // A request still pending (the client went away first) is answered in a task,
+        // since that waits on its post's channel; an answered session needs none.
+        if let Some(left) = self.session.end_now(EndReason::Closed) {
+            let session = self.session.clone();
+            self.tasks.spawn(async move {
+                session.fail_left(EndReason::Closed, left).await;
+            });
+        }
     }
 }
+
+/// A session's requests still pending when it ended, and the posts they came on.
+type Left = (HashMap<String, Pending>, HashMap<u64, Post>);
 
 // === impl SessionRegistry ===
 
@@ -744,20 +752,32 @@ impl ClientSession {
 
     /// Ends the session: every pending request gets an error for `reason`.
     async fn end(&self, reason: EndReason) {
-        let (pending, posts) = {
-            let mut state = self.lock();
-            state.ended.get_or_insert(reason);
-            state.get_stream = None;
-            state.progress.clear();
-            state.replay.clear();
-            (
-                std::mem::take(&mut state.pending),
-                std::mem::take(&mut state.posts),
-            )
-        };
-        if pending.is_empty() {
-            return;
+        if let Some(left) = self.end_now(reason) {
+            self.fail_left(reason, left).await;
         }
+    }
+
+    /// What of [`Self::end`] needs no waiting: marks the session ended and drops its
+    /// streams' state. Returns the requests still pending, with the posts to answer them
+    /// on, for [`Self::fail_left`]; `None` when there are none (a stateless request's
+    /// session once answered).
+    fn end_now(&self, reason: EndReason) -> Option<Left> {
+        let mut state = self.lock();
+        state.ended.get_or_insert(reason);
+        state.get_stream = None;
+        state.progress.clear();
+        state.replay.clear();
+        if state.pending.is_empty() {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut state.pending),
+            std::mem::take(&mut state.posts),
+        ))
+    }
+
+    /// Answers the requests [`Self::end_now`] left pending with an error for `reason`.
+    async fn fail_left(&self, reason: EndReason, (pending, posts): Left) {
         // Calls in flight when the session closes get "closed", not "not found".
         let error = match reason {
             EndReason::Closed => RelayError::SessionClosed,
