@@ -50,10 +50,25 @@ impl Drop for SessionPlace {
 /// What to do with a message from the client.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Send it upstream.
-    Forward,
+    /// Send it upstream; with what admitting it read of it, so that no bridge reads it again.
+    Forward(Read),
     /// Do not send it; answer the client with this error instead.
     Refuse(Bytes),
+}
+
+/// A client message's id and method, as [`id_and_method`] reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    /// Its id (canonical JSON text), unless absent or `null`.
+    pub(crate) id: Option<String>,
+    pub(crate) method: Option<String>,
+}
+
+impl Read {
+    /// The id of a request: a message with an id and a method.
+    pub(crate) fn request_id(&self) -> Option<&str> {
+        self.id.as_deref().filter(|_| self.method.is_some())
+    }
 }
 
 /// One stream's unanswered client requests. Dropping it releases them from the counts.
@@ -227,11 +242,14 @@ impl Calls {
     /// does not answer a cancelled request.
     pub(crate) fn admit(&self, message: &[u8]) -> Admission {
         let Ok(peek) = serde_json::from_slice::<Peek<'_>>(message) else {
-            return Admission::Forward;
+            return Admission::Forward(Read::default());
         };
         let id = peek.id.filter(|id| id.get() != "null");
         let Some(method) = peek.method.as_deref() else {
-            return Admission::Forward;
+            return Admission::Forward(Read {
+                id: id.map(|id| id.get().to_owned()),
+                method: None,
+            });
         };
         let Some(id) = id else {
             if method == "notifications/cancelled"
@@ -242,7 +260,10 @@ impl Calls {
             {
                 self.close(cancelled.get(), CallStatus::Cancelled);
             }
-            return Admission::Forward;
+            return Admission::Forward(Read {
+                id: None,
+                method: Some(method.to_owned()),
+            });
         };
         let id = id.get().to_owned();
         let policy = self.server.policy();
@@ -288,7 +309,7 @@ impl Calls {
         };
         let mut state = self.lock();
         state.expired.remove(&id);
-        if let Some(replaced) = state.open.insert(id, call) {
+        if let Some(replaced) = state.open.insert(id.clone(), call) {
             // A client reusing an open id: the relay refuses that, so this is a bug
             // elsewhere; keep the counts straight regardless.
             if replaced.slot {
@@ -297,7 +318,11 @@ impl Calls {
         } else {
             self.total.add(1);
         }
-        Admission::Forward
+        drop(state);
+        Admission::Forward(Read {
+            id: Some(id),
+            method: Some(method.to_owned()),
+        })
     }
 
     /// Notes a message from the upstream on its way to the client: closes the call it
@@ -744,7 +769,33 @@ mod tests {
     }
 
     fn admitted(calls: &Calls, message: &[u8]) -> bool {
-        matches!(calls.admit(message), Admission::Forward)
+        matches!(calls.admit(message), Admission::Forward(_))
+    }
+
+    #[test]
+    fn admitting_reads_the_id_and_method_as_id_and_method_does() {
+        let (calls, _, _) = calls(ToolPolicy::default());
+        let messages: [&[u8]; 7] = [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":"a b","method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":7,"result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":[1],"method":"x"#,
+            b"not json",
+        ];
+        for message in messages {
+            let Admission::Forward(read) = calls.admit(message) else {
+                panic!("refused: {}", String::from_utf8_lossy(message));
+            };
+            let (id, method) = id_and_method(message);
+            assert_eq!(
+                (read.id, read.method),
+                (id, method),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::calls::Read;
 use super::sse::SseParser;
 use super::{
     Admission, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward,
@@ -94,13 +95,16 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        if let Admission::Refuse(answer) = bridge.calls.admit(&message) {
-            if bridge.sender.send(answer).await.is_err() {
-                break;
+        let read = match bridge.calls.admit(&message) {
+            Admission::Forward(read) => read,
+            Admission::Refuse(answer) => {
+                if bridge.sender.send(answer).await.is_err() {
+                    break;
+                }
+                continue;
             }
-            continue;
-        }
-        let outgoing = Outgoing::read(message);
+        };
+        let outgoing = Outgoing::new(message, read);
         if !initialized {
             initialized = true;
             if outgoing.method.as_deref() == Some("initialize") {
@@ -522,11 +526,17 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// A message of the agent's own (a cancellation), read here.
     fn read(message: Bytes) -> Self {
         let (id, method) = super::calls::id_and_method(&message);
+        Self::new(message, Read { id, method })
+    }
+
+    /// A client's message, with what admitting it read.
+    fn new(message: Bytes, read: Read) -> Self {
         Self {
-            request_id: id.filter(|_| method.is_some()),
-            method,
+            request_id: read.request_id().map(str::to_owned),
+            method: read.method,
             message,
         }
     }

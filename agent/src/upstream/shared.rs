@@ -264,12 +264,15 @@ async fn from_client(
     events: &mpsc::Sender<(Key, Bytes)>,
     sent: &mut HashMap<Key, Sent>,
 ) -> Result<Option<(Key, oneshot::Receiver<Bytes>)>, ()> {
-    if let Admission::Refuse(answer) = calls.admit(&message) {
-        return sender.send(answer).await.map(|()| None).map_err(|_| ());
-    }
-    let method = super::calls::method(&message);
-    match super::calls::peek(&message) {
-        Some((id, true)) => {
+    let read = match calls.admit(&message) {
+        Admission::Forward(read) => read,
+        Admission::Refuse(answer) => {
+            return sender.send(answer).await.map(|()| None).map_err(|_| ());
+        }
+    };
+    let method = read.method;
+    match (read.id, method.is_some()) {
+        (Some(id), true) => {
             if method.as_deref() == Some("tools/call")
                 && let Err(text) = process.check_param_headers(&message, meta).await
             {
@@ -309,11 +312,11 @@ async fn from_client(
             Ok(Some((key, answer_rx)))
         }
         // The stateless era has no server-to-client requests to answer.
-        Some((_, false)) => {
+        (Some(_), false) => {
             tracing::debug!("an answer from the client dropped: nothing asked it");
             Ok(None)
         }
-        None if method.as_deref() == Some("notifications/cancelled") => {
+        (None, _) if method.as_deref() == Some("notifications/cancelled") => {
             // Only a cancellation of this stream's own request reaches the child.
             let keys = cancelled_id(&message)
                 .map(|id| take_by_id(sent, &id))
@@ -325,7 +328,7 @@ async fn from_client(
             }
             Ok(None)
         }
-        None => {
+        (None, _) => {
             process.notify(message).await;
             Ok(None)
         }

@@ -247,19 +247,22 @@ async fn to_child(
         };
         match message {
             Ok(message) => {
-                if let Admission::Refuse(answer) = calls.admit(&message) {
-                    // Owed meanwhile: the send may wait behind a long answer, and the
-                    // server's exit would drop it.
-                    let sent = match super::calls::peek(&answer) {
-                        Some((id, _)) => super::send_owed(sender, calls, &id, answer).await,
-                        None => sender.send(answer).await.map_err(|_| ()),
-                    };
-                    if sent.is_err() {
-                        return Outcome::RelayClosed;
+                let read = match calls.admit(&message) {
+                    Admission::Forward(read) => read,
+                    Admission::Refuse(answer) => {
+                        // Owed meanwhile: the send may wait behind a long answer, and the
+                        // server's exit would drop it.
+                        let sent = match super::calls::peek(&answer) {
+                            Some((id, _)) => super::send_owed(sender, calls, &id, answer).await,
+                            None => sender.send(answer).await.map_err(|_| ()),
+                        };
+                        if sent.is_err() {
+                            return Outcome::RelayClosed;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                match super::calls::method(&message).as_deref() {
+                };
+                match read.method.as_deref() {
                     Some("initialize") => handshake.initialize = Some(message.clone()),
                     Some("notifications/initialized") => {
                         handshake.initialized = Some(message.clone());
@@ -1089,7 +1092,7 @@ mod tests {
             Arc::new(redactor),
         );
         let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
-        assert!(matches!(calls.admit(request), Admission::Forward));
+        assert!(matches!(calls.admit(request), Admission::Forward(_)));
         let (server_out, agent_in) = tokio::io::duplex(pipe);
         let sender = stream.sender.clone();
         let agent = tokio::spawn(async move {
