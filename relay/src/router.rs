@@ -762,18 +762,22 @@ impl ClientSession {
     /// on, for [`Self::fail_left`]; `None` when there are none (a stateless request's
     /// session once answered).
     fn end_now(&self, reason: EndReason) -> Option<Left> {
-        let mut state = self.lock();
-        state.ended.get_or_insert(reason);
-        state.get_stream = None;
-        state.progress.clear();
-        state.replay.clear();
-        if state.pending.is_empty() {
+        let (pending, posts) = {
+            let mut state = self.lock();
+            state.ended.get_or_insert(reason);
+            state.get_stream = None;
+            state.progress.clear();
+            state.replay.clear();
+            (
+                std::mem::take(&mut state.pending),
+                std::mem::take(&mut state.posts),
+            )
+        };
+        // With nothing pending, the posts' channels close here, as the session ends.
+        if pending.is_empty() {
             return None;
         }
-        Some((
-            std::mem::take(&mut state.pending),
-            std::mem::take(&mut state.posts),
-        ))
+        Some((pending, posts))
     }
 
     /// Answers the requests [`Self::end_now`] left pending with an error for `reason`.

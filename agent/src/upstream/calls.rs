@@ -50,7 +50,8 @@ impl Drop for SessionPlace {
 /// What to do with a message from the client.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Send it upstream; with what admitting it read of it, so that no bridge reads it again.
+    /// Send it upstream; with the id and method admitting it read, so that no bridge reads
+    /// them again.
     Forward(Read),
     /// Do not send it; answer the client with this error instead.
     Refuse(Bytes),
