@@ -57,7 +57,7 @@ pub(crate) enum Admission {
     Refuse(Bytes),
 }
 
-/// A client message's id and method, as [`id_and_method`] reads them.
+/// A message's id and method, as [`read`] and [`Calls::admit`] read them.
 #[derive(Debug, Default)]
 pub(crate) struct Read {
     /// Its id (canonical JSON text), unless absent or `null`.
@@ -622,22 +622,23 @@ pub(crate) fn error_response(id: &str, code: i64, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// The message's id (canonical JSON text; `None` when absent or null) and method, from one
-/// parse; neither for what is not JSON-RPC.
-pub(crate) fn id_and_method(message: &[u8]) -> (Option<String>, Option<String>) {
+/// The message's id and method, from one parse; neither for what is not JSON-RPC.
+pub(crate) fn read(message: &[u8]) -> Read {
     let Ok(peek) = serde_json::from_slice::<Peek<'_>>(message) else {
-        return (None, None);
+        return Read::default();
     };
-    let id = peek.id.filter(|id| id.get() != "null");
-    (
-        id.map(|id| id.get().to_owned()),
-        peek.method.map(Cow::into_owned),
-    )
+    Read {
+        id: peek
+            .id
+            .filter(|id| id.get() != "null")
+            .map(|id| id.get().to_owned()),
+        method: peek.method.map(Cow::into_owned),
+    }
 }
 
 /// The message's id (canonical JSON text) and whether it has a method.
 pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
-    let (id, method) = id_and_method(message);
+    let Read { id, method } = read(message);
     Some((id?, method.is_some()))
 }
 
@@ -746,7 +747,7 @@ fn integer_len(text: &[u8]) -> Option<usize> {
 
 /// The message's method, if it is a request or notification.
 pub(crate) fn method(message: &[u8]) -> Option<String> {
-    id_and_method(message).1
+    read(message).method
 }
 
 /// JSON-RPC: invalid params (MCP answers an unknown tool with it).
@@ -774,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn admitting_reads_the_id_and_method_as_id_and_method_does() {
+    fn admitting_reads_the_id_and_method_as_read_does() {
         let (calls, _, _) = calls(ToolPolicy::default());
         let messages: [&[u8]; 7] = [
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
@@ -786,12 +787,12 @@ mod tests {
             b"not json",
         ];
         for message in messages {
-            let Admission::Forward(read) = calls.admit(message) else {
+            let Admission::Forward(admitted) = calls.admit(message) else {
                 panic!("refused: {}", String::from_utf8_lossy(message));
             };
-            let (id, method) = id_and_method(message);
+            let Read { id, method } = read(message);
             assert_eq!(
-                (read.id, read.method),
+                (admitted.id, admitted.method),
                 (id, method),
                 "{}",
                 String::from_utf8_lossy(message)

@@ -78,9 +78,10 @@ pub(super) async fn serve(
     });
 
     let mut initialized = false;
-    let mut stateless = false;
-    // Fires when a stateless stream's one request has been answered (see below).
+    // Fires when a stateless stream's one request has been answered: its exchange holds
+    // `done` (see below).
     let answered = CancellationToken::new();
+    let mut done = None;
     loop {
         let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
@@ -121,7 +122,9 @@ pub(super) async fn serve(
             // both sides another wake-up per request. The stream's metadata says so
             // (the relay forwards the request's `MCP-Protocol-Version`), not the first
             // message alone: a 2025 batch may put a request before its `initialize`.
-            stateless = outgoing.request_id.is_some() && super::is_stateless(&meta);
+            if outgoing.request_id.is_some() && super::is_stateless(&meta) {
+                done = Some(answered.clone().drop_guard());
+            }
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
@@ -130,7 +133,7 @@ pub(super) async fn serve(
         if outgoing.request_id.is_some() {
             // Requests run concurrently: a long call must hold up neither the next call
             // nor its cancellation.
-            let done = std::mem::take(&mut stateless).then(|| answered.clone().drop_guard());
+            let done = done.take();
             bridge.tasks.spawn(async move {
                 let _permit = permit;
                 task.exchange(outgoing).await;
@@ -528,8 +531,8 @@ struct Outgoing {
 impl Outgoing {
     /// A message of the agent's own (a cancellation), read here.
     fn read(message: Bytes) -> Self {
-        let (id, method) = super::calls::id_and_method(&message);
-        Self::new(message, Read { id, method })
+        let read = super::calls::read(&message);
+        Self::new(message, read)
     }
 
     /// A client's message, with what admitting it read.

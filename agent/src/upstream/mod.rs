@@ -287,7 +287,7 @@ pub(crate) fn test_tunnel_config() -> outpost_tunnel::TunnelConfig {
 pub(crate) async fn within<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(std::time::Duration::from_secs(20), future)
         .await
-        .expect("in time")
+        .expect("nothing came within 20 s")
 }
 
 /// Asserts that the next thing on the relay's side of a stream is the agent's Close, with

@@ -979,6 +979,7 @@ const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::within;
 
     async fn lines(input: &[u8], max: usize) -> Vec<String> {
         let mut reader = BufReader::with_capacity(7, input);
@@ -1173,12 +1174,6 @@ mod tests {
     }
 
     /// `future`'s output; a test waiting longer than this has found a fault.
-    async fn within<F: std::future::Future>(future: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(10), future)
-            .await
-            .expect("nothing came within 10 s")
-    }
-
     async fn assert_timed_out_then_next_line(relay_side: &mut outpost_tunnel::Stream) {
         let timeout: serde_json::Value =
             serde_json::from_slice(&next_whole(relay_side).await).unwrap();
