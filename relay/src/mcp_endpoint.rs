@@ -25,7 +25,7 @@ use crate::auth::{self, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
 use crate::replay::StreamName;
-use crate::router::{ClientSession, OneShot, Outbound, Submission};
+use crate::router::{ClientSession, Dispatcher, OneShot, Outbound, Submission};
 
 /// `POST /mcp/{agent}/{server}`
 pub(crate) async fn post(
@@ -99,7 +99,7 @@ pub(crate) async fn get(
                 prelude: None,
                 rest_of_event: VecDeque::new(),
                 _slots: Vec::new(),
-                _one_shot: None,
+                one_shot: None,
             };
             return Ok(sse_response(stream, None));
         }
@@ -117,7 +117,7 @@ pub(crate) async fn get(
             prelude: priming(&headers, &session, StreamName::Get, before),
             rest_of_event: VecDeque::new(),
             _slots: Vec::new(),
-            _one_shot: None,
+            one_shot: None,
         };
         Ok(sse_response(stream, None))
     }
@@ -319,9 +319,9 @@ async fn handle_post(
             )
             .await);
         }
-        None if stateless => match open_session(app, principal, agent, server, headers) {
-            Ok(session) => {
-                one_shot = Some(OneShot::new(app.sessions.clone(), session.clone()));
+        None if stateless => match open_one_shot(app, principal, agent, server, headers) {
+            Ok((session, shot)) => {
+                one_shot = Some(shot);
                 (session, false)
             }
             Err(err) => return Ok(answer_requests_with(&err, &requests, correlation)),
@@ -432,9 +432,9 @@ async fn handle_post(
             } else {
                 app.config.limits.sse_keepalive
             };
-            match tokio::time::timeout_at((Instant::now() + hold).min(deadline), messages.recv())
-                .await
-            {
+            let first =
+                tokio::time::timeout_at((Instant::now() + hold).min(deadline), messages.recv());
+            match driven(&mut one_shot, first).await {
                 Ok(first) => held = first,
                 Err(_) => waited = prelude.is_none(),
             }
@@ -484,7 +484,7 @@ async fn handle_post(
             filter: Box::new(filter),
             resumable,
             _slots: slots,
-            _one_shot: one_shot,
+            one_shot,
         };
         let mut response = sse_response(stream, session_header);
         response.headers_mut().extend(rotation);
@@ -493,15 +493,19 @@ async fn handle_post(
         let mut answers = submission.initial;
         let mut messages = submission.messages;
         loop {
-            match tokio::time::timeout_at(deadline, messages.recv()).await {
+            let next = tokio::time::timeout_at(deadline, messages.recv());
+            match driven(&mut one_shot, next).await {
                 Ok(Some(message)) => answers.push(message.body),
                 Ok(None) => break,
                 Err(_) => {
                     answers.extend(session.expire_post(submission.post));
                     // An answer that raced the deadline is already in the channel, which
                     // closes now that the POST is gone: take it too.
-                    while let Ok(Some(message)) =
-                        tokio::time::timeout(LATE_ANSWER_WAIT, messages.recv()).await
+                    while let Ok(Some(message)) = driven(
+                        &mut one_shot,
+                        tokio::time::timeout(LATE_ANSWER_WAIT, messages.recv()),
+                    )
+                    .await
                     {
                         answers.push(message.body);
                     }
@@ -545,7 +549,8 @@ where
     tasks.spawn(future).await.ok()
 }
 
-/// Resolves the agent and server, opens a tunnel stream and creates the session.
+/// Resolves the agent and server, opens a tunnel stream and creates the session, its
+/// dispatcher running in a task of its own.
 pub(crate) fn open_session(
     app: &Arc<App>,
     principal: Principal,
@@ -553,6 +558,53 @@ pub(crate) fn open_session(
     server: &str,
     headers: &HeaderMap,
 ) -> Result<Arc<ClientSession>, RelayError> {
+    let (session, dispatcher) = open(app, principal, agent, server, headers)?;
+    app.tasks.spawn(dispatcher);
+    Ok(session)
+}
+
+/// As [`open_session`], for one stateless request whose handler runs the session's
+/// dispatcher itself ([`OneShot::drive`]).
+fn open_one_shot(
+    app: &Arc<App>,
+    principal: Principal,
+    agent: &str,
+    server: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<ClientSession>, OneShot), RelayError> {
+    let (session, dispatcher) = open(app, principal, agent, server, headers)?;
+    let one_shot = OneShot::inline(app.sessions.clone(), session.clone(), dispatcher);
+    Ok((session, one_shot))
+}
+
+fn open(
+    app: &Arc<App>,
+    principal: Principal,
+    agent: &str,
+    server: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<ClientSession>, Dispatcher), RelayError> {
+    let stream = open_stream(app, &principal, agent, server, headers)?;
+    app.sessions.create(
+        principal,
+        agent,
+        server,
+        stream,
+        app.usage.clone(),
+        &app.tasks,
+        &app.close,
+        app.config.limits.call_timeout,
+    )
+}
+
+/// Resolves the agent and server and opens a tunnel stream to the server.
+fn open_stream(
+    app: &Arc<App>,
+    principal: &Principal,
+    agent: &str,
+    server: &str,
+    headers: &HeaderMap,
+) -> Result<outpost_tunnel::Stream, RelayError> {
     let handle = app
         .agents
         .get(&principal.org_id, agent)
@@ -576,23 +628,13 @@ pub(crate) fn open_session(
         })
         .collect();
     tracing::debug!(agent_id = %handle.agent_id, server, "opening a stream for a new session");
-    let stream = handle
+    handle
         .tunnel
         .open_stream(server, meta)
         .map_err(|err| match err {
             outpost_tunnel::OpenError::TooManyStreams(_) => RelayError::AgentBusy,
             _ => RelayError::AgentOffline(agent.to_owned()),
-        })?;
-    app.sessions.create(
-        principal,
-        agent,
-        server,
-        stream,
-        app.usage.clone(),
-        &app.tasks,
-        &app.close,
-        app.config.limits.call_timeout,
-    )
+        })
 }
 
 async fn existing_session(
@@ -946,8 +988,9 @@ struct SseStream {
     rest_of_event: VecDeque<Bytes>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
-    /// A stateless request's session, ended with the stream.
-    _one_shot: Option<OneShot>,
+    /// A stateless request's session, ended with the stream; its dispatcher, if inline,
+    /// runs while the stream waits for messages.
+    one_shot: Option<OneShot>,
 }
 
 impl SseStream {
@@ -1013,7 +1056,11 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
             return Some((Ok(event), s));
         }
         let deadline = s.deadline.map(|(at, _)| at);
-        tokio::select! {
+        // A stateless request's dispatcher runs here, while the stream waits for what
+        // it hands over (see `OneShot::drive`); it goes back into the stream with it.
+        let mut one_shot = s.one_shot.take();
+        let next = async move {
+            tokio::select! {
             biased;
             message = s.messages.recv() => match message {
                 Some(message) => {
@@ -1043,7 +1090,13 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
             _ = s.keepalive.tick() => Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), s)),
             _ = s.stop.cancelled() => None,
             _ = s.session.closed(), if s.get_stream => None,
-        }
+            }
+        };
+        let next = driven(&mut one_shot, next).await;
+        next.map(|(event, mut s)| {
+            s.one_shot = one_shot;
+            (event, s)
+        })
     });
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
@@ -1148,6 +1201,14 @@ pub(crate) async fn stateless_answer(
             *response.status_mut() = status;
             response
         }
+    }
+}
+
+/// Awaits `future`, running a stateless request's inline dispatcher meanwhile.
+async fn driven<F: std::future::Future>(one_shot: &mut Option<OneShot>, future: F) -> F::Output {
+    match one_shot {
+        Some(shot) => shot.drive(future).await,
+        None => future.await,
     }
 }
 

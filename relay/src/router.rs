@@ -1,11 +1,14 @@
 //! Client sessions. Each [`ClientSession`] owns one tunnel stream to one upstream server
-//! and a dispatcher task that reads it: responses go to the POST that carried their
-//! request, progress to the POST whose request named the token, everything else to the
-//! session's GET stream (or an open POST stream, or a bounded backlog). Every request is
-//! answered exactly once: by the upstream, or by an error when the stream ends or the
-//! call times out. Does not speak HTTP (see `mcp_endpoint.rs`).
+//! and a dispatcher that reads it (a task of its own, or a stateless request's handler):
+//! responses go to the POST that carried their request, progress to the POST whose request
+//! named the token, everything else to the session's GET stream (or an open POST stream,
+//! or a bounded backlog). Every request is answered exactly once: by the upstream, or by
+//! an error when the stream ends or the call times out. Does not speak HTTP (see
+//! `mcp_endpoint.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -155,21 +158,72 @@ enum EndReason {
 /// (the POST's answer is complete, or its client went away) removes the session and closes
 /// its stream, which at the agent cancels the request in the shared stdio process or drops
 /// the HTTP request.
-#[derive(Debug)]
 pub(crate) struct OneShot {
     registry: Arc<SessionRegistry>,
     session: Arc<ClientSession>,
     tasks: TaskTracker,
+    /// The session's dispatcher when it runs here (see [`SessionRegistry::create`]):
+    /// polled by [`Self::drive`], until the stream ends or the request is over.
+    dispatcher: Option<Dispatcher>,
 }
 
+/// A session's dispatcher, not yet running: see [`SessionRegistry::create`].
+pub(crate) type Dispatcher = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 impl OneShot {
+    /// A one-shot session whose dispatcher runs in a task of its own.
     pub(crate) fn new(registry: Arc<SessionRegistry>, session: Arc<ClientSession>) -> Self {
+        Self::with_dispatcher(registry, session, None)
+    }
+
+    /// A one-shot session whose dispatcher runs only while [`Self::drive`] is awaited:
+    /// whatever waits on the session's posts must wait through it.
+    pub(crate) fn inline(
+        registry: Arc<SessionRegistry>,
+        session: Arc<ClientSession>,
+        dispatcher: Dispatcher,
+    ) -> Self {
+        Self::with_dispatcher(registry, session, Some(dispatcher))
+    }
+
+    fn with_dispatcher(
+        registry: Arc<SessionRegistry>,
+        session: Arc<ClientSession>,
+        dispatcher: Option<Dispatcher>,
+    ) -> Self {
         let tasks = session.tasks.clone();
         Self {
             registry,
             session,
             tasks,
+            dispatcher,
         }
+    }
+
+    /// Awaits `future` while the inline dispatcher, if any, moves the stream's messages
+    /// to the session's posts. The dispatcher goes first at each poll, so a message it
+    /// hands over is there when `future` looks. Once it has finished (the stream ended,
+    /// and it answered what was pending), `future` runs alone.
+    pub(crate) async fn drive<F: Future>(&mut self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            if let Some(dispatcher) = self.dispatcher.as_mut()
+                && dispatcher.as_mut().poll(cx).is_ready()
+            {
+                self.dispatcher = None;
+            }
+            future.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneShot")
+            .field("session", &self.session.id)
+            .field("inline", &self.dispatcher.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -211,7 +265,11 @@ impl SessionRegistry {
         }
     }
 
-    /// Creates a session on `stream` and starts its dispatcher on `tasks`.
+    /// Creates a session on `stream`. Its dispatcher is returned for the caller to run:
+    /// in a task of its own, or, for a stateless request, in the request's handler (a
+    /// [`OneShot`]), so that an answer goes from the tunnel's reader straight to the task
+    /// that sends it to the client. A dispatcher in a task of its own is one more
+    /// hand-over per answer, and a task to spawn per request.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         self: &Arc<Self>,
@@ -223,7 +281,7 @@ impl SessionRegistry {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
         call_timeout: std::time::Duration,
-    ) -> Result<Arc<ClientSession>, RelayError> {
+    ) -> Result<(Arc<ClientSession>, Dispatcher), RelayError> {
         let mut sessions = self.lock();
         if sessions.len() >= self.max {
             return Err(RelayError::TooManySessions);
@@ -265,8 +323,9 @@ impl SessionRegistry {
             server = %session.server,
             key = %session.principal.key_id,
         );
-        tasks.spawn(dispatch(self.clone(), session.clone(), receiver).instrument(span));
-        Ok(session)
+        let dispatcher =
+            Box::pin(dispatch(self.clone(), session.clone(), receiver).instrument(span));
+        Ok((session, dispatcher))
     }
 
     /// The session with this id, if `principal` may use it.

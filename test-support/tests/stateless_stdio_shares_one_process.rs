@@ -2,8 +2,9 @@
 //! concurrent clients reach the same process, each answer (and each progress notification)
 //! reaches its own client although all of them use the same request id and progress token,
 //! a burst of requests to a server of unknown era sends it one `server/discover` probe,
-//! a client that disconnects mid-call has its request cancelled upstream, and a crashed
-//! process fails only the requests it had in flight and is restarted for the next one.
+//! a client that takes only JSON gets its answer as JSON, a client that disconnects
+//! mid-call has its request cancelled upstream, and a crashed process fails only the
+//! requests it had in flight and is restarted for the next one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,13 +69,17 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// One stateless `tools/call`, id 1 and progress token "tok" like every other client's.
 async fn call(relay: &TestRelay, key: &str, tool: &str, arguments: Value) -> anyhow::Result<Value> {
     let client = relay.mcp_client(key, "site", "shared");
-    call_with(client, tool, arguments).await
+    call_with(client, tool, arguments, SSE_OR_JSON).await
 }
 
+const SSE_OR_JSON: &str = "application/json, text/event-stream";
+
+/// As [`call`], with the client's `Accept` header.
 async fn call_with(
     client: outpost_test_support::McpClient,
     tool: &str,
     arguments: Value,
+    accept: &str,
 ) -> anyhow::Result<Value> {
     let body = json!({
         "jsonrpc": "2.0",
@@ -97,6 +102,7 @@ async fn call_with(
                 ("mcp-protocol-version", "2026-07-28"),
                 ("mcp-method", "tools/call"),
                 ("mcp-name", tool),
+                ("accept", accept),
             ],
         )
         .await?;
@@ -169,6 +175,22 @@ async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()>
         }
     }
 
+    // A client that takes JSON only gets its messages in one JSON body, the answer last.
+    let json_only = relay.mcp_client(&key, "site", "shared");
+    let response = call_with(
+        json_only,
+        "whoami",
+        json!({ "n": "json" }),
+        "application/json",
+    )
+    .await?;
+    assert_eq!(response["status"], 200, "{response}");
+    assert_eq!(
+        answer(&response)["result"]["content"][0]["text"],
+        format!("{} json", pids[0]),
+        "{response}"
+    );
+
     // A client that leaves mid-call has its request cancelled in the process.
     let leaving = tokio::time::timeout(
         Duration::from_secs(3),
@@ -188,6 +210,7 @@ async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()>
         relay.mcp_client(&key, "site", "shared"),
         "slow",
         json!({}),
+        SSE_OR_JSON,
     ));
     wait_for("the second slow call reaches the process", || {
         lines(state.path(), "started")
