@@ -78,15 +78,15 @@ pub(super) async fn serve(
     });
 
     let mut initialized = false;
-    // Fires when a stateless stream's one request has been answered: its exchange holds
-    // `done` (see below).
-    let answered = CancellationToken::new();
-    let mut done = None;
+    // A stateless stream's one request, run by this loop rather than in a task of its
+    // own (see below): the stream is over when it ends.
+    let mut stateless: Option<Exchange> = None;
     loop {
         let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
-            _ = answered.cancelled() => break,
+            () = async { if let Some(exchange) = stateless.as_mut() { exchange.await } },
+                if stateless.is_some() => break,
             message = receiver.recv() => match message {
                 Ok(message) => message,
                 Err(_) => break,
@@ -106,6 +106,7 @@ pub(super) async fn serve(
             }
         };
         let outgoing = Outgoing::new(message, read);
+        let mut first_stateless = false;
         if !initialized {
             initialized = true;
             if outgoing.method.as_deref() == Some("initialize") {
@@ -114,30 +115,32 @@ pub(super) async fn serve(
                 bridge.clone().exchange(outgoing).await;
                 continue;
             }
-            // A stateless request (2026 era) opens no session: it runs like any other, so
-            // the stream's end (its client went away) still stops it. A listen stream
-            // would otherwise hold the upstream request open until the upstream ends it.
-            // Its stream carries nothing after the answer, so the agent closes it then:
-            // the Close follows the answer, where waiting for the relay's would cost
-            // both sides another wake-up per request. The stream's metadata says so
-            // (the relay forwards the request's `MCP-Protocol-Version`), not the first
-            // message alone: a 2025 batch may put a request before its `initialize`.
-            if outgoing.request_id.is_some() && super::is_stateless(&meta) {
-                done = Some(answered.clone().drop_guard());
-            }
+            // A stateless request (2026 era) opens no session. Its stream carries nothing
+            // after the answer, so the agent closes it then: the Close follows the
+            // answer, where waiting for the relay's would cost both sides another
+            // wake-up per request. The stream's metadata says so (the relay forwards the
+            // request's `MCP-Protocol-Version`), not the first message alone: a 2025
+            // batch may put a request before its `initialize`.
+            first_stateless = outgoing.request_id.is_some() && super::is_stateless(&meta);
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
         };
         let task = bridge.clone();
-        if outgoing.request_id.is_some() {
+        if first_stateless {
+            // Run by this loop, which still watches the stream: its end (the client went
+            // away) drops the request, as it stops a task's. A task of its own would cost
+            // a hand-over to start it and another to hear that it ended.
+            stateless = Some(Box::pin(async move {
+                let _permit = permit;
+                task.exchange(outgoing).await;
+            }));
+        } else if outgoing.request_id.is_some() {
             // Requests run concurrently: a long call must hold up neither the next call
             // nor its cancellation.
-            let done = done.take();
             bridge.tasks.spawn(async move {
                 let _permit = permit;
                 task.exchange(outgoing).await;
-                drop(done);
             });
         } else {
             // Notifications and responses are posted in order (the server answers them at
@@ -152,6 +155,8 @@ pub(super) async fn serve(
             });
         }
     }
+    // Stopped like the tasks' exchanges: not to be polled again.
+    drop(stateless);
     bridge.stop.cancel();
     bridge.tasks.close();
     bridge.tasks.wait().await;
@@ -166,6 +171,9 @@ pub(super) async fn serve(
         }
     }
 }
+
+/// A request's exchange with the upstream, to run: see [`Bridge::exchange`].
+type Exchange = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A message posted upstream, its response headers in.
 struct Sent {
