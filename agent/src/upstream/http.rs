@@ -768,6 +768,34 @@ mod tests {
         stop.cancel();
     }
 
+    /// A stateless request whose client went away (the relay closes its stream) is dropped
+    /// upstream: the agent closes the connection its POST was waiting on.
+    #[tokio::test]
+    async fn a_stateless_request_is_dropped_upstream_when_its_stream_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let (arrived, request_arrived) = tokio::sync::oneshot::channel();
+        let (closed, connection_closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 4096];
+            // The request comes in and is never answered.
+            let _ = conn.read(&mut chunk).await;
+            let _ = arrived.send(());
+            while matches!(conn.read(&mut chunk).await, Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+        let (relay_side, stop) = served(url.parse().unwrap(), "2026-07-28").await;
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        relay_side.sender.send(Bytes::from(request)).await.unwrap();
+        within(request_arrived).await.unwrap();
+        drop(relay_side);
+        within(connection_closed)
+            .await
+            .expect("the upstream connection closed");
+        stop.cancel();
+    }
+
     /// A 2025-era session's stream stays open between its requests: only the relay ends it.
     /// Also when its first message is a request other than `initialize` (a batch may put
     /// one before it): the stream's metadata, not the first message, says stateless.
