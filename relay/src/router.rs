@@ -171,7 +171,8 @@ pub(crate) struct OneShot {
 pub(crate) type Dispatcher = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl OneShot {
-    /// A one-shot session whose dispatcher runs in a task of its own.
+    /// A one-shot session whose dispatcher runs elsewhere: in the task
+    /// [`crate::mcp_endpoint::open_session`] spawned for it.
     pub(crate) fn new(registry: Arc<SessionRegistry>, session: Arc<ClientSession>) -> Self {
         Self::with_dispatcher(registry, session, None)
     }

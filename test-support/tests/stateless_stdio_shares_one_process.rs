@@ -106,7 +106,16 @@ async fn call_with(
             ],
         )
         .await?;
-    Ok(json!({ "status": response.status, "messages": response.messages }))
+    let content_type = response
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(json!({
+        "status": response.status,
+        "content_type": content_type,
+        "messages": response.messages,
+    }))
 }
 
 fn answer(response: &Value) -> &Value {
@@ -116,27 +125,58 @@ fn answer(response: &Value) -> &Value {
         .unwrap_or(&Value::Null)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()> {
-    const CLIENTS: usize = 20;
-    let state = tempfile::tempdir()?;
-    let script = state.path().join("server.js");
+/// A relay (`build`) and an agent serving [`SERVER`] as `site`/`shared`, its state in `state`.
+async fn stack(
+    build: outpost_test_support::RelayBuilder,
+    state: &Path,
+) -> anyhow::Result<(TestRelay, outpost_test_support::TestAgent)> {
+    let script = state.join("server.js");
     std::fs::write(&script, SERVER)?;
     let node = node22();
-    let relay = relay().spawn().await?;
+    let relay = build.spawn().await?;
     let agent = agent(&relay, "site")
         .stdio(
             "shared",
             "/bin/sh",
             &["-c", r#"echo $$ >> "$STATE/pids"; exec "$NODE" "$SCRIPT""#],
             &[
-                ("STATE", state.path().to_str().unwrap()),
+                ("STATE", state.to_str().unwrap()),
                 ("NODE", node.to_str().unwrap()),
                 ("SCRIPT", script.to_str().unwrap()),
             ],
         )
         .spawn()
         .await?;
+    Ok((relay, agent))
+}
+
+/// A stateless call past the relay's call timeout gets the relay's timeout error, over
+/// SSE and as JSON alike: the wait for the answer ends at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_call_past_the_timeout_gets_the_timeout_error() -> anyhow::Result<()> {
+    let state = tempfile::tempdir()?;
+    let build = relay().call_timeout(Duration::from_millis(500));
+    let (relay, agent) = stack(build, state.path()).await?;
+    let key = relay.client_key().await?;
+    for accept in [SSE_OR_JSON, "application/json"] {
+        let client = relay.mcp_client(&key, "site", "shared");
+        let response = call_with(client, "slow", json!({}), accept).await?;
+        assert_eq!(
+            answer(&response)["error"]["code"],
+            outpost_relay::error::CODE_TIMEOUT,
+            "{accept}: {response}"
+        );
+    }
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()> {
+    const CLIENTS: usize = 20;
+    let state = tempfile::tempdir()?;
+    let (relay, agent) = stack(relay(), state.path()).await?;
     let key = relay.client_key().await?;
 
     // Many concurrent clients, one process; each gets its own answer and progress.
@@ -175,7 +215,8 @@ async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()>
         }
     }
 
-    // A client that takes JSON only gets its messages in one JSON body, the answer last.
+    // A client that takes JSON only gets its answer alone, as JSON: the progress the
+    // server sends first has no stream to go on.
     let json_only = relay.mcp_client(&key, "site", "shared");
     let response = call_with(
         json_only,
@@ -185,6 +226,9 @@ async fn stateless_requests_share_one_process_per_server() -> anyhow::Result<()>
     )
     .await?;
     assert_eq!(response["status"], 200, "{response}");
+    assert_eq!(response["content_type"], "application/json", "{response}");
+    let messages = response["messages"].as_array().map(Vec::len);
+    assert_eq!(messages, Some(1), "{response}");
     assert_eq!(
         answer(&response)["result"]["content"][0]["text"],
         format!("{} json", pids[0]),

@@ -81,10 +81,13 @@ pub(super) async fn serve(
     // A stateless stream's one request, run by this loop rather than in a task of its
     // own (see below): the stream is over when it ends.
     let mut stateless: Option<Exchange> = None;
+    // Fires when that request ends in a task after all (see `detach`).
+    let answered = CancellationToken::new();
     loop {
         let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
+            _ = answered.cancelled() => break,
             () = async { if let Some(exchange) = stateless.as_mut() { exchange.await } },
                 if stateless.is_some() => break,
             message = receiver.recv() => match message {
@@ -92,10 +95,12 @@ pub(super) async fn serve(
                 Err(_) => break,
             },
             _ = super::sleep_until(deadline) => {
+                detach(&mut stateless, &answered, &bridge.tasks);
                 bridge.clone().expire_calls().await;
                 continue;
             }
         };
+        detach(&mut stateless, &answered, &bridge.tasks);
         let read = match bridge.calls.admit(&message) {
             Admission::Forward(read) => read,
             Admission::Refuse(answer) => {
@@ -174,6 +179,21 @@ pub(super) async fn serve(
 
 /// A request's exchange with the upstream, to run: see [`Bridge::exchange`].
 type Exchange = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Moves a stateless stream's exchange from the stream's loop to a task, which cancels
+/// `answered` when it ends: for when the loop is about to wait on something else (a
+/// message after the request, usually its cancellation; an expired call). An upstream
+/// that serves one connection at a time could otherwise wait, writing the exchange's
+/// answer, for the loop that stopped reading it.
+fn detach(exchange: &mut Option<Exchange>, answered: &CancellationToken, tasks: &TaskTracker) {
+    if let Some(exchange) = exchange.take() {
+        let done = answered.clone().drop_guard();
+        tasks.spawn(async move {
+            exchange.await;
+            drop(done);
+        });
+    }
+}
 
 /// A message posted upstream, its response headers in.
 struct Sent {
@@ -793,6 +813,65 @@ mod tests {
         within(connection_closed)
             .await
             .expect("the upstream connection closed");
+        stop.cancel();
+    }
+
+    /// A message after a stateless request (here a notification) does not stop the
+    /// request's answer from being read while the agent posts that message: an upstream
+    /// that serves one connection at a time writes the whole answer (many events, more
+    /// than the sockets hold) before it takes the notification's connection.
+    #[tokio::test]
+    async fn a_stateless_answer_is_read_while_a_later_message_waits() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let (arrived, request_arrived) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut arrived = Some(arrived);
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut chunk = [0u8; 65536];
+                let _ = conn.read(&mut chunk).await;
+                let Some(arrived) = arrived.take() else {
+                    let accepted = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                    let _ = conn.write_all(accepted.as_bytes()).await;
+                    continue;
+                };
+                let _ = arrived.send(());
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let note = format!(
+                    "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"level\":\"info\",\"data\":\"{}\"}}}}\n\n",
+                    "x".repeat(4000)
+                );
+                for _ in 0..8000 {
+                    if conn.write_all(note.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let answer = format!(
+                    "event: message\ndata: {}\n\n",
+                    String::from_utf8_lossy(ANSWER)
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let (mut relay_side, stop) = served(url.parse().unwrap(), "2026-07-28").await;
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"long","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        relay_side.sender.send(Bytes::from(request)).await.unwrap();
+        within(request_arrived).await.unwrap();
+        let later = r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#;
+        relay_side.sender.send(Bytes::from(later)).await.unwrap();
+        let answered = async {
+            while let Ok(message) = relay_side.receiver.recv().await {
+                if message == ANSWER {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(
+            within(answered).await,
+            "the stream ended without the answer"
+        );
         stop.cancel();
     }
 
