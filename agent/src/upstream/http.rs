@@ -82,12 +82,13 @@ pub(super) async fn serve(
     // own (see below): the stream is over when it ends.
     let mut stateless: Option<Exchange> = None;
     // Fires when that request ends in a task after all (see `detach`).
-    let answered = CancellationToken::new();
+    let mut answered: Option<CancellationToken> = None;
     loop {
         let deadline = bridge.calls.next_deadline();
         let message = tokio::select! {
             _ = bridge.stop.cancelled() => break,
-            _ = answered.cancelled() => break,
+            () = async { if let Some(token) = &answered { token.cancelled().await } },
+                if answered.is_some() => break,
             () = async { if let Some(exchange) = stateless.as_mut() { exchange.await } },
                 if stateless.is_some() => break,
             message = receiver.recv() => match message {
@@ -95,12 +96,12 @@ pub(super) async fn serve(
                 Err(_) => break,
             },
             _ = super::sleep_until(deadline) => {
-                detach(&mut stateless, &answered, &bridge.tasks);
+                detach(&mut stateless, &mut answered, &bridge.tasks);
                 bridge.clone().expire_calls().await;
                 continue;
             }
         };
-        detach(&mut stateless, &answered, &bridge.tasks);
+        detach(&mut stateless, &mut answered, &bridge.tasks);
         let read = match bridge.calls.admit(&message) {
             Admission::Forward(read) => read,
             Admission::Refuse(answer) => {
@@ -181,13 +182,20 @@ pub(super) async fn serve(
 type Exchange = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Moves a stateless stream's exchange from the stream's loop to a task, which cancels
-/// `answered` when it ends: for when the loop is about to wait on something else (a
-/// message after the request, usually its cancellation; an expired call). An upstream
-/// that serves one connection at a time could otherwise wait, writing the exchange's
-/// answer, for the loop that stopped reading it.
-fn detach(exchange: &mut Option<Exchange>, answered: &CancellationToken, tasks: &TaskTracker) {
+/// `answered` (made here) when it ends: for when the loop is about to wait on something
+/// else (a message after the request, usually its cancellation; an expired call). An
+/// upstream that serves one connection at a time could otherwise wait, writing the
+/// exchange's answer, for the loop that stopped reading it.
+fn detach(
+    exchange: &mut Option<Exchange>,
+    answered: &mut Option<CancellationToken>,
+    tasks: &TaskTracker,
+) {
     if let Some(exchange) = exchange.take() {
-        let done = answered.clone().drop_guard();
+        let done = answered
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
+            .drop_guard();
         tasks.spawn(async move {
             exchange.await;
             drop(done);
@@ -819,7 +827,8 @@ mod tests {
     /// A message after a stateless request (here a notification) does not stop the
     /// request's answer from being read while the agent posts that message: an upstream
     /// that serves one connection at a time writes the whole answer (many events, more
-    /// than the sockets hold) before it takes the notification's connection.
+    /// than the sockets hold) before it takes the notification's connection. The stream
+    /// is closed behind the answer all the same.
     #[tokio::test]
     async fn a_stateless_answer_is_read_while_a_later_message_waits() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -872,6 +881,8 @@ mod tests {
             within(answered).await,
             "the stream ended without the answer"
         );
+        // The exchange ended in a task, and the stream is closed behind its answer still.
+        super::super::assert_closed_by_agent(&mut relay_side).await;
         stop.cancel();
     }
 
