@@ -538,7 +538,7 @@ pub(crate) async fn one_shot_request(
     }
     let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
-    let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let _one_shot = OneShot::new(app.sessions.clone(), session.clone(), None);
     let submission = session
         .submit(vec![(raw, kind)], true)
         .await?

@@ -181,7 +181,7 @@ async fn probe(app: &Arc<App>, principal: &Principal, agent: &str, server: &str)
     headers.insert("mcp-protocol-version", HeaderValue::from_static(MODERN));
     headers.insert("mcp-method", HeaderValue::from_static("server/discover"));
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers).ok()?;
-    let _one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let _one_shot = OneShot::new(app.sessions.clone(), session.clone(), None);
     let answer = match session.call("server/discover", params, SETUP_TIMEOUT).await {
         Ok(answer) => answer,
         // Some 2025 servers never answer a request that comes before `initialize`; a 2026
@@ -431,7 +431,7 @@ pub(crate) async fn open_legacy_session(
     let mut headers = HeaderMap::new();
     headers.insert("mcp-protocol-version", HeaderValue::from_static(LEGACY));
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
-    let one_shot = OneShot::new(app.sessions.clone(), session.clone());
+    let one_shot = OneShot::new(app.sessions.clone(), session.clone(), None);
     let initialize = json!({
         "protocolVersion": LEGACY,
         "capabilities": meta.get(META_CAPABILITIES).cloned().unwrap_or_else(|| json!({})),

@@ -573,10 +573,12 @@ fn open_one_shot(
     headers: &HeaderMap,
 ) -> Result<(Arc<ClientSession>, OneShot), RelayError> {
     let (session, dispatcher) = open(app, principal, agent, server, headers)?;
-    let one_shot = OneShot::inline(app.sessions.clone(), session.clone(), dispatcher);
+    let one_shot = OneShot::new(app.sessions.clone(), session.clone(), Some(dispatcher));
     Ok((session, one_shot))
 }
 
+/// Resolves the agent and server, opens a tunnel stream to the server and creates the
+/// session on it; its dispatcher is for the caller to run.
 fn open(
     app: &Arc<App>,
     principal: Principal,
@@ -584,27 +586,6 @@ fn open(
     server: &str,
     headers: &HeaderMap,
 ) -> Result<(Arc<ClientSession>, Dispatcher), RelayError> {
-    let stream = open_stream(app, &principal, agent, server, headers)?;
-    app.sessions.create(
-        principal,
-        agent,
-        server,
-        stream,
-        app.usage.clone(),
-        &app.tasks,
-        &app.close,
-        app.config.limits.call_timeout,
-    )
-}
-
-/// Resolves the agent and server and opens a tunnel stream to the server.
-fn open_stream(
-    app: &Arc<App>,
-    principal: &Principal,
-    agent: &str,
-    server: &str,
-    headers: &HeaderMap,
-) -> Result<outpost_tunnel::Stream, RelayError> {
     let handle = app
         .agents
         .get(&principal.org_id, agent)
@@ -628,13 +609,23 @@ fn open_stream(
         })
         .collect();
     tracing::debug!(agent_id = %handle.agent_id, server, "opening a stream for a new session");
-    handle
+    let stream = handle
         .tunnel
         .open_stream(server, meta)
         .map_err(|err| match err {
             outpost_tunnel::OpenError::TooManyStreams(_) => RelayError::AgentBusy,
             _ => RelayError::AgentOffline(agent.to_owned()),
-        })
+        })?;
+    app.sessions.create(
+        principal,
+        agent,
+        server,
+        stream,
+        app.usage.clone(),
+        &app.tasks,
+        &app.close,
+        app.config.limits.call_timeout,
+    )
 }
 
 async fn existing_session(

@@ -171,23 +171,11 @@ pub(crate) struct OneShot {
 pub(crate) type Dispatcher = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl OneShot {
-    /// A one-shot session whose dispatcher runs elsewhere: in the task
-    /// [`crate::mcp_endpoint::open_session`] spawned for it.
-    pub(crate) fn new(registry: Arc<SessionRegistry>, session: Arc<ClientSession>) -> Self {
-        Self::with_dispatcher(registry, session, None)
-    }
-
-    /// A one-shot session whose dispatcher runs only while [`Self::drive`] is awaited:
-    /// whatever waits on the session's posts must wait through it.
-    pub(crate) fn inline(
-        registry: Arc<SessionRegistry>,
-        session: Arc<ClientSession>,
-        dispatcher: Dispatcher,
-    ) -> Self {
-        Self::with_dispatcher(registry, session, Some(dispatcher))
-    }
-
-    fn with_dispatcher(
+    /// A one-shot session. With `dispatcher`, the session's dispatcher runs here, only
+    /// while [`Self::drive`] is awaited: whatever waits on the session's posts must wait
+    /// through it. Without, it runs in the task [`crate::mcp_endpoint::open_session`]
+    /// spawned for it.
+    pub(crate) fn new(
         registry: Arc<SessionRegistry>,
         session: Arc<ClientSession>,
         dispatcher: Option<Dispatcher>,
