@@ -92,6 +92,12 @@ enum LogFormat {
     Json,
 }
 
+/// mimalloc, not glibc's malloc: every call allocates and frees a few dozen small buffers,
+/// often on another worker thread than the one that allocated them, and glibc's arenas
+/// took about a sixth of the process's instructions doing it (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     outpost_tunnel::runtime::init_logging(matches!(cli.log_format, LogFormat::Json));
