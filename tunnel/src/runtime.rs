@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 pub const CONTENT_SAFE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
 
 /// Installs the global log subscriber, writing to stderr: the filter from `LOG_LEVEL`, else
-/// `RUST_LOG`, else `info`, plus [`CONTENT_SAFE_LOG_DIRECTIVES`]; JSON lines if `json`.
+/// `RUST_LOG`, else `info`, plus [`CONTENT_SAFE_LOG_DIRECTIVES`]; JSON lines if `json`,
+/// plain text without colours unless stderr is a terminal.
 ///
 /// A line that cannot be written (stderr is a pipe whose reader went away: a log shipper
 /// restarted, a parent that died) is dropped silently. tracing-subscriber would otherwise
@@ -26,9 +27,14 @@ pub fn init_logging(json: bool) {
             filter = filter.add_directive(directive);
         }
     }
+    // Colours only for a person at a terminal: a log shipper, `docker logs` or journald
+    // would keep the escape codes in every line, and a search for `agent=laptop` would
+    // miss them all.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .log_internal_errors(false);
     if json {
         builder.json().init();
