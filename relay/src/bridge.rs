@@ -531,12 +531,14 @@ pub(crate) async fn one_shot_request(
     if let Ok(value) = HeaderValue::from_str(method) {
         headers.insert("mcp-method", value);
     }
-    if let Some(name) = jsonrpc::target_name(&raw, method)
-        && let Ok(value) = HeaderValue::from_str(&name)
+    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
+    if let Kind::Request {
+        target: Some(name), ..
+    } = &kind
+        && let Ok(value) = HeaderValue::from_str(name)
     {
         headers.insert("mcp-name", value);
     }
-    let kind = jsonrpc::classify(&raw).map_err(|_| RelayError::Internal)?;
     let session = endpoint::open_session(app, principal.clone(), agent, server, &headers)?;
     let _one_shot = OneShot::new(app.sessions.clone(), session.clone(), None);
     let submission = session

@@ -1,8 +1,11 @@
-//! The little the relay reads of a JSON-RPC message: its kind, id, method, tool name and
-//! progress token. Borrowed parsing, nothing kept but these fields; arguments, results and
-//! everything else stay opaque bytes.
+//! The little the relay reads of a JSON-RPC message: its kind, id, method, the name it
+//! targets, its progress token and the revision its `_meta` names. One borrowed pass over
+//! the message and one over its `params`, nothing kept but these fields; arguments,
+//! results and everything else stay opaque bytes.
 
 use std::borrow::Cow;
+
+use bytes::Bytes;
 
 use outpost_protocol::envelope;
 use serde::Deserialize;
@@ -18,10 +21,14 @@ pub(crate) enum Kind {
         id: String,
         /// Method name.
         method: String,
-        /// `params.name` of `tools/call`.
-        tool: Option<String>,
+        /// What the request names, when it is a string: `params.name` of `tools/call` and
+        /// `prompts/get`, `params.uri` of `resources/read`. The 2026 era repeats it in the
+        /// `Mcp-Name` header. See [`Kind::tool`].
+        target: Option<String>,
         /// `params._meta.progressToken`, as canonical JSON text.
         progress_token: Option<String>,
+        /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+        version: Option<String>,
     },
     /// Has a method and no id.
     Notification {
@@ -31,6 +38,8 @@ pub(crate) enum Kind {
         progress_token: Option<String>,
         /// `params.requestId` of `notifications/cancelled`, as canonical JSON text.
         cancels: Option<String>,
+        /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+        version: Option<String>,
     },
     /// Has an id and a result or an error.
     Response {
@@ -39,6 +48,16 @@ pub(crate) enum Kind {
         /// The error code, if it is an error.
         error_code: Option<i64>,
     },
+}
+
+impl Kind {
+    /// The tool a `tools/call` names.
+    pub(crate) fn tool(&self) -> Option<&str> {
+        match self {
+            Kind::Request { method, target, .. } if method == "tools/call" => target.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Why a message is not one the relay can route.
@@ -135,26 +154,51 @@ struct ErrorObject {
     code: Option<i64>,
 }
 
+/// The members of `params` that routing reads, each as raw JSON text of any type, so that
+/// one of an odd type hides none of the others: a malformed `_meta` must not hide the name
+/// (and with it the scope check). A member named twice makes the whole `params`
+/// unreadable (serde refuses a repeated field): a server may read either copy, so the
+/// relay trusts neither, and a `tools/call` without a readable name is refused.
 #[derive(Deserialize)]
 struct Params<'a> {
-    #[serde(borrow, rename = "progressToken")]
-    progress_token: Option<&'a RawValue>,
-    #[serde(borrow, rename = "_meta")]
-    meta: Option<Meta<'a>>,
-    #[serde(borrow, rename = "requestId")]
-    request_id: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct CallName<'a> {
     #[serde(borrow)]
     name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    uri: Option<&'a RawValue>,
+    #[serde(borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+    #[serde(borrow, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct Meta<'a> {
     #[serde(borrow, rename = "progressToken")]
     progress_token: Option<&'a RawValue>,
+    #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+    version: Option<&'a RawValue>,
+}
+
+impl<'a> Params<'a> {
+    fn of(params: Option<&'a str>) -> Option<Self> {
+        serde_json::from_str(params?).ok()
+    }
+
+    fn meta(&self) -> Option<Meta<'a>> {
+        serde_json::from_str(self.meta?.get()).ok()
+    }
+}
+
+/// A raw value's text, if it is a JSON string.
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A raw value's canonical text.
+fn text(raw: Option<&RawValue>) -> Option<String> {
+    raw.map(|raw| raw.get().to_owned())
 }
 
 /// A field that is there, whatever its value, `null` included.
@@ -166,45 +210,34 @@ fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<IgnoredA
 pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
     let envelope = Envelope::of(message)?;
     let id = envelope.id.filter(|id| *id != "null").map(str::to_owned);
-    let params: Option<Params<'_>> = envelope.params.and_then(|p| serde_json::from_str(p).ok());
+    let params = Params::of(envelope.params);
+    let meta = params.as_ref().and_then(Params::meta);
+    let version = string(meta.as_ref().and_then(|m| m.version));
     match (envelope.method, id) {
         (Some(method), Some(id)) => {
-            // The name on its own: a malformed `_meta` must not hide it (and with it the
-            // scope check). A `tools/call` whose name cannot be read is refused upstream.
-            let tool = (method == "tools/call")
-                .then(|| {
-                    envelope
-                        .params
-                        .and_then(|p| serde_json::from_str::<CallName<'_>>(p).ok())
-                        .and_then(|p| p.name)
-                        .and_then(|name| serde_json::from_str::<String>(name.get()).ok())
-                })
-                .flatten();
-            let progress_token = params
-                .as_ref()
-                .and_then(|p| p.meta.as_ref())
-                .and_then(|m| m.progress_token)
-                .map(|t| t.get().to_owned());
+            let target = params.as_ref().and_then(|p| match method.as_ref() {
+                "tools/call" | "prompts/get" => string(p.name),
+                "resources/read" => string(p.uri),
+                _ => None,
+            });
             Ok(Kind::Request {
                 id,
                 method: method.into_owned(),
-                tool,
-                progress_token,
+                target,
+                progress_token: text(meta.and_then(|m| m.progress_token)),
+                version,
             })
         }
         (Some(method), None) => {
-            let progress_token = params
-                .as_ref()
-                .and_then(|p| p.progress_token)
-                .map(|t| t.get().to_owned());
+            let params = params.as_ref();
             let cancels = (method == "notifications/cancelled")
-                .then(|| params.as_ref().and_then(|p| p.request_id))
-                .flatten()
-                .map(|id| id.get().to_owned());
+                .then(|| text(params.and_then(|p| p.request_id)))
+                .flatten();
             Ok(Kind::Notification {
                 method: method.into_owned(),
-                progress_token,
+                progress_token: text(params.and_then(|p| p.progress_token)),
                 cancels,
+                version,
             })
         }
         (None, Some(id)) if envelope.result || envelope.error.is_some() => Ok(Kind::Response {
@@ -215,71 +248,31 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
     }
 }
 
-/// The target a request names, which MCP 2026-07-28 repeats in the `Mcp-Name` header:
-/// `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`.
-/// `None` for other methods, or when the body has no such string.
-pub(crate) fn target_name(message: &[u8], method: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Target {
-        name: Option<String>,
-        uri: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct WithParams {
-        params: Option<Target>,
-    }
-    let field = match method {
-        "tools/call" | "prompts/get" => |t: Target| t.name,
-        "resources/read" => |t: Target| t.uri,
-        _ => return None,
-    };
-    serde_json::from_slice::<WithParams>(message)
-        .ok()?
-        .params
-        .and_then(field)
-}
-
-/// `params._meta["io.modelcontextprotocol/protocolVersion"]`: the revision a 2026-era
-/// request names in its body.
-pub(crate) fn meta_protocol_version(message: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct VersionMeta {
-        #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
-        version: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct MetaParams {
-        #[serde(rename = "_meta")]
-        meta: Option<VersionMeta>,
-    }
-    #[derive(Deserialize)]
-    struct WithParams {
-        params: Option<MetaParams>,
-    }
-    serde_json::from_slice::<WithParams>(message)
-        .ok()?
-        .params?
-        .meta?
-        .version
-}
-
 /// Splits a POST body into single messages: one object, or a non-empty array of them.
-pub(crate) fn split_body(body: &[u8]) -> Result<Vec<Box<RawValue>>, Invalid> {
-    let first = body
+/// A lone message is the body itself without the whitespace around it, checked only as
+/// UTF-8 here: [`classify`] reads all of it and refuses what is not JSON.
+pub(crate) fn split_body(body: &Bytes) -> Result<Vec<Bytes>, Invalid> {
+    let start = body
         .iter()
-        .find(|b| !b.is_ascii_whitespace())
+        .position(|b| !b.is_ascii_whitespace())
         .ok_or(Invalid::NotJson)?;
-    if *first == b'[' {
+    if body[start] == b'[' {
         let messages: Vec<Box<RawValue>> =
             serde_json::from_slice(body).map_err(|_| Invalid::NotJson)?;
         if messages.is_empty() {
             return Err(Invalid::NotJsonRpc);
         }
-        Ok(messages)
-    } else {
-        let message: Box<RawValue> = serde_json::from_slice(body).map_err(|_| Invalid::NotJson)?;
-        Ok(vec![message])
+        return Ok(messages
+            .iter()
+            .map(|message| Bytes::copy_from_slice(message.get().as_bytes()))
+            .collect());
     }
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |last| last + 1);
+    std::str::from_utf8(&body[start..end]).map_err(|_| Invalid::NotJson)?;
+    Ok(vec![body.slice(start..end)])
 }
 
 #[cfg(test)]
@@ -299,10 +292,47 @@ mod tests {
             Kind::Request {
                 id: "7".into(),
                 method: "tools/call".into(),
-                tool: Some("echo".into()),
+                target: Some("echo".into()),
                 progress_token: Some("\"p1\"".into()),
+                version: None,
             }
         );
+        assert_eq!(kind.tool(), Some("echo"));
+    }
+
+    #[test]
+    fn requests_expose_the_target_and_revision_the_2026_headers_repeat() {
+        let meta =
+            r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":1}"#;
+        for (method, member, target) in [
+            ("tools/call", "name", Some("echo")),
+            ("prompts/get", "name", Some("greet")),
+            ("resources/read", "uri", Some("file:///a")),
+            ("resources/read", "name", None),
+            ("tools/list", "name", None),
+        ] {
+            let value = target.unwrap_or("x");
+            let message = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"{member}":"{value}",{meta}}}}}"#
+            );
+            let Ok(Kind::Request {
+                target: read,
+                version,
+                progress_token,
+                ..
+            }) = classify(message.as_bytes())
+            else {
+                panic!("not a request: {message}");
+            };
+            assert_eq!(read.as_deref(), target, "{message}");
+            assert_eq!(version.as_deref(), Some("2026-07-28"), "{message}");
+            assert_eq!(progress_token.as_deref(), Some("1"), "{message}");
+        }
+        let note = classify(
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(note, Kind::Notification { version: Some(v), .. } if v == "2026-07-28"));
     }
 
     #[test]
@@ -320,6 +350,7 @@ mod tests {
                 method: "notifications/progress".into(),
                 progress_token: Some("3".into()),
                 cancels: None,
+                version: None,
             }
         );
         assert_eq!(
@@ -339,6 +370,7 @@ mod tests {
                 method: "notifications/cancelled".into(),
                 progress_token: None,
                 cancels: Some("\"r1\"".into()),
+                version: None,
             }
         );
     }
@@ -346,12 +378,59 @@ mod tests {
     #[test]
     fn odd_params_do_not_break_classification() {
         let kind = classify(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1,2]}"#).unwrap();
-        assert!(matches!(kind, Kind::Request { tool: None, .. }));
+        assert!(matches!(kind, Kind::Request { target: None, .. }));
         let kind = classify(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":{"a":1}}}"#,
         )
         .unwrap();
-        assert!(matches!(kind, Kind::Request { tool: None, .. }));
+        assert_eq!(kind.tool(), None);
+        // A malformed `_meta` hides neither the name nor itself breaks the message.
+        for meta in [
+            r#""x""#,
+            "[1]",
+            r#"{"progressToken":1,"progressToken":2}"#,
+            r#"{"io.modelcontextprotocol/protocolVersion":7}"#,
+        ] {
+            let message = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","_meta":{meta}}}}}"#
+            );
+            let kind = classify(message.as_bytes()).unwrap();
+            assert_eq!(kind.tool(), Some("echo"), "{message}");
+            assert!(
+                matches!(kind, Kind::Request { version: None, .. }),
+                "{message}"
+            );
+        }
+    }
+
+    /// A server may read either copy of a repeated member: the relay reads neither, and a
+    /// `tools/call` without a readable name is refused before it goes anywhere.
+    #[test]
+    fn a_repeated_name_is_no_name() {
+        for params in [
+            r#"{"name":"allowed","name":"other"}"#,
+            r#"{"name":"allowed","n\u0061me":"other"}"#,
+        ] {
+            let message =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+            assert_eq!(
+                classify(message.as_bytes()).unwrap().tool(),
+                None,
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_message_is_the_body_without_the_whitespace_around_it() {
+        let body = Bytes::from_static(b" \n{\"jsonrpc\":\"2.0\",\n \"id\":1}\r\n ");
+        assert_eq!(
+            split_body(&body).unwrap(),
+            vec![Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\n \"id\":1}")]
+        );
+        // Not UTF-8, even where classification would skip the bytes.
+        let body = Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"x\":\"\xff\"}");
+        assert_eq!(split_body(&body).unwrap_err(), Invalid::NotJson);
     }
 
     #[test]
@@ -359,9 +438,18 @@ mod tests {
         assert_eq!(classify(b"{"), Err(Invalid::NotJson));
         assert_eq!(classify(b"{\"id\":1}"), Err(Invalid::NotJsonRpc));
         assert_eq!(classify(b"[1]"), Err(Invalid::NotJsonRpc));
-        assert_eq!(split_body(b"[]").unwrap_err(), Invalid::NotJsonRpc);
-        assert_eq!(split_body(b"  ").unwrap_err(), Invalid::NotJson);
-        assert_eq!(split_body(br#"[{"a":1},{"b":2}]"#).unwrap().len(), 2);
+        assert_eq!(
+            classify(b"{\"id\":1,\"result\":{}} x"),
+            Err(Invalid::NotJson)
+        );
+        let split = |body: &'static [u8]| split_body(&Bytes::from_static(body));
+        assert_eq!(split(b"[]").unwrap_err(), Invalid::NotJsonRpc);
+        assert_eq!(split(b"  ").unwrap_err(), Invalid::NotJson);
+        assert_eq!(split(b"[{\"a\":1} x").unwrap_err(), Invalid::NotJson);
+        assert_eq!(
+            split(br#" [{"a":1}, {"b":2}] "#).unwrap(),
+            [&br#"{"a":1}"#[..], br#"{"b":2}"#]
+        );
     }
 
     #[test]

@@ -230,12 +230,10 @@ async fn handle_post(
     let mut slots = Vec::new();
     let mut tool_lists = std::collections::HashSet::new();
     for (_, kind) in &messages {
-        let Kind::Request {
-            id, method, tool, ..
-        } = kind
-        else {
+        let Kind::Request { id, method, .. } = kind else {
             continue;
         };
+        let tool = kind.tool();
         if method == "tools/call" && tool.is_none() {
             return Ok(refuse_requests(
                 &RelayError::InvalidRequest("tools/call needs a readable params.name"),
@@ -889,13 +887,12 @@ fn check_names(agent: &str, server: &str) -> Result<(), RelayError> {
     Ok(())
 }
 
-pub(crate) fn parse_messages(body: &[u8]) -> Result<Vec<(Bytes, Kind)>, RelayError> {
+pub(crate) fn parse_messages(body: &Bytes) -> Result<Vec<(Bytes, Kind)>, RelayError> {
     let raw = jsonrpc::split_body(body).map_err(invalid)?;
     raw.into_iter()
         .map(|message| {
-            let bytes = Bytes::copy_from_slice(message.get().as_bytes());
-            let kind = jsonrpc::classify(&bytes).map_err(invalid)?;
-            Ok((bytes, kind))
+            let kind = jsonrpc::classify(&message).map_err(invalid)?;
+            Ok((message, kind))
         })
         .collect()
 }
@@ -1364,13 +1361,21 @@ pub(crate) fn check_method_headers(
     headers: &HeaderMap,
     messages: &[(Bytes, Kind)],
 ) -> Result<(), RelayError> {
-    let [(raw, kind)] = messages else {
+    let [(_, kind)] = messages else {
         return Err(RelayError::InvalidRequest(
             "a stateless request carries exactly one message",
         ));
     };
-    let method = match kind {
-        Kind::Request { method, .. } | Kind::Notification { method, .. } => method,
+    let (method, target, version) = match kind {
+        Kind::Request {
+            method,
+            target,
+            version,
+            ..
+        } => (method, target, version),
+        Kind::Notification {
+            method, version, ..
+        } => (method, &None, version),
         Kind::Response { .. } => {
             return Err(RelayError::InvalidRequest(
                 "a stateless POST carries a request or a notification",
@@ -1381,14 +1386,11 @@ pub(crate) fn check_method_headers(
     if header(METHOD_HEADER) != Some(method.as_str()) {
         return Err(RelayError::HeaderMismatch("Mcp-Method"));
     }
-    let name = jsonrpc::target_name(raw, method);
-    if name.is_some() && header(NAME_HEADER) != name.as_deref() {
+    if target.is_some() && header(NAME_HEADER) != target.as_deref() {
         return Err(RelayError::HeaderMismatch("Mcp-Name"));
     }
     // A stdio upstream sees only the body: the header's version must be the body's.
-    if let Some(version) = jsonrpc::meta_protocol_version(raw)
-        && header(PROTOCOL_VERSION_HEADER) != Some(version.as_str())
-    {
+    if version.is_some() && header(PROTOCOL_VERSION_HEADER) != version.as_deref() {
         return Err(RelayError::HeaderMismatch("MCP-Protocol-Version"));
     }
     Ok(())
@@ -1527,6 +1529,55 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn the_2026_headers_must_say_what_the_body_says() {
+        let check = |body: &str, sent: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in sent {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            let messages = parse_messages(&Bytes::from(body.to_owned())).unwrap();
+            match check_method_headers(&headers, &messages) {
+                Ok(()) => "ok",
+                Err(RelayError::HeaderMismatch(name)) => name,
+                Err(_) => "refused",
+            }
+        };
+        let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#;
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo",{meta}}}}}"#
+        );
+        let read =
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#;
+        let version = ("mcp-protocol-version", "2026-07-28");
+        let method = ("mcp-method", "tools/call");
+        assert_eq!(check(&call, &[version, method, ("mcp-name", "echo")]), "ok");
+        assert_eq!(
+            check(&call, &[version, ("mcp-method", "tools/list")]),
+            "Mcp-Method"
+        );
+        assert_eq!(check(&call, &[version, method]), "Mcp-Name");
+        assert_eq!(
+            check(&call, &[version, method, ("mcp-name", "other")]),
+            "Mcp-Name"
+        );
+        let old = ("mcp-protocol-version", "2025-11-25");
+        assert_eq!(
+            check(&call, &[old, method, ("mcp-name", "echo")]),
+            "MCP-Protocol-Version"
+        );
+        let read_method = ("mcp-method", "resources/read");
+        assert_eq!(check(read, &[read_method, ("mcp-name", "file:///a")]), "ok");
+        assert_eq!(check(read, &[read_method, ("mcp-name", "a")]), "Mcp-Name");
+        // Without a version in `_meta`, the header's stands alone.
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert_eq!(check(list, &[old, ("mcp-method", "tools/list")]), "ok");
+        let two = format!("[{list},{list}]");
+        assert_eq!(check(&two, &[("mcp-method", "tools/list")]), "refused");
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        assert_eq!(check(answer, &[]), "refused");
     }
 
     #[test]

@@ -443,8 +443,8 @@ impl ClientSession {
                     let Kind::Request {
                         id,
                         method,
-                        tool,
                         progress_token,
+                        ..
                     } = kind
                     else {
                         continue;
@@ -458,7 +458,7 @@ impl ClientSession {
                             post,
                             id: serde_json::from_str(id).unwrap_or(Value::Null),
                             method: method.clone(),
-                            tool: tool.clone(),
+                            tool: kind.tool().map(str::to_owned),
                             progress_token: progress_token.clone(),
                             started: now,
                             at: now_ms(),
