@@ -138,6 +138,15 @@ async fn canaries_reach_the_client_but_not_the_relays_store_or_logs() -> anyhow:
         "the relay really logged at trace level"
     );
     assert!(log.contains("agent connected") && log.contains("relay stopped"));
+    // A session dispatcher's events name the session's agent and server (its span is made
+    // per event, not per session).
+    assert!(
+        log.lines()
+            .any(|line| line.contains("session dispatcher stopped")
+                && line.contains("agent=laptop")
+                && line.contains("server=everything")),
+        "no dispatcher event in its session's span:\n{log}"
+    );
     for canary in [ARGUMENT_CANARY, RESULT_CANARY, HTTP_ARGUMENT_CANARY] {
         let leaks: Vec<&str> = log.lines().filter(|l| l.contains(canary)).collect();
         assert!(
