@@ -29,6 +29,8 @@ pub(crate) enum Kind {
         progress_token: Option<String>,
         /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
         version: Option<String>,
+        /// See [`Kind::repeated`].
+        repeated: bool,
     },
     /// Has a method and no id.
     Notification {
@@ -40,6 +42,8 @@ pub(crate) enum Kind {
         cancels: Option<String>,
         /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
         version: Option<String>,
+        /// See [`Kind::repeated`].
+        repeated: bool,
     },
     /// Has an id and a result or an error.
     Response {
@@ -51,6 +55,17 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// Whether `params` or its `_meta` names twice a member routing reads (`name`, `uri`,
+    /// `progressToken`, `requestId`, `_meta`, the protocol version). A server may read
+    /// either copy, so the relay reads neither: the members beside it read as absent, and
+    /// whoever checks one of them against a header refuses the message.
+    pub(crate) fn repeated(&self) -> bool {
+        match self {
+            Kind::Request { repeated, .. } | Kind::Notification { repeated, .. } => *repeated,
+            Kind::Response { .. } => false,
+        }
+    }
+
     /// The tool a `tools/call` names.
     pub(crate) fn tool(&self) -> Option<&str> {
         match self {
@@ -101,7 +116,9 @@ impl<'a> Envelope<'a> {
             return Ok(fast);
         }
         let parsed: Parsed<'_> = serde_json::from_slice(message).map_err(|e| {
-            if e.is_data() {
+            // A member of the wrong type may come before a syntax error: only JSON that
+            // reads whole is JSON that is not JSON-RPC.
+            if e.is_data() && serde_json::from_slice::<IgnoredAny>(message).is_ok() {
                 Invalid::NotJsonRpc
             } else {
                 Invalid::NotJson
@@ -156,9 +173,9 @@ struct ErrorObject {
 
 /// The members of `params` that routing reads, each as raw JSON text of any type, so that
 /// one of an odd type hides none of the others: a malformed `_meta` must not hide the name
-/// (and with it the scope check). A member named twice makes the whole `params`
-/// unreadable (serde refuses a repeated field): a server may read either copy, so the
-/// relay trusts neither, and a `tools/call` without a readable name is refused.
+/// (and with it the scope check). Read only from an object (serde would read a struct
+/// from an array by position). A member named twice makes the whole `params` unreadable
+/// (serde refuses a repeated field, and nothing else can fail): see [`Kind::repeated`].
 #[derive(Deserialize)]
 struct Params<'a> {
     #[serde(borrow)]
@@ -181,15 +198,20 @@ struct Meta<'a> {
     version: Option<&'a RawValue>,
 }
 
-impl<'a> Params<'a> {
-    fn of(params: Option<&'a str>) -> Option<Self> {
-        serde_json::from_str(params?).ok()
-    }
-
-    fn meta(&self) -> Option<Meta<'a>> {
-        serde_json::from_str(self.meta?.get()).ok()
+/// An object's members that routing reads: `Ok(None)` when `text` is not an object,
+/// `Err(Repeated)` when it is one that names one of them twice. Every member of `T` is a
+/// raw value of any type, so a repeat is the only way an object can fail to read.
+fn members<'a, T: Deserialize<'a>>(text: Option<&'a str>) -> Result<Option<T>, Repeated> {
+    match text {
+        Some(text) if text.starts_with('{') => {
+            serde_json::from_str(text).map(Some).map_err(|_| Repeated)
+        }
+        _ => Ok(None),
     }
 }
+
+/// An object named a member twice.
+struct Repeated;
 
 /// A raw value's text, if it is a JSON string.
 fn string(raw: Option<&RawValue>) -> Option<String> {
@@ -210,8 +232,13 @@ fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<IgnoredA
 pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
     let envelope = Envelope::of(message)?;
     let id = envelope.id.filter(|id| *id != "null").map(str::to_owned);
-    let params = Params::of(envelope.params);
-    let meta = params.as_ref().and_then(Params::meta);
+    let params = members::<Params<'_>>(envelope.params);
+    let meta = match &params {
+        Ok(Some(params)) => members::<Meta<'_>>(params.meta.map(RawValue::get)),
+        _ => Ok(None),
+    };
+    let repeated = params.is_err() || meta.is_err();
+    let (params, meta) = (params.ok().flatten(), meta.ok().flatten());
     let version = string(meta.as_ref().and_then(|m| m.version));
     match (envelope.method, id) {
         (Some(method), Some(id)) => {
@@ -226,6 +253,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 target,
                 progress_token: text(meta.and_then(|m| m.progress_token)),
                 version,
+                repeated,
             })
         }
         (Some(method), None) => {
@@ -238,6 +266,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 progress_token: text(params.and_then(|p| p.progress_token)),
                 cancels,
                 version,
+                repeated,
             })
         }
         (None, Some(id)) if envelope.result || envelope.error.is_some() => Ok(Kind::Response {
@@ -254,7 +283,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
 pub(crate) fn split_body(body: &Bytes) -> Result<Vec<Bytes>, Invalid> {
     let start = body
         .iter()
-        .position(|b| !b.is_ascii_whitespace())
+        .position(|b| !is_json_whitespace(*b))
         .ok_or(Invalid::NotJson)?;
     if body[start] == b'[' {
         let messages: Vec<Box<RawValue>> =
@@ -269,10 +298,15 @@ pub(crate) fn split_body(body: &Bytes) -> Result<Vec<Bytes>, Invalid> {
     }
     let end = body
         .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
+        .rposition(|b| !is_json_whitespace(*b))
         .map_or(start, |last| last + 1);
     std::str::from_utf8(&body[start..end]).map_err(|_| Invalid::NotJson)?;
     Ok(vec![body.slice(start..end)])
+}
+
+/// JSON's whitespace: narrower than ASCII's, which has form feed.
+fn is_json_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 #[cfg(test)]
@@ -295,6 +329,7 @@ mod tests {
                 target: Some("echo".into()),
                 progress_token: Some("\"p1\"".into()),
                 version: None,
+                repeated: false,
             }
         );
         assert_eq!(kind.tool(), Some("echo"));
@@ -351,6 +386,7 @@ mod tests {
                 progress_token: Some("3".into()),
                 cancels: None,
                 version: None,
+                repeated: false,
             }
         );
         assert_eq!(
@@ -371,6 +407,7 @@ mod tests {
                 progress_token: None,
                 cancels: Some("\"r1\"".into()),
                 version: None,
+                repeated: false,
             }
         );
     }
@@ -400,6 +437,46 @@ mod tests {
                 matches!(kind, Kind::Request { version: None, .. }),
                 "{message}"
             );
+            assert_eq!(
+                kind.repeated(),
+                meta.contains("1,\"progressToken"),
+                "{message}"
+            );
+        }
+        // Members are read from an object only: serde would read them from an array by
+        // position.
+        let kind = classify(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["echo",null,null,null,null]}"#,
+        )
+        .unwrap();
+        assert_eq!(kind.tool(), None);
+        assert!(!kind.repeated());
+    }
+
+    /// A repeated member beside the one a header repeats hides it: the message says so,
+    /// rather than reading as if it had none.
+    #[test]
+    fn a_repeated_sibling_marks_the_message() {
+        let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2025-06-18"}"#;
+        for params in [
+            r#"{"name":"secret","progressToken":1,"progressToken":2}"#.to_owned(),
+            format!(r#"{{"name":"secret",{meta},{meta}}}"#),
+            r#"{"name":"secret","_meta":{"progressToken":1,"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2025-06-18"}}"#.to_owned(),
+        ] {
+            for message in [
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{params}}}"#),
+                format!(r#"{{"jsonrpc":"2.0","method":"notifications/x","params":{params}}}"#),
+            ] {
+                let kind = classify(message.as_bytes()).unwrap();
+                assert!(kind.repeated(), "{message}");
+                assert!(
+                    matches!(
+                        kind,
+                        Kind::Request { version: None, .. } | Kind::Notification { version: None, .. }
+                    ),
+                    "{message}"
+                );
+            }
         }
     }
 
@@ -442,9 +519,25 @@ mod tests {
             classify(b"{\"id\":1,\"result\":{}} x"),
             Err(Invalid::NotJson)
         );
+        // A member of the wrong type before broken syntax: still not JSON.
+        assert_eq!(classify(b"{\"id\":1,\"method\":5,"), Err(Invalid::NotJson));
+        assert_eq!(
+            classify(b"{\"id\":1,\"method\":5}"),
+            Err(Invalid::NotJsonRpc)
+        );
         let split = |body: &'static [u8]| split_body(&Bytes::from_static(body));
         assert_eq!(split(b"[]").unwrap_err(), Invalid::NotJsonRpc);
         assert_eq!(split(b"  ").unwrap_err(), Invalid::NotJson);
+        // Form feed is ASCII whitespace, not JSON's: the message keeps it, and classify
+        // refuses it.
+        assert_eq!(
+            split(b"\x0c{\"a\":1}").unwrap(),
+            [Bytes::from_static(b"\x0c{\"a\":1}")]
+        );
+        assert_eq!(
+            classify(b"\x0c{\"id\":1,\"result\":{}}"),
+            Err(Invalid::NotJson)
+        );
         assert_eq!(split(b"[{\"a\":1} x").unwrap_err(), Invalid::NotJson);
         assert_eq!(
             split(br#" [{"a":1}, {"b":2}] "#).unwrap(),

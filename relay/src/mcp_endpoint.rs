@@ -1386,6 +1386,12 @@ pub(crate) fn check_method_headers(
     if header(METHOD_HEADER) != Some(method.as_str()) {
         return Err(RelayError::HeaderMismatch("Mcp-Method"));
     }
+    // The name or version may be hidden behind a repeat: the body cannot be checked.
+    if kind.repeated() {
+        return Err(RelayError::InvalidRequest(
+            "params or its _meta names a member twice",
+        ));
+    }
     if target.is_some() && header(NAME_HEADER) != target.as_deref() {
         return Err(RelayError::HeaderMismatch("Mcp-Name"));
     }
@@ -1578,6 +1584,18 @@ mod tests {
         assert_eq!(check(&two, &[("mcp-method", "tools/list")]), "refused");
         let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
         assert_eq!(check(answer, &[]), "refused");
+        // A repeat that could hide the name or the version is refused, not skipped.
+        let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"secret","_meta":{},"_meta":{}}}"#;
+        let prompt_method = ("mcp-method", "prompts/get");
+        assert_eq!(
+            check(prompt, &[prompt_method, ("mcp-name", "public")]),
+            "refused"
+        );
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/x","params":{"_meta":{"progressToken":1,"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2025-06-18"}}}"#;
+        assert_eq!(
+            check(note, &[version, ("mcp-method", "notifications/x")]),
+            "refused"
+        );
     }
 
     #[test]
