@@ -25,6 +25,9 @@ pub(crate) struct Outcome {
     pub(crate) bytes: u64,
     /// Measured time: from the end of the warm-up to the last answer.
     pub(crate) elapsed: Duration,
+    /// Every call sent, the warm-up's and failed ones included: what the processes on the
+    /// path did work for (closed loop only).
+    pub(crate) calls_sent: u64,
 }
 
 /// How long a run lasts: whichever bound comes first.
@@ -46,6 +49,7 @@ impl Outcome {
             first_error: None,
             bytes: 0,
             elapsed: Duration::ZERO,
+            calls_sent: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl Outcome {
         }
         self.bytes += other.bytes;
         self.elapsed += other.elapsed;
+        self.calls_sent += other.calls_sent;
     }
 
     fn record(&mut self, result: anyhow::Result<usize>, latency: Duration) {
@@ -145,6 +150,7 @@ pub(crate) async fn closed_loop(
                 }
                 let result = session.call(call).await;
                 let done = Instant::now();
+                outcome.calls_sent += 1;
                 if measured {
                     outcome.record(result, done - sent);
                     last = done;

@@ -11,6 +11,7 @@ use crate::Settings;
 use crate::client::Call;
 use crate::latency::ERA_NOTE;
 use crate::load::{Bounds, Outcome, close_sessions, closed_loop, open_loop, open_sessions};
+use crate::procfs;
 use crate::report::{Section, errors, outcome_json, ratio, thousands, us};
 use crate::stack::{Stack, direct_of};
 
@@ -34,14 +35,30 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         max_calls: u64::MAX,
     };
     let targets = &stack.targets;
-    // closed[level][target]
+    // closed[level][target], and the CPU time each process of the target's bridge used
+    // meanwhile (warm-up included, as in `Outcome::calls_sent`).
     let mut closed: Vec<Vec<Option<Outcome>>> =
         levels.iter().map(|_| vec![None; targets.len()]).collect();
+    let mut cpu: Vec<Vec<Vec<Duration>>> = levels
+        .iter()
+        .map(|_| {
+            targets
+                .iter()
+                .map(|target| vec![Duration::ZERO; stack.bridge_pids(target).len()])
+                .collect()
+        })
+        .collect();
     for _ in 0..settings.rounds {
         for (l, &concurrency) in levels.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
                 let sessions = open_sessions(&target.endpoint, concurrency).await?;
+                let pids = stack.bridge_pids(target);
+                let before: Vec<Duration> =
+                    pids.iter().map(|(_, pid)| procfs::cpu_time(*pid)).collect();
                 let (outcome, sessions) = closed_loop(sessions, Call::Echo, bounds).await;
+                for ((used, (_, pid)), before) in cpu[l][t].iter_mut().zip(&pids).zip(before) {
+                    *used += procfs::cpu_time(*pid).saturating_sub(before);
+                }
                 close_sessions(sessions).await;
                 merge(&mut closed[l][t], outcome);
             }
@@ -53,6 +70,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
     let top = levels.len() - 1;
     header.push(format!("p99 µs c={}", levels[top]));
     header.push(format!("ratio to direct c={}", levels[top]));
+    header.push(format!("bridge CPU µs per call c={}", levels[top]));
     header.push("errors".into());
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut section = Section::new(
@@ -84,11 +102,29 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
                 "era": target.era().label(),
                 "concurrency": concurrency,
                 "outcome": outcome_json(outcome),
+                "calls_sent": outcome.calls_sent,
+                "bridge_cpu_us_per_call": stack
+                    .bridge_pids(target)
+                    .iter()
+                    .zip(&cpu[l][t])
+                    .map(|((process, _), used)| json!({"process": process, "us": per_call(*used, outcome)}))
+                    .collect::<Vec<_>>(),
             }));
         }
         let top_outcome = closed[top][t].as_ref().expect("recorded");
         row.push(us(top_outcome.q(0.99)));
         row.push(ratio(top_outcome.rate(), direct_top));
+        let bridge: Vec<String> = stack
+            .bridge_pids(target)
+            .iter()
+            .zip(&cpu[top][t])
+            .map(|((process, _), used)| format!("{process} {:.0}", per_call(*used, top_outcome)))
+            .collect();
+        row.push(if bridge.is_empty() {
+            "–".into()
+        } else {
+            bridge.join(", ")
+        });
         row.push(if error_cells.is_empty() {
             "0".into()
         } else {
@@ -98,6 +134,9 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         peaks.push(peak);
     }
     section.note("Ratios here are throughput over the direct path's: above 1 is faster.");
+    section.note(
+        "Bridge CPU: user and system CPU time of each process between the client and the upstream (relay and agent; the floor's forwarders; a peer's process) over the runs at that concurrency, warm-up included, per call sent. On this machine every process shares the same cores, so at the top concurrency calls/s is roughly the cores' time over the sum of every process's CPU per call: this column is the bridge's share, and it moves less with the machine's speed than calls/s does.",
+    );
     section.note(ERA_NOTE);
 
     // Open loop at 50% and 80% of each target's peak.
@@ -151,6 +190,11 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         }
     }
     Ok(vec![section, latency])
+}
+
+/// CPU time per call sent, µs.
+fn per_call(used: Duration, outcome: &Outcome) -> f64 {
+    used.as_secs_f64() * 1e6 / outcome.calls_sent.max(1) as f64
 }
 
 fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
