@@ -63,12 +63,31 @@ pub(crate) struct Read {
     /// Its id (canonical JSON text), unless absent or `null`.
     pub(crate) id: Option<String>,
     pub(crate) method: Option<String>,
+    /// The serial of the call [`Calls::admit`] opened for it.
+    pub(crate) serial: Option<u64>,
+}
+
+/// One call: its request's id, and which of the calls with that id it is. A client may
+/// use an id again once its call is closed (answered, cancelled, timed out), while the
+/// exchange of the first is still ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallRef {
+    pub(crate) id: String,
+    serial: u64,
 }
 
 impl Read {
     /// The id of a request: a message with an id and a method.
     pub(crate) fn request_id(&self) -> Option<&str> {
         self.id.as_deref().filter(|_| self.method.is_some())
+    }
+
+    /// The call admitting this request opened.
+    pub(crate) fn call(&self) -> Option<CallRef> {
+        Some(CallRef {
+            id: self.request_id()?.to_owned(),
+            serial: self.serial?,
+        })
     }
 }
 
@@ -96,6 +115,8 @@ struct State {
     owed: HashMap<String, Option<Bytes>>,
     /// When a call first timed out with no word from the upstream since.
     silent_since: Option<Instant>,
+    /// The serial of the next call opened.
+    next_serial: u64,
 }
 
 /// When a call times out: `None` when no timeout is set.
@@ -103,6 +124,8 @@ pub(crate) type Deadline = Option<Instant>;
 
 #[derive(Debug)]
 struct OpenCall {
+    /// Which of the calls with this id it is ([`CallRef`]).
+    serial: u64,
     tool: Option<String>,
     started: Instant,
     deadline: Deadline,
@@ -250,6 +273,7 @@ impl Calls {
             return Admission::Forward(Read {
                 id: id.map(|id| id.get().to_owned()),
                 method: None,
+                serial: None,
             });
         };
         let Some(id) = id else {
@@ -264,6 +288,7 @@ impl Calls {
             return Admission::Forward(Read {
                 id: None,
                 method: Some(method.to_owned()),
+                serial: None,
             });
         };
         let id = id.get().to_owned();
@@ -301,14 +326,17 @@ impl Calls {
             ));
         }
         let now = Instant::now();
+        let mut state = self.lock();
+        let serial = state.next_serial;
+        state.next_serial += 1;
         let call = OpenCall {
+            serial,
             tool,
             started: now,
             deadline: policy.call_timeout.filter(|_| is_work).map(|t| now + t),
             slot,
             filter_tools: method == "tools/list" && policy.filters_tools(),
         };
-        let mut state = self.lock();
         state.expired.remove(&id);
         if let Some(replaced) = state.open.insert(id.clone(), call) {
             // A client reusing an open id: the relay refuses that, so this is a bug
@@ -323,6 +351,7 @@ impl Calls {
         Admission::Forward(Read {
             id: Some(id),
             method: Some(method.to_owned()),
+            serial: Some(serial),
         })
     }
 
@@ -444,8 +473,21 @@ impl Calls {
     /// Closes a call answered by the agent itself (an error in the upstream's place),
     /// owed until [`Calls::delivered`]. `false` if it was not open (answered already).
     pub(crate) fn answered(&self, id: &str) -> bool {
+        self.answered_if(id, |_| true)
+    }
+
+    /// [`Calls::answered`] for this very call: `false`, touching nothing, when it is closed
+    /// already, even if a later call has taken its id.
+    pub(crate) fn answered_call(&self, call: &CallRef) -> bool {
+        self.answered_if(&call.id, |open| open.serial == call.serial)
+    }
+
+    fn answered_if(&self, id: &str, this_call: impl FnOnce(&OpenCall) -> bool) -> bool {
         let mut state = self.lock();
-        let call = state.open.remove(id);
+        let call = match state.open.get(id) {
+            Some(open) if this_call(open) => state.open.remove(id),
+            _ => None,
+        };
         if call.is_some() {
             state.owed.insert(id.to_owned(), None);
         }
@@ -564,9 +606,18 @@ impl Calls {
         }
     }
 
-    /// Whether request `id` is still unanswered.
-    pub(crate) fn is_open(&self, id: &str) -> bool {
+    /// Whether some call with id `id` is unanswered.
+    #[cfg(test)]
+    pub(crate) fn has_open(&self, id: &str) -> bool {
         self.lock().open.contains_key(id)
+    }
+
+    /// Whether `call` is still unanswered.
+    pub(crate) fn is_open(&self, call: &CallRef) -> bool {
+        self.lock()
+            .open
+            .get(&call.id)
+            .is_some_and(|open| open.serial == call.serial)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -633,12 +684,13 @@ pub(crate) fn read(message: &[u8]) -> Read {
             .filter(|id| id.get() != "null")
             .map(|id| id.get().to_owned()),
         method: peek.method.map(Cow::into_owned),
+        serial: None,
     }
 }
 
 /// The message's id (canonical JSON text) and whether it has a method.
 pub(crate) fn peek(message: &[u8]) -> Option<(String, bool)> {
-    let Read { id, method } = read(message);
+    let Read { id, method, .. } = read(message);
     Some((id?, method.is_some()))
 }
 
@@ -774,6 +826,39 @@ mod tests {
         matches!(calls.admit(message), Admission::Forward(_))
     }
 
+    /// A client may send an id again once its call is cancelled, while the first call's
+    /// exchange is still ending: what that exchange does for its call must not reach the
+    /// second.
+    #[test]
+    fn a_closed_call_s_leftovers_do_not_reach_a_later_call_with_its_id() {
+        let (calls, total, _) = calls(ToolPolicy::new(vec![], vec![], None, None).unwrap());
+        let request =
+            br#"{"jsonrpc":"2.0","id":500,"method":"tools/call","params":{"name":"slow"}}"#;
+        let Admission::Forward(first) = calls.admit(request) else {
+            panic!("refused");
+        };
+        let first = first.call().expect("a call");
+        assert!(calls.is_open(&first));
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":500}}"#
+        ));
+        assert!(!calls.is_open(&first));
+        let Admission::Forward(second) = calls.admit(request) else {
+            panic!("refused");
+        };
+        let second = second.call().expect("a call");
+        assert_eq!(second.id, first.id);
+        assert!(
+            !calls.is_open(&first),
+            "the id is open, but not for the first call"
+        );
+        assert!(!calls.answered_call(&first));
+        assert!(calls.is_open(&second) && total.get() == 1);
+        assert!(calls.answered_call(&second));
+        assert!(!calls.is_open(&second) && total.get() == 0);
+    }
+
     #[test]
     fn admitting_reads_the_id_and_method_as_read_does() {
         let (calls, _, _) = calls(ToolPolicy::default());
@@ -790,7 +875,7 @@ mod tests {
             let Admission::Forward(admitted) = calls.admit(message) else {
                 panic!("refused: {}", String::from_utf8_lossy(message));
             };
-            let Read { id, method } = read(message);
+            let Read { id, method, .. } = read(message);
             assert_eq!(
                 (admitted.id, admitted.method),
                 (id, method),
@@ -1004,7 +1089,7 @@ mod tests {
         assert_eq!(open.streamable("3"), None);
         assert_eq!(total.get(), 2);
         assert!(open.streamed("1"));
-        assert!(!open.is_open("1"));
+        assert!(!open.has_open("1"));
         assert_eq!(total.get(), 1);
         assert!(!open.streamed("1"), "closed once");
         assert!(open.time_out_arriving("2"));

@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use super::calls::Read;
 use super::sse::SseParser;
 use super::{
-    Admission, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext, answer_with_error, forward,
+    Admission, CallRef, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext,
+    answer_call_with_error, forward,
 };
 use crate::config::HttpConfig;
 
@@ -127,7 +128,7 @@ pub(super) async fn serve(
             // wake-up per request. The stream's metadata says so (the relay forwards the
             // request's `MCP-Protocol-Version`), not the first message alone: a 2025
             // batch may put a request before its `initialize`.
-            first_stateless = outgoing.request_id.is_some() && super::is_stateless(&meta);
+            first_stateless = outgoing.request.is_some() && super::is_stateless(&meta);
         }
         let Ok(permit) = bridge.posts.clone().acquire_owned().await else {
             break;
@@ -141,7 +142,7 @@ pub(super) async fn serve(
                 let _permit = permit;
                 task.exchange(outgoing).await;
             }));
-        } else if outgoing.request_id.is_some() {
+        } else if outgoing.request.is_some() {
             // Requests run concurrently: a long call must hold up neither the next call
             // nor its cancellation.
             bridge.tasks.spawn(async move {
@@ -206,7 +207,8 @@ fn detach(
 /// A message posted upstream, its response headers in.
 struct Sent {
     response: Result<reqwest::Response, reqwest::Error>,
-    request_id: Option<String>,
+    /// The call the message opened, when it is a request.
+    request: Option<CallRef>,
     /// The message is an `initialize` request, whose answer names the protocol version.
     initialize: bool,
     initialized: bool,
@@ -254,10 +256,10 @@ impl Bridge {
     async fn send(self: Arc<Self>, outgoing: Outgoing) -> Option<Sent> {
         let Outgoing {
             message,
-            request_id,
+            request,
             method,
         } = outgoing;
-        let initialize = request_id.is_some() && method.as_deref() == Some("initialize");
+        let initialize = request.is_some() && method.as_deref() == Some("initialize");
         let initialized = method.as_deref() == Some("notifications/initialized");
         let response = tokio::select! {
             _ = self.stop.cancelled() => return None,
@@ -265,7 +267,7 @@ impl Bridge {
         };
         Some(Sent {
             response,
-            request_id,
+            request,
             initialize,
             initialized,
         })
@@ -275,7 +277,7 @@ impl Bridge {
     async fn finish(self: Arc<Self>, sent: Sent) {
         let Sent {
             response,
-            request_id,
+            request,
             initialize,
             initialized,
         } = sent;
@@ -302,7 +304,7 @@ impl Bridge {
                 }
                 tokio::select! {
                     _ = self.stop.cancelled() => {}
-                    _ = self.session.relay_body(response, request_id, initialize, &self.sender, &self.calls) => {}
+                    _ = self.session.relay_body(response, request, initialize, &self.sender, &self.calls) => {}
                 }
             }
             Ok(response) if response.status().is_client_error() && carries_json(&response) => {
@@ -311,25 +313,36 @@ impl Bridge {
                 tracing::debug!(server = %self.name, status = %response.status(), "upstream refused a message with a JSON-RPC answer");
                 tokio::select! {
                     _ = self.stop.cancelled() => {}
-                    _ = self.session.relay_body(response, request_id, initialize, &self.sender, &self.calls) => {}
+                    _ = self.session.relay_body(response, request, initialize, &self.sender, &self.calls) => {}
                 }
             }
             Ok(response) => {
                 let status = response.status();
                 tracing::warn!(server = %self.name, %status, "upstream refused a message");
-                if let Some(id) = request_id {
+                if let Some(call) = request {
                     let text = format!("the upstream server answered HTTP {}", status.as_u16());
-                    let _ =
-                        answer_with_error(&self.sender, &self.calls, &id, ERROR_UPSTREAM, &text)
-                            .await;
+                    let _ = answer_call_with_error(
+                        &self.sender,
+                        &self.calls,
+                        &call,
+                        ERROR_UPSTREAM,
+                        &text,
+                    )
+                    .await;
                 }
             }
             Err(err) => {
                 tracing::warn!(server = %self.name, err = %err.without_url(), "upstream unreachable");
-                if let Some(id) = request_id {
+                if let Some(call) = request {
                     let text = "the upstream server is unreachable";
-                    let _ = answer_with_error(&self.sender, &self.calls, &id, ERROR_UPSTREAM, text)
-                        .await;
+                    let _ = answer_call_with_error(
+                        &self.sender,
+                        &self.calls,
+                        &call,
+                        ERROR_UPSTREAM,
+                        text,
+                    )
+                    .await;
                 }
             }
         }
@@ -363,7 +376,7 @@ impl Session {
     async fn relay_body(
         &self,
         response: reqwest::Response,
-        request_id: Option<String>,
+        request: Option<CallRef>,
         initialize: bool,
         sender: &StreamSender,
         calls: &Calls,
@@ -378,7 +391,7 @@ impl Session {
             .unwrap_or("")
             .to_ascii_lowercase();
         if response.status() == StatusCode::ACCEPTED
-            || request_id.is_none() && !content_type.starts_with("text/event-stream")
+            || request.is_none() && !content_type.starts_with("text/event-stream")
         {
             return;
         }
@@ -400,9 +413,10 @@ impl Session {
                 Err(end) => end,
             }
         };
-        // A body that ended without answering its request still owes the client an answer.
-        if let Some(id) = request_id
-            && calls.is_open(&id)
+        // A body that ended without answering its request still owes the client an answer,
+        // unless its call was closed meanwhile (its id may be a later call's by now).
+        if let Some(call) = request
+            && calls.is_open(&call)
         {
             let (code, text) = match outcome {
                 BodyEnd::Complete => (
@@ -422,7 +436,7 @@ impl Session {
                 ),
             };
             tracing::warn!(?outcome, "upstream response ended without an answer");
-            let _ = answer_with_error(sender, calls, &id, code, &text).await;
+            let _ = answer_call_with_error(sender, calls, &call, code, &text).await;
         }
     }
 
@@ -559,8 +573,8 @@ impl Session {
 /// A message for the upstream, with what sending it needs to know, read in one parse.
 struct Outgoing {
     message: Bytes,
-    /// Its id, when it is a request.
-    request_id: Option<String>,
+    /// The call it opened, when it is a request.
+    request: Option<CallRef>,
     method: Option<String>,
 }
 
@@ -574,7 +588,7 @@ impl Outgoing {
     /// A client's message, with what admitting it read.
     fn new(message: Bytes, read: Read) -> Self {
         Self {
-            request_id: read.request_id().map(str::to_owned),
+            request: read.call(),
             method: read.method,
             message,
         }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-pub(crate) use calls::{Admission, Calls, InFlight, ServerRuntime};
+pub(crate) use calls::{Admission, CallRef, Calls, InFlight, ServerRuntime};
 pub(crate) use shared::SharedProcesses;
 
 use crate::config::{ServerConfig, Transport};
@@ -146,6 +146,23 @@ pub(crate) async fn answer_with_error(
     calls.answered(id);
     let message = calls.redact_text(message);
     send_owed(sender, calls, id, calls::error_response(id, code, &message)).await
+}
+
+/// Answers `call` with a JSON-RPC error on the upstream's behalf, unless it was closed
+/// meanwhile (cancelled, timed out): its id may then belong to a later call.
+pub(crate) async fn answer_call_with_error(
+    sender: &StreamSender,
+    calls: &Calls,
+    call: &CallRef,
+    code: i64,
+    message: &str,
+) -> Result<(), ()> {
+    if !calls.answered_call(call) {
+        return Ok(());
+    }
+    let message = calls.redact_text(message);
+    let answer = calls::error_response(&call.id, code, &message);
+    send_owed(sender, calls, &call.id, answer).await
 }
 
 /// Sends `answer` to request `id`, whose call is closed, keeping it owed (see

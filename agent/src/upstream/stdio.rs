@@ -1159,7 +1159,7 @@ mod tests {
         assert!(received == answer.as_bytes());
         drop(server.await.unwrap());
         let calls = exited(agent, stop).await;
-        assert!(!calls.is_open("1"));
+        assert!(!calls.has_open("1"));
     }
 
     /// The next message the relay side receives, past an abandoned one (ending in NUL,
@@ -1206,7 +1206,7 @@ mod tests {
         assert_timed_out_then_next_line(&mut relay_side).await;
         drop(server.await.unwrap());
         let calls = exited(agent, stop).await;
-        assert!(!calls.is_open("1"));
+        assert!(!calls.has_open("1"));
     }
 
     /// The same when the server has written the whole line and only its last parts wait
