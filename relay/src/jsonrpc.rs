@@ -29,8 +29,8 @@ pub(crate) enum Kind {
         progress_token: Option<String>,
         /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
         version: Option<String>,
-        /// See [`Kind::repeated`].
-        repeated: bool,
+        /// See [`Kind::unreadable`].
+        unreadable: bool,
     },
     /// Has a method and no id.
     Notification {
@@ -42,8 +42,8 @@ pub(crate) enum Kind {
         cancels: Option<String>,
         /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
         version: Option<String>,
-        /// See [`Kind::repeated`].
-        repeated: bool,
+        /// See [`Kind::unreadable`].
+        unreadable: bool,
     },
     /// Has an id and a result or an error.
     Response {
@@ -55,13 +55,15 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    /// Whether `params` or its `_meta` names twice a member routing reads (`name`, `uri`,
-    /// `progressToken`, `requestId`, `_meta`, the protocol version). A server may read
-    /// either copy, so the relay reads neither: the members beside it read as absent, and
-    /// whoever checks one of them against a header refuses the message.
-    pub(crate) fn repeated(&self) -> bool {
+    /// Whether `params` or its `_meta` is an object the relay could not read: it names a
+    /// member routing reads twice (`name`, `uri`, `progressToken`, `requestId`, `_meta`,
+    /// the protocol version), which a server may read either copy of, or it has a key that
+    /// does not decode (a lone surrogate escape). The relay then reads none of its members:
+    /// they read as absent, and whoever checks one of them against a header refuses the
+    /// message.
+    pub(crate) fn unreadable(&self) -> bool {
         match self {
-            Kind::Request { repeated, .. } | Kind::Notification { repeated, .. } => *repeated,
+            Kind::Request { unreadable, .. } | Kind::Notification { unreadable, .. } => *unreadable,
             Kind::Response { .. } => false,
         }
     }
@@ -175,7 +177,7 @@ struct ErrorObject {
 /// one of an odd type hides none of the others: a malformed `_meta` must not hide the name
 /// (and with it the scope check). Read only from an object (serde would read a struct
 /// from an array by position). A member named twice makes the whole `params` unreadable
-/// (serde refuses a repeated field, and nothing else can fail): see [`Kind::repeated`].
+/// (serde refuses a repeated field): see [`Kind::unreadable`].
 #[derive(Deserialize)]
 struct Params<'a> {
     #[serde(borrow)]
@@ -199,19 +201,20 @@ struct Meta<'a> {
 }
 
 /// An object's members that routing reads: `Ok(None)` when `text` is not an object,
-/// `Err(Repeated)` when it is one that names one of them twice. Every member of `T` is a
-/// raw value of any type, so a repeat is the only way an object can fail to read.
-fn members<'a, T: Deserialize<'a>>(text: Option<&'a str>) -> Result<Option<T>, Repeated> {
+/// `Err(Unreadable)` when it is one that names one of them twice or has a key that does
+/// not decode. Every member of `T` is a raw value of any type, so nothing else fails: the
+/// envelope's pass checked the JSON already.
+fn members<'a, T: Deserialize<'a>>(text: Option<&'a str>) -> Result<Option<T>, Unreadable> {
     match text {
         Some(text) if text.starts_with('{') => {
-            serde_json::from_str(text).map(Some).map_err(|_| Repeated)
+            serde_json::from_str(text).map(Some).map_err(|_| Unreadable)
         }
         _ => Ok(None),
     }
 }
 
-/// An object named a member twice.
-struct Repeated;
+/// An object the relay could not read (see [`Kind::unreadable`]).
+struct Unreadable;
 
 /// A raw value's text, if it is a JSON string.
 fn string(raw: Option<&RawValue>) -> Option<String> {
@@ -237,7 +240,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
         Ok(Some(params)) => members::<Meta<'_>>(params.meta.map(RawValue::get)),
         _ => Ok(None),
     };
-    let repeated = params.is_err() || meta.is_err();
+    let unreadable = params.is_err() || meta.is_err();
     let (params, meta) = (params.ok().flatten(), meta.ok().flatten());
     let version = string(meta.as_ref().and_then(|m| m.version));
     match (envelope.method, id) {
@@ -253,7 +256,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 target,
                 progress_token: text(meta.and_then(|m| m.progress_token)),
                 version,
-                repeated,
+                unreadable,
             })
         }
         (Some(method), None) => {
@@ -266,7 +269,7 @@ pub(crate) fn classify(message: &[u8]) -> Result<Kind, Invalid> {
                 progress_token: text(params.and_then(|p| p.progress_token)),
                 cancels,
                 version,
-                repeated,
+                unreadable,
             })
         }
         (None, Some(id)) if envelope.result || envelope.error.is_some() => Ok(Kind::Response {
@@ -329,7 +332,7 @@ mod tests {
                 target: Some("echo".into()),
                 progress_token: Some("\"p1\"".into()),
                 version: None,
-                repeated: false,
+                unreadable: false,
             }
         );
         assert_eq!(kind.tool(), Some("echo"));
@@ -386,7 +389,7 @@ mod tests {
                 progress_token: Some("3".into()),
                 cancels: None,
                 version: None,
-                repeated: false,
+                unreadable: false,
             }
         );
         assert_eq!(
@@ -407,7 +410,7 @@ mod tests {
                 progress_token: None,
                 cancels: Some("\"r1\"".into()),
                 version: None,
-                repeated: false,
+                unreadable: false,
             }
         );
     }
@@ -438,7 +441,7 @@ mod tests {
                 "{message}"
             );
             assert_eq!(
-                kind.repeated(),
+                kind.unreadable(),
                 meta.contains("1,\"progressToken"),
                 "{message}"
             );
@@ -450,7 +453,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kind.tool(), None);
-        assert!(!kind.repeated());
+        assert!(!kind.unreadable());
     }
 
     /// A repeated member beside the one a header repeats hides it: the message says so,
@@ -462,13 +465,15 @@ mod tests {
             r#"{"name":"secret","progressToken":1,"progressToken":2}"#.to_owned(),
             format!(r#"{{"name":"secret",{meta},{meta}}}"#),
             r#"{"name":"secret","_meta":{"progressToken":1,"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2025-06-18"}}"#.to_owned(),
+            // A key that does not decode hides the members beside it too.
+            r#"{"name":"secret","\udc00":1}"#.to_owned(),
         ] {
             for message in [
                 format!(r#"{{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{params}}}"#),
                 format!(r#"{{"jsonrpc":"2.0","method":"notifications/x","params":{params}}}"#),
             ] {
                 let kind = classify(message.as_bytes()).unwrap();
-                assert!(kind.repeated(), "{message}");
+                assert!(kind.unreadable(), "{message}");
                 assert!(
                     matches!(
                         kind,

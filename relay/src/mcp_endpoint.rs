@@ -1386,13 +1386,21 @@ pub(crate) fn check_method_headers(
     if header(METHOD_HEADER) != Some(method.as_str()) {
         return Err(RelayError::HeaderMismatch("Mcp-Method"));
     }
-    // The name or version may be hidden behind a repeat: the body cannot be checked.
-    if kind.repeated() {
+    // The name or version may be hidden in what could not be read: the body cannot be
+    // checked.
+    if kind.unreadable() {
         return Err(RelayError::InvalidRequest(
-            "params or its _meta names a member twice",
+            "params or its _meta could not be read (a member named twice?)",
         ));
     }
-    if target.is_some() && header(NAME_HEADER) != target.as_deref() {
+    // A method that names a target: the header and the body name the same one, or neither
+    // names one. A body without a readable name (absent, not a string, params not an
+    // object) does not match a header that has one.
+    let names_target = matches!(
+        method.as_str(),
+        "tools/call" | "prompts/get" | "resources/read"
+    );
+    if (names_target || target.is_some()) && header(NAME_HEADER) != target.as_deref() {
         return Err(RelayError::HeaderMismatch("Mcp-Name"));
     }
     // A stdio upstream sees only the body: the header's version must be the body's.
@@ -1577,6 +1585,21 @@ mod tests {
         let read_method = ("mcp-method", "resources/read");
         assert_eq!(check(read, &[read_method, ("mcp-name", "file:///a")]), "ok");
         assert_eq!(check(read, &[read_method, ("mcp-name", "a")]), "Mcp-Name");
+        // A header naming what the body does not (params not an object, no name): refused.
+        let unnamed = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":["public"]}"#;
+        let prompt_method = ("mcp-method", "prompts/get");
+        assert_eq!(
+            check(unnamed, &[prompt_method, ("mcp-name", "public")]),
+            "Mcp-Name"
+        );
+        let unnamed = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{}}"#;
+        assert_eq!(check(unnamed, &[prompt_method]), "ok");
+        // A header on a method that names nothing is not compared.
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert_eq!(
+            check(list, &[("mcp-method", "tools/list"), ("mcp-name", "x")]),
+            "ok"
+        );
         // Without a version in `_meta`, the header's stands alone.
         let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
         assert_eq!(check(list, &[old, ("mcp-method", "tools/list")]), "ok");
