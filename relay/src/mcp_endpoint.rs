@@ -1400,7 +1400,7 @@ pub(crate) fn check_method_headers(
         method.as_str(),
         "tools/call" | "prompts/get" | "resources/read"
     );
-    if (names_target || target.is_some()) && header(NAME_HEADER) != target.as_deref() {
+    if names_target && header(NAME_HEADER) != target.as_deref() {
         return Err(RelayError::HeaderMismatch("Mcp-Name"));
     }
     // A stdio upstream sees only the body: the header's version must be the body's.
