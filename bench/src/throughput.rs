@@ -39,24 +39,21 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
     // meanwhile (warm-up included, as in `Outcome::calls_sent`).
     let mut closed: Vec<Vec<Option<Outcome>>> =
         levels.iter().map(|_| vec![None; targets.len()]).collect();
+    let pids: Vec<Vec<(&str, u32)>> = targets.iter().map(|t| stack.bridge_pids(t)).collect();
     let mut cpu: Vec<Vec<Vec<Duration>>> = levels
         .iter()
-        .map(|_| {
-            targets
-                .iter()
-                .map(|target| vec![Duration::ZERO; stack.bridge_pids(target).len()])
-                .collect()
-        })
+        .map(|_| pids.iter().map(|p| vec![Duration::ZERO; p.len()]).collect())
         .collect();
     for _ in 0..settings.rounds {
         for (l, &concurrency) in levels.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
                 let sessions = open_sessions(&target.endpoint, concurrency).await?;
-                let pids = stack.bridge_pids(target);
-                let before: Vec<Duration> =
-                    pids.iter().map(|(_, pid)| procfs::cpu_time(*pid)).collect();
+                let before: Vec<Duration> = pids[t]
+                    .iter()
+                    .map(|(_, pid)| procfs::cpu_time(*pid))
+                    .collect();
                 let (outcome, sessions) = closed_loop(sessions, Call::Echo, bounds).await;
-                for ((used, (_, pid)), before) in cpu[l][t].iter_mut().zip(&pids).zip(before) {
+                for ((used, (_, pid)), before) in cpu[l][t].iter_mut().zip(&pids[t]).zip(before) {
                     *used += procfs::cpu_time(*pid).saturating_sub(before);
                 }
                 close_sessions(sessions).await;
@@ -103,8 +100,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
                 "concurrency": concurrency,
                 "outcome": outcome_json(outcome),
                 "calls_sent": outcome.calls_sent,
-                "bridge_cpu_us_per_call": stack
-                    .bridge_pids(target)
+                "bridge_cpu_us_per_call": pids[t]
                     .iter()
                     .zip(&cpu[l][t])
                     .map(|((process, _), used)| json!({"process": process, "us": per_call(*used, outcome)}))
@@ -114,8 +110,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
         let top_outcome = closed[top][t].as_ref().expect("recorded");
         row.push(us(top_outcome.q(0.99)));
         row.push(ratio(top_outcome.rate(), direct_top));
-        let bridge: Vec<String> = stack
-            .bridge_pids(target)
+        let bridge: Vec<String> = pids[t]
             .iter()
             .zip(&cpu[top][t])
             .map(|((process, _), used)| format!("{process} {:.0}", per_call(*used, top_outcome)))
