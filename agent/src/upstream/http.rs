@@ -10,13 +10,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use outpost_protocol::CloseCode;
-use outpost_tunnel::{Stream, StreamSender};
+use outpost_tunnel::{Stream, StreamError, StreamSender};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::arriving::{self, Arriving, FORWARD_AS_IT_ARRIVES_FROM, Stop};
 use super::calls::Read;
-use super::sse::SseParser;
+use super::sse::{Item, SseParser};
 use super::{
     Admission, CallRef, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext,
     answer_call_with_error, forward,
@@ -25,6 +26,8 @@ use crate::config::HttpConfig;
 
 /// The upstream session's state, shared by the POST and GET tasks.
 struct Session {
+    /// The upstream's name, for the log.
+    name: String,
     url: url::Url,
     /// Configured headers plus the session id and protocol version, once known.
     headers: Mutex<HeaderMap>,
@@ -61,6 +64,7 @@ pub(super) async fn serve(
         }
     }
     let session = Session {
+        name: name.to_owned(),
         url: config.url.clone(),
         headers: Mutex::new(headers),
         http: ctx.http.clone(),
@@ -398,8 +402,8 @@ impl Session {
         let outcome = if content_type.starts_with("text/event-stream") {
             self.relay_events(response, initialize, sender, calls).await
         } else {
-            match read_limited(response, self.max_message_len).await {
-                Ok(body) => {
+            match self.read_json(response, initialize, sender, calls).await {
+                Ok(Some(body)) => {
                     for message in split_json(body) {
                         if initialize {
                             self.learn_protocol_version(&message);
@@ -410,6 +414,7 @@ impl Session {
                     }
                     BodyEnd::Complete
                 }
+                Ok(None) => BodyEnd::Complete,
                 Err(end) => end,
             }
         };
@@ -440,8 +445,75 @@ impl Session {
         }
     }
 
+    /// Reads a JSON body up to the tunnel's limit, or, when it is a long answer, sends it
+    /// on as it arrives (`None`). `initialize`: it answers `initialize`, and is read whole.
+    async fn read_json(
+        &self,
+        response: reqwest::Response,
+        initialize: bool,
+        sender: &StreamSender,
+        calls: &Calls,
+    ) -> Result<Option<Bytes>, BodyEnd> {
+        let max = self.max_message_len;
+        let announced = response.content_length();
+        if announced.is_some_and(|len| len > max as u64) {
+            return Err(BodyEnd::TooLarge);
+        }
+        // Grown to its announced length once it will not go on as it arrives.
+        let expected = announced.map_or(0, |len| len as usize);
+        let mut body = bytes::BytesMut::with_capacity(expected.min(FORWARD_AS_IT_ARRIVES_FROM));
+        let mut chunks = response.bytes_stream();
+        let mut arriving: Option<Arriving<'_>> = None;
+        let mut checked = initialize;
+        loop {
+            let next = match &arriving {
+                None => chunks.next().await,
+                Some(answer) => match answer.by_deadline(chunks.next()).await {
+                    Some(next) => next,
+                    None => return Err(give_up(arriving, Stop::TimedOut, BodyEnd::Complete).await),
+                },
+            };
+            let chunk = match next {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(_)) => return Err(give_up(arriving, Stop::Broke, BodyEnd::Broken).await),
+            };
+            if let Some(answer) = arriving.as_mut() {
+                if let Err(stop) = answer.push_owned(chunk).await {
+                    return Err(give_up(arriving, stop, BodyEnd::Complete).await);
+                }
+                continue;
+            }
+            if body.len() + chunk.len() > max {
+                return Err(BodyEnd::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+            if checked || body.len() < FORWARD_AS_IT_ARRIVES_FROM {
+                continue;
+            }
+            checked = true;
+            let Some(call) = arriving::streamable(calls, &body) else {
+                body.reserve(expected.saturating_sub(body.len()));
+                continue;
+            };
+            let mut answer = Arriving::begin(&self.name, sender, calls, call, max).await;
+            if let Err(stop) = answer.push_owned(body.split().freeze()).await {
+                return Err(give_up(Some(answer), stop, BodyEnd::Complete).await);
+            }
+            arriving = Some(answer);
+        }
+        match arriving {
+            None => Ok(Some(body.freeze())),
+            Some(answer) => {
+                // The relay gone, nothing more can be sent: the stream's end says the rest.
+                let _ = answer.finish().await;
+                Ok(None)
+            }
+        }
+    }
+
     /// Relays SSE `message` events until the stream ends; `initialize`: the answer to an
-    /// `initialize` request is among them.
+    /// `initialize` request is among them. A long answer goes on as it arrives.
     async fn relay_events(
         &self,
         response: reqwest::Response,
@@ -452,32 +524,79 @@ impl Session {
         let mut guard = EventSizeGuard::new(self.max_message_len + SSE_OVERHEAD);
         let mut parser = SseParser::default();
         let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(err) => {
+        // The answer going on as its event arrives, if one is.
+        let mut arriving: Option<Arriving<'_>> = None;
+        loop {
+            let next = match &arriving {
+                None => body.next().await,
+                Some(answer) => match answer.by_deadline(body.next()).await {
+                    Some(next) => next,
+                    None => return give_up(arriving, Stop::TimedOut, BodyEnd::Complete).await,
+                },
+            };
+            let chunk = match next {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(err)) => {
                     tracing::warn!(err = %err.without_url(), "upstream event stream broke");
-                    return BodyEnd::Broken;
+                    return give_up(arriving, Stop::Broke, BodyEnd::Broken).await;
                 }
             };
             // The parser buffers a whole event; refuse to let one grow past the limit.
             if !guard.feed(&chunk) {
-                return BodyEnd::TooLarge;
+                let over = Stop::NotSent(StreamError::TooLarge {
+                    len: self.max_message_len + 1,
+                    max: self.max_message_len,
+                });
+                return give_up(arriving, over, BodyEnd::TooLarge).await;
             }
-            for event in parser.feed(chunk) {
-                if !event.is_message() || event.data.is_empty() {
-                    continue;
-                }
-                if initialize {
-                    self.learn_protocol_version(&event.data);
-                }
-                // `forward` answers an over-limit result with an error for its request.
-                if forward(sender, calls, event.data).await.is_err() {
+            for item in parser.feed(chunk) {
+                let sent = match item {
+                    Item::Event(event) => {
+                        if !event.is_message() || event.data.is_empty() {
+                            continue;
+                        }
+                        if initialize {
+                            self.learn_protocol_version(&event.data);
+                        }
+                        // `forward` answers an over-limit result with an error for its
+                        // request.
+                        forward(sender, calls, event.data).await.is_ok()
+                    }
+                    Item::Part(part) => match arriving.as_mut() {
+                        Some(answer) => match answer.push_owned(part).await {
+                            Ok(()) => true,
+                            Err(stop) => return give_up(arriving, stop, BodyEnd::Complete).await,
+                        },
+                        None => true,
+                    },
+                    Item::Ended { message } => match arriving.take() {
+                        Some(answer) if message => answer.finish().await.is_ok(),
+                        // Its type, after its data, says it was no message after all.
+                        Some(answer) => answer.give_up(Stop::Broke).await.is_ok(),
+                        None => true,
+                    },
+                };
+                if !sent {
                     return BodyEnd::Complete;
                 }
             }
+            if arriving.is_none()
+                && !initialize
+                && let Some(start) = parser.long_data(FORWARD_AS_IT_ARRIVES_FROM)
+                && let Some(call) = arriving::streamable(calls, &start)
+            {
+                parser.stream_data();
+                let mut answer =
+                    Arriving::begin(&self.name, sender, calls, call, self.max_message_len).await;
+                if let Err(stop) = answer.push_owned(start).await {
+                    return give_up(Some(answer), stop, BodyEnd::Complete).await;
+                }
+                arriving = Some(answer);
+            }
         }
-        BodyEnd::Complete
+        // The stream ended in the middle of the answer's event.
+        give_up(arriving, Stop::Broke, BodyEnd::Complete).await
     }
 
     /// Holds the session's GET stream open for server-initiated messages, reopening it
@@ -661,24 +780,14 @@ impl EventSizeGuard {
     }
 }
 
-/// Reads a body up to `max` bytes.
-async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, BodyEnd> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > max as u64)
-    {
-        return Err(BodyEnd::TooLarge);
+/// Gives up on the answer going on as it arrives, if one is ([`Arriving::give_up`]), and
+/// says how the body ended: `end`.
+async fn give_up(arriving: Option<Arriving<'_>>, stop: Stop, end: BodyEnd) -> BodyEnd {
+    if let Some(answer) = arriving {
+        // The relay gone, nothing more can be sent: the stream's end says the rest.
+        let _ = answer.give_up(stop).await;
     }
-    let mut body = bytes::BytesMut::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| BodyEnd::Broken)?;
-        if body.len() + chunk.len() > max {
-            return Err(BodyEnd::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+    end
 }
 
 /// One JSON message, or each message of a batch.
@@ -778,12 +887,22 @@ mod tests {
     /// `url`, opened for a request of protocol `version`: the relay's side of that stream,
     /// and the token that stops it all.
     async fn served(url: url::Url, version: &str) -> (Stream, CancellationToken) {
+        served_timed(url, version, None).await
+    }
+
+    /// [`served`] with the policy's `call_timeout`.
+    async fn served_timed(
+        url: url::Url,
+        version: &str,
+        call_timeout: Option<Duration>,
+    ) -> (Stream, CancellationToken) {
         let config = super::super::test_tunnel_config();
         let stop = CancellationToken::new();
         let meta = vec![("mcp-protocol-version".to_owned(), version.to_owned())];
         let (relay_side, stream, meta, agent) =
             super::super::opened_stream(config, meta, &stop).await;
-        let (calls, ctx) = super::super::test_context(config.max_message_len, &stop);
+        let (calls, ctx) =
+            super::super::test_context_timed(config.max_message_len, &stop, call_timeout);
         let http = crate::config::HttpConfig {
             url,
             headers: vec![],
@@ -918,6 +1037,214 @@ mod tests {
                 more.await.is_err(),
                 "the session's stream ended after an answer"
             );
+            stop.cancel();
+        }
+    }
+
+    /// How [`one_answer_server`] ends its answer.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Ending {
+        /// Whole.
+        Whole,
+        /// Cut off: the connection closes after `CUT` bytes of the answer.
+        Cut,
+        /// Stalled: after `CUT` bytes of the answer, the server writes nothing more.
+        Stalled,
+    }
+
+    const CUT: usize = 256 * 1024;
+
+    /// How [`one_answer_server`] sends its answer.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Body {
+        /// A JSON body, its length announced.
+        Json,
+        /// A JSON body that ends when the connection does.
+        Unannounced,
+        /// One SSE event.
+        Sse,
+    }
+
+    /// A server that answers the first POST with `answer`, sent as `body` says and ended
+    /// as `ending` says, and any other request with 200.
+    async fn one_answer_server(answer: String, kind: Body, ending: Ending) -> url::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut answer = Some(answer);
+            while let Ok((mut conn, _)) = listener.accept().await {
+                // The request, read whole: a socket closed with unread bytes is reset, and the
+                // answer's end could be lost with it.
+                let mut head = Vec::new();
+                let mut byte = [0u8];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if !matches!(conn.read(&mut byte).await, Ok(1)) {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let len: usize = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut request = vec![0; len];
+                let _ = conn.read_exact(&mut request).await;
+                let Some(answer) = answer.take().filter(|_| head.starts_with(b"POST")) else {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    continue;
+                };
+                let (content_type, body) = match kind {
+                    Body::Sse => ("text/event-stream", format!("data: {answer}\n\n")),
+                    Body::Json | Body::Unannounced => ("application/json", answer),
+                };
+                let length = match kind {
+                    Body::Unannounced => "connection: close".to_owned(),
+                    _ => format!("content-length: {}", body.len()),
+                };
+                let head =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{length}\r\n\r\n");
+                let _ = conn.write_all(head.as_bytes()).await;
+                match ending {
+                    Ending::Whole if kind == Body::Unannounced => {
+                        let _ = conn.write_all(body.as_bytes()).await;
+                        let _ = conn.shutdown().await;
+                    }
+                    Ending::Whole => {
+                        let _ = conn.write_all(body.as_bytes()).await;
+                        // Held until the client closes it.
+                        tokio::spawn(async move {
+                            let mut rest = [0u8; 1024];
+                            while matches!(conn.read(&mut rest).await, Ok(n) if n > 0) {}
+                        });
+                    }
+                    Ending::Cut => {
+                        let _ = conn.write_all(&body.as_bytes()[..CUT]).await;
+                    }
+                    Ending::Stalled => {
+                        let _ = conn.write_all(&body.as_bytes()[..CUT]).await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                }
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    /// An answer to call 1 with a text of `len` bytes of `x`.
+    fn long_answer(len: usize) -> String {
+        let head = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":""#;
+        format!("{head}{}\"}}]}}}}", "x".repeat(len))
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+
+    /// The error the relay side receives for call 1 after an abandoned answer (ending in
+    /// NUL, which the relay drops): the abandoned message's start shows that the answer
+    /// went on before its end.
+    async fn abandoned_then_error(relay_side: &mut Stream, answer: &str) -> serde_json::Value {
+        let abandoned = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(abandoned.last(), Some(&0), "no abandoned answer came first");
+        assert!(abandoned.len() > 64 * 1024, "{}", abandoned.len());
+        assert!(
+            answer
+                .as_bytes()
+                .starts_with(&abandoned[..abandoned.len() - 1])
+        );
+        let error = within(relay_side.receiver.recv()).await.unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&error).unwrap();
+        assert_eq!(error["id"], 1, "{error}");
+        error
+    }
+
+    /// A long answer goes on as it arrives, as a JSON body or an SSE event: whole, it
+    /// arrives intact; cut off by the server, the relay side has its start already (an
+    /// abandoned message) when the call's error comes. Read whole, only the error would.
+    #[tokio::test]
+    async fn a_long_answer_goes_on_as_it_arrives() {
+        let answer = long_answer(512 * 1024);
+        for body in [Body::Json, Body::Unannounced, Body::Sse] {
+            let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
+            let (mut relay_side, stop) = served(url, "2026-07-28").await;
+            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let received = within(relay_side.receiver.recv()).await.unwrap();
+            assert!(
+                received == answer.as_bytes(),
+                "{body:?}: {}",
+                received.len()
+            );
+            super::super::assert_closed_by_agent(&mut relay_side).await;
+            stop.cancel();
+            if body == Body::Unannounced {
+                // Its end is the connection's: it cannot be cut off.
+                continue;
+            }
+            let url = one_answer_server(answer.clone(), body, Ending::Cut).await;
+            let (mut relay_side, stop) = served(url, "2026-07-28").await;
+            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let error = abandoned_then_error(&mut relay_side, &answer).await;
+            assert_eq!(
+                error["error"]["code"],
+                super::super::ERROR_UPSTREAM,
+                "{error}"
+            );
+            stop.cancel();
+        }
+    }
+
+    /// An answer that outgrows the tunnel's limit on its way is abandoned, and the call
+    /// gets the error for a message over the limit; announced over it, it is not sent at
+    /// all.
+    #[tokio::test]
+    async fn an_answer_over_the_limit_on_its_way_is_abandoned() {
+        let max = super::super::test_tunnel_config().max_message_len;
+        let answer = long_answer(max + 1024);
+        for body in [Body::Json, Body::Unannounced, Body::Sse] {
+            let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
+            let (mut relay_side, stop) = served(url, "2026-07-28").await;
+            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let error = match body {
+                Body::Json => {
+                    let error = within(relay_side.receiver.recv()).await.unwrap();
+                    serde_json::from_slice(&error).unwrap()
+                }
+                _ => abandoned_then_error(&mut relay_side, &answer).await,
+            };
+            assert_eq!(
+                error["error"]["code"],
+                super::super::ERROR_TOO_LARGE,
+                "{body:?}: {error}"
+            );
+            stop.cancel();
+        }
+    }
+
+    /// At the call's deadline with the answer on its way (the server stalled in the middle
+    /// of it), the answer is abandoned and the call gets one answer, the timeout's error.
+    #[tokio::test]
+    async fn an_answer_on_its_way_at_the_deadline_gives_way_to_the_timeout() {
+        let answer = long_answer(512 * 1024);
+        for body in [Body::Json, Body::Sse] {
+            let url = one_answer_server(answer.clone(), body, Ending::Stalled).await;
+            let timeout = Some(Duration::from_millis(500));
+            let (mut relay_side, stop) = served_timed(url, "2026-07-28", timeout).await;
+            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let error = abandoned_then_error(&mut relay_side, &answer).await;
+            assert_eq!(
+                error["error"]["code"],
+                super::super::ERROR_TIMEOUT,
+                "{body:?}: {error}"
+            );
+            let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
+            match more.await {
+                Err(_) | Ok(Err(_)) => {}
+                Ok(Ok(message)) => panic!("{body:?}: a second answer: {message:?}"),
+            }
             stop.cancel();
         }
     }

@@ -4,6 +4,7 @@
 //! servers: an MCP session, or a request, per stream. Owns the upstream side of each
 //! stream; does not own the tunnel (see `tunnel/`).
 
+mod arriving;
 mod calls;
 mod http;
 mod param_headers;
@@ -258,11 +259,21 @@ pub(crate) fn test_context(
     max_message_len: usize,
     stop: &CancellationToken,
 ) -> (Calls, UpstreamContext) {
+    test_context_timed(max_message_len, stop, None)
+}
+
+/// [`test_context`] with the policy's `call_timeout`.
+#[cfg(test)]
+pub(crate) fn test_context_timed(
+    max_message_len: usize,
+    stop: &CancellationToken,
+    call_timeout: Option<std::time::Duration>,
+) -> (Calls, UpstreamContext) {
     let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
     let redactor = Arc::new(redactor);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let in_flight = InFlight::new();
-    let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, None).unwrap();
+    let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
     let runtime = Arc::new(ServerRuntime::new("erp".into(), policy));
     let calls = Calls::new(
         in_flight.clone(),

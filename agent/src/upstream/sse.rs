@@ -10,6 +10,9 @@
 //! neither resumes an upstream stream with `Last-Event-ID` nor takes reconnection delays
 //! from its upstreams. Bytes are not decoded: the data is JSON, checked where it is parsed.
 //!
+//! An event's data can also go on as it arrives ([`SseParser::long_data`]): a result of
+//! megabytes then reaches the relay while the upstream is still writing it.
+//!
 //! Owns no limit: the caller bounds an event's size before feeding it (`EventSizeGuard`),
 //! which also bounds the unfinished line this parser holds.
 
@@ -31,8 +34,36 @@ pub(super) struct Event {
 impl Event {
     /// Whether this is a `message` event, the only type that carries MCP messages.
     pub(super) fn is_message(&self) -> bool {
-        self.event_type.is_empty() || self.event_type == "message"
+        is_message(&self.event_type)
     }
+}
+
+fn is_message(event_type: &[u8]) -> bool {
+    event_type.is_empty() || event_type == b"message"
+}
+
+/// What [`SseParser::feed`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Item {
+    /// A whole event.
+    Event(Event),
+    /// More of the data of the event going on as it arrives (see [`SseParser::long_data`]).
+    Part(Bytes),
+    /// The event going on as it arrived has ended; `message`: it was a `message` event
+    /// (its type can come after its data).
+    Ended { message: bool },
+}
+
+/// Whether the event being received goes on as it arrives.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Streaming {
+    /// No: its data is gathered and dispatched whole.
+    #[default]
+    Off,
+    /// Its first `data` line is arriving: each byte of it goes on at once.
+    Line,
+    /// That line has ended: each further `data` line goes on whole as it ends.
+    Rest,
 }
 
 /// The `data` of the event being received.
@@ -58,6 +89,9 @@ pub(super) struct SseParser {
     at_start: bool,
     event_type: Bytes,
     data: Data,
+    streaming: Streaming,
+    /// The unfinished line was offered by [`SseParser::long_data`] already.
+    offered: bool,
 }
 
 impl Default for SseParser {
@@ -68,15 +102,18 @@ impl Default for SseParser {
             at_start: true,
             event_type: Bytes::new(),
             data: Data::None,
+            streaming: Streaming::Off,
+            offered: false,
         }
     }
 }
 
 impl SseParser {
-    /// Takes the next chunk and returns the events it completes. Jumps from line end to
-    /// line end with `memchr`; an event still open when the stream ends is never returned.
-    pub(super) fn feed(&mut self, mut chunk: Bytes) -> Vec<Event> {
-        let mut events = Vec::new();
+    /// Takes the next chunk and returns the events it completes, or the parts of the event
+    /// going on as it arrives. Jumps from line end to line end with `memchr`; an event
+    /// still open when the stream ends is never returned.
+    pub(super) fn feed(&mut self, mut chunk: Bytes) -> Vec<Item> {
+        let mut items = Vec::new();
         if self.after_cr && !chunk.is_empty() {
             self.after_cr = false;
             if chunk[0] == b'\n' {
@@ -84,11 +121,17 @@ impl SseParser {
             }
         }
         while let Some(at) = memchr::memchr2(b'\n', b'\r', &chunk) {
-            let line = if self.partial.is_empty() {
-                chunk.slice(..at)
+            self.offered = false;
+            let line = if self.streaming == Streaming::Line {
+                if at > 0 {
+                    items.push(Item::Part(chunk.slice(..at)));
+                }
+                None
+            } else if self.partial.is_empty() {
+                Some(chunk.slice(..at))
             } else {
                 self.partial.push(chunk.slice(..at));
-                self.partial.take()
+                Some(self.partial.take())
             };
             let mut end = at + 1;
             if chunk[at] == b'\r' {
@@ -99,17 +142,71 @@ impl SseParser {
                 }
             }
             chunk.advance(end);
-            self.line(line, &mut events);
+            match line {
+                Some(line) => self.line(line, &mut items),
+                None => self.streaming = Streaming::Rest,
+            }
         }
         if !chunk.is_empty() {
-            self.partial.push(chunk);
+            match self.streaming {
+                Streaming::Line => items.push(Item::Part(chunk)),
+                _ => self.partial.push(chunk),
+            }
         }
-        events
+        items
     }
 
-    fn line(&mut self, mut line: Bytes, events: &mut Vec<Event>) {
+    /// The data so far of the event being received, when it may be a long message to send
+    /// on as it arrives: its first `data` line has reached `from` bytes unfinished, and no
+    /// `event` field before it named another type. Offered once per line; after
+    /// [`SseParser::stream_data`], the rest of the event comes as [`Item::Part`]s and an
+    /// [`Item::Ended`].
+    pub(super) fn long_data(&mut self, from: usize) -> Option<Bytes> {
+        if self.offered
+            || self.partial.len() < from
+            || self.streaming != Streaming::Off
+            || !matches!(self.data, Data::None)
+            || !is_message(&self.event_type)
+        {
+            return None;
+        }
+        self.offered = true;
+        let mut line = self.partial.take();
         if std::mem::take(&mut self.at_start) && line.starts_with(BOM) {
             line.advance(BOM.len());
+        }
+        self.partial.push(line.clone());
+        let mut value = line.strip_prefix(b"data:").map(|v| line.slice_ref(v))?;
+        match value.first() {
+            // Whether a space to remove follows the colon is not known yet: offered later.
+            None => {
+                self.offered = false;
+                return None;
+            }
+            Some(b' ') => value.advance(1),
+            Some(_) => {}
+        }
+        Some(value)
+    }
+
+    /// Sends the event whose data [`SseParser::long_data`] gave on as it arrives: its later
+    /// bytes come out of [`SseParser::feed`] as parts.
+    pub(super) fn stream_data(&mut self) {
+        self.partial.take();
+        self.streaming = Streaming::Line;
+    }
+
+    fn line(&mut self, mut line: Bytes, items: &mut Vec<Item>) {
+        if std::mem::take(&mut self.at_start) && line.starts_with(BOM) {
+            line.advance(BOM.len());
+        }
+        if line.is_empty() && self.streaming != Streaming::Off {
+            self.streaming = Streaming::Off;
+            let event_type = std::mem::take(&mut self.event_type);
+            items.push(Item::Ended {
+                message: is_message(&event_type),
+            });
+            return;
         }
         if line.is_empty() {
             let event_type = std::mem::take(&mut self.event_type);
@@ -118,7 +215,7 @@ impl SseParser {
                 Data::One(data) => data,
                 Data::Joined(data) => data.freeze(),
             };
-            events.push(Event { event_type, data });
+            items.push(Item::Event(Event { event_type, data }));
             return;
         }
         let (name, value) = match memchr::memchr(b':', &line) {
@@ -133,6 +230,9 @@ impl SseParser {
             None => (&line[..], Bytes::new()),
         };
         match name {
+            b"data" if self.streaming == Streaming::Rest => {
+                items.push(Item::Part([&b"\n"[..], &value].concat().into()));
+            }
             b"data" => self.push_data(value),
             b"event" => self.event_type = value,
             // Recognised and dropped (see the module doc); unknown fields are ignored.
@@ -164,21 +264,47 @@ mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
 
-    use super::{Event, SseParser};
+    use super::{Event, Item, SseParser};
 
     /// Parses `stream` fed as the given pieces.
     fn parse_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<(String, String)> {
+        parse_streaming(pieces, usize::MAX)
+    }
+
+    /// Parses `stream` fed as the given pieces, sending on as it arrives the data of every
+    /// event offered once its first line has `from` bytes: such an event is given as its
+    /// parts joined, with the type `message`, or `other` if it turned out to be another.
+    fn parse_streaming<'a>(
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+        from: usize,
+    ) -> Vec<(String, String)> {
+        let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).expect("utf-8");
         let mut parser = SseParser::default();
-        pieces
-            .into_iter()
-            .flat_map(|piece| parser.feed(Bytes::copy_from_slice(piece)))
-            .map(|Event { event_type, data }| {
-                (
-                    String::from_utf8(event_type.to_vec()).expect("utf-8"),
-                    String::from_utf8(data.to_vec()).expect("utf-8"),
-                )
-            })
-            .collect()
+        let mut events = Vec::new();
+        let mut streamed: Option<Vec<u8>> = None;
+        for piece in pieces {
+            for item in parser.feed(Bytes::copy_from_slice(piece)) {
+                match item {
+                    Item::Event(Event { event_type, data }) => {
+                        assert!(streamed.is_none(), "a whole event while one is streamed");
+                        events.push((text(&event_type), text(&data)));
+                    }
+                    Item::Part(part) => streamed.as_mut().expect("streaming").extend(&part),
+                    Item::Ended { message } => {
+                        let data = streamed.take().expect("streaming");
+                        let kind = if message { "message" } else { "other" };
+                        events.push((kind.to_owned(), text(&data)));
+                    }
+                }
+            }
+            if streamed.is_none()
+                && let Some(start) = parser.long_data(from)
+            {
+                parser.stream_data();
+                streamed = Some(start.to_vec());
+            }
+        }
+        events
     }
 
     fn parse(stream: &str) -> Vec<(String, String)> {
@@ -274,7 +400,14 @@ mod tests {
         // An event without data is not dispatched and does not lend its type to the next.
         assert_eq!(parse("event: ping\n\ndata: b\n\n"), [message("b")]);
         let mut parser = SseParser::default();
-        let events = parser.feed(Bytes::from_static(b"event: x\ndata: a\n\ndata: b\n\n"));
+        let items = parser.feed(Bytes::from_static(b"event: x\ndata: a\n\ndata: b\n\n"));
+        let events: Vec<_> = items
+            .into_iter()
+            .map(|item| match item {
+                Item::Event(event) => event,
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert!(!events[0].is_message());
         assert!(events[1].is_message());
     }
@@ -295,10 +428,69 @@ mod tests {
         let chunk = Bytes::from(format!("data: {}\n\n", "x".repeat(1000)));
         let start = chunk.as_ptr() as usize;
         let mut parser = SseParser::default();
-        let events = parser.feed(chunk.clone());
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].data.as_ptr() as usize, start + "data: ".len());
-        assert_eq!(events[0].data.len(), 1000);
+        let items = parser.feed(chunk.clone());
+        let [Item::Event(event)] = &items[..] else {
+            panic!("{items:?}");
+        };
+        assert_eq!(event.data.as_ptr() as usize, start + "data: ".len());
+        assert_eq!(event.data.len(), 1000);
+    }
+
+    #[test]
+    fn a_long_first_data_line_is_offered_once_and_goes_on_as_it_arrives() {
+        let mut parser = SseParser::default();
+        let sent = parser.feed(Bytes::from_static(b": hi\nid: 3\ndata: {\"jsonrpc\""));
+        assert!(sent.is_empty(), "{sent:?}");
+        assert_eq!(parser.long_data(100), None, "shorter than asked");
+        assert_eq!(&parser.long_data(10).unwrap()[..], b"{\"jsonrpc\"");
+        assert_eq!(parser.long_data(10), None, "offered once per line");
+        parser.stream_data();
+        let items = parser.feed(Bytes::from_static(
+            b",\"id\":1}\r\ndata: more\nevent: message",
+        ));
+        assert_eq!(
+            items,
+            [
+                Item::Part(Bytes::from_static(b",\"id\":1}")),
+                Item::Part(Bytes::from_static(b"\nmore")),
+            ]
+        );
+        let items = parser.feed(Bytes::from_static(b"\n\ndata: next\n\n"));
+        assert_eq!(items[0], Item::Ended { message: true });
+        let Item::Event(next) = &items[1] else {
+            panic!("{items:?}");
+        };
+        assert_eq!(&next.data[..], b"next", "the next event is whole again");
+    }
+
+    #[test]
+    fn only_a_first_data_line_of_a_possible_message_is_offered() {
+        let offered = |stream: &[u8]| {
+            let mut parser = SseParser::default();
+            parser.feed(Bytes::copy_from_slice(stream));
+            parser.long_data(1)
+        };
+        assert!(offered(b"data: {").is_some());
+        assert!(offered(b"event: message\ndata: {").is_some());
+        assert!(offered(b"\xEF\xBB\xBFdata: {").is_some(), "after a BOM");
+        assert_eq!(offered(b"event: ping\ndata: {"), None, "another type");
+        assert_eq!(offered(b"data: a\ndata: {"), None, "a second data line");
+        assert_eq!(offered(b": a long comment"), None);
+        assert_eq!(offered(b"id: 1234567"), None);
+        // Whether a space follows the colon, to be removed, is not known yet.
+        let mut parser = SseParser::default();
+        parser.feed(Bytes::from_static(b"data:"));
+        assert_eq!(parser.long_data(1), None);
+        parser.feed(Bytes::from_static(b" {"));
+        assert_eq!(&parser.long_data(1).unwrap()[..], b"{");
+    }
+
+    #[test]
+    fn an_event_whose_type_comes_after_its_data_still_says_so() {
+        assert_eq!(
+            parse_streaming([&b"data: {\"a\""[..], b":1}\nevent: ping\n\n"], 1),
+            [("other".to_owned(), "{\"a\":1}".to_owned())]
+        );
     }
 
     /// A stream with every rule in it, for splitting at every position.
@@ -336,7 +528,14 @@ mod tests {
                 from = cut;
             }
             pieces.push(&SAMPLE[from..]);
-            prop_assert_eq!(parse_pieces(pieces), sample_events());
+            prop_assert_eq!(parse_pieces(pieces.clone()), sample_events());
+            // Sent on as it arrives, an event's parts join to its data: where a cut falls
+            // in an event's first data line, that event goes so.
+            let streamed: Vec<_> = parse_streaming(pieces, 1)
+                .into_iter()
+                .map(|(kind, data)| if kind == "message" { (String::new(), data) } else { (kind, data) })
+                .collect();
+            prop_assert_eq!(streamed, sample_events());
         }
     }
 }

@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use outpost_protocol::CloseCode;
-use outpost_tunnel::{MessageWriter, Stream, StreamError};
+use outpost_tunnel::{Stream, StreamError};
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Admission, Calls, UpstreamContext, answer_with_error, calls, forward, sleep_until};
+use super::arriving::{self, Arriving, FORWARD_AS_IT_ARRIVES_FROM, RelayClosed, Stop};
+use super::{Admission, Calls, UpstreamContext, answer_with_error, forward, sleep_until};
 use crate::config::StdioConfig;
-use crate::redact::RedactStream;
 
 pub(super) async fn serve(
     name: &str,
@@ -474,18 +474,10 @@ enum Arrival {
     Ended(Outcome),
 }
 
-/// Sends a long line on as it arrives, when it is the answer to an open call and its id
-/// comes before its result ([`calls::answer_head`]): the relay then receives a large result
-/// while the server is still writing it, instead of after the agent has read it all.
-/// Secrets are redacted part by part ([`crate::redact::RedactStream`]). `line` holds the
-/// line's start.
-///
-/// A line that cannot be finished is abandoned (the relay drops it, see
-/// [`MessageWriter::abandon`]) and its call answered as for a line read whole: over the
-/// limit, with the same error; cut off by the server's exit, with the error every open
-/// call gets then. At the call's deadline, whether the server is still writing or the
-/// relay still taking the parts, the answer is abandoned for the timeout's error, and the
-/// rest of the line skipped: one answer either way.
+/// Sends a long line on as it arrives ([`super::arriving`]), when it is the answer to an
+/// open call and its id comes before its result. `line` holds the line's start. A line cut
+/// off by the server's exit is abandoned, and its call gets the error every open call gets
+/// then; one given up on otherwise has the rest of it skipped.
 async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
     name: &str,
     stdout: &mut R,
@@ -494,220 +486,79 @@ async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
     calls: &Calls,
     max: usize,
 ) -> Arrival {
-    let Some(id) = calls::answer_head(line) else {
+    let Some(call) = arriving::streamable(calls, line) else {
         return Arrival::ReadWhole;
     };
-    let Some(deadline) = calls.streamable(&id) else {
-        return Arrival::ReadWhole;
-    };
-    let answer = Answer {
-        name,
-        sender,
-        calls,
-        id,
-        deadline,
-    };
-    let mut redaction = calls.redaction();
-    let arrival = answer
-        .forward(sender.begin().await, &mut redaction, stdout, line, max)
-        .await;
-    calls.note_redacted(redaction.count());
-    arrival
-}
-
-/// The answer [`forward_as_it_arrives`] is sending on.
-struct Answer<'a> {
-    name: &'a str,
-    sender: &'a outpost_tunnel::StreamSender,
-    calls: &'a Calls,
-    /// The call it answers.
-    id: String,
-    /// The call's deadline.
-    deadline: calls::Deadline,
-}
-
-impl Answer<'_> {
-    async fn forward<R: AsyncBufRead + Unpin>(
-        &self,
-        mut writer: MessageWriter<'_>,
-        redaction: &mut RedactStream<'_>,
-        stdout: &mut R,
-        line: &mut BytesMut,
-        max: usize,
-    ) -> Arrival {
-        let mut len = line.len();
-        // A CR that ended the last read: part of the line's end if an LF comes next.
-        let mut cr = line.last() == Some(&b'\r');
-        let mut ready = redaction.push(&line.split()[..len - usize::from(cr)]);
-        loop {
-            match self.by_deadline(writer.write(ready)).await {
-                Some(Ok(())) => {}
-                Some(Err(err)) => return self.not_sent(err, writer, stdout, Rest::Unread).await,
-                None => return self.timed_out(writer, stdout, Rest::Unread).await,
-            }
-            let available = match self.by_deadline(stdout.fill_buf()).await {
-                Some(Ok(available)) if !available.is_empty() => available,
-                Some(read) => {
-                    if let Err(err) = read {
-                        tracing::warn!(server = self.name, %err, "cannot read the server's stdout");
-                    }
-                    // The server's stdout ended mid-line: its exit answers every open call.
-                    let _ = writer.abandon().await;
-                    return Arrival::Ended(Outcome::Exited);
+    let mut answer = Arriving::begin(name, sender, calls, call, max).await;
+    // A CR that ended the last read: part of the line's end if an LF comes next.
+    let mut cr = line.last() == Some(&b'\r');
+    let start = line.split();
+    if let Err(stop) = answer.push(&start[..start.len() - usize::from(cr)]).await {
+        return given_up(answer, stop, stdout, calls, Rest::Unread).await;
+    }
+    loop {
+        let available = match answer.by_deadline(stdout.fill_buf()).await {
+            Some(Ok(available)) if !available.is_empty() => available,
+            Some(read) => {
+                if let Err(err) = read {
+                    tracing::warn!(server = name, %err, "cannot read the server's stdout");
                 }
-                None => return self.timed_out(writer, stdout, Rest::Unread).await,
-            };
-            let (mut chunk, consumed) = match memchr::memchr(b'\n', available) {
-                Some(end) => (&available[..end], end + 1),
-                None => (available, available.len()),
-            };
-            let ends = consumed > chunk.len();
-            len += chunk.len();
-            if len > max {
-                stdout.consume(consumed);
-                let over = StreamError::TooLarge { len, max };
-                let rest = if ends { Rest::Read } else { Rest::Unread };
-                return self.not_sent(over, writer, stdout, rest).await;
+                // The server's stdout ended mid-line: its exit answers every open call.
+                let _ = answer.give_up(Stop::Broke).await;
+                return Arrival::Ended(Outcome::Exited);
             }
-            // A CR before the LF ends the line too (JSON text has none of its own there),
-            // also when the two arrive in different reads.
-            let before = match std::mem::take(&mut cr) {
-                true if !(ends && chunk.is_empty()) => redaction.push(b"\r"),
-                _ => Bytes::new(),
-            };
-            if let [head @ .., b'\r'] = chunk {
-                chunk = head;
-                cr = !ends;
-            }
-            ready = redaction.push(chunk);
-            if !before.is_empty() {
-                ready = [before, ready].concat().into();
-            }
-            stdout.consume(consumed);
-            self.calls.heard();
-            if ends {
-                return self.finish(writer, redaction, ready, stdout).await;
-            }
-        }
-    }
-
-    /// Sends the last parts and ends the message, then closes the call. The call stays
-    /// open until the message has ended, so that if this task is dropped on the way (the
-    /// server's exit ends the session's loop), the exit's error still answers it.
-    async fn finish<R: AsyncBufRead + Unpin>(
-        &self,
-        mut writer: MessageWriter<'_>,
-        redaction: &mut RedactStream<'_>,
-        ready: Bytes,
-        stdout: &mut R,
-    ) -> Arrival {
-        for part in [ready, redaction.finish()] {
-            match self.by_deadline(writer.write(part)).await {
-                Some(Ok(())) => {}
-                Some(Err(err)) => return self.not_sent(err, writer, stdout, Rest::Read).await,
-                None => return self.timed_out(writer, stdout, Rest::Read).await,
-            }
-        }
-        if writer.finish().await.is_err() {
-            return Arrival::Ended(Outcome::RelayClosed);
-        }
-        if !self.calls.streamed(&self.id) {
-            // Its deadline passed while the last part waited for the tunnel: the timeout's
-            // error follows the answer, and the relay, which has the answer, drops it.
-            tracing::debug!(server = self.name, "a call timed out as its answer ended");
-        }
-        Arrival::Handled
-    }
-
-    /// `future`'s output, or `None` once the call's deadline has passed: also when the
-    /// future would be ready at once (a server that keeps writing past the deadline).
-    async fn by_deadline<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
-        match self.deadline {
-            Some(at) if Instant::now() >= at => None,
-            Some(at) => tokio::time::timeout_at(at, future).await.ok(),
-            None => Some(future.await),
-        }
-    }
-
-    /// The deadline passed with the answer still on its way: it is abandoned, and the call
-    /// gets the timeout's error (here, unless `Calls::expire` got to it first and sends
-    /// it).
-    async fn timed_out<R: AsyncBufRead + Unpin>(
-        &self,
-        writer: MessageWriter<'_>,
-        stdout: &mut R,
-        rest: Rest,
-    ) -> Arrival {
-        if writer.abandon().await.is_err() {
-            return Arrival::Ended(Outcome::RelayClosed);
-        }
-        let error = self.calls.time_out_arriving(&self.id).then(|| {
-            let timeout = self.calls.call_timeout().unwrap_or_default();
-            tracing::warn!(
-                server = self.name,
-                ?timeout,
-                "call timed out while its answer was arriving"
-            );
-            let text = format!(
-                "the call exceeded the agent's call_timeout of {timeout:?} while its answer was arriving"
-            );
-            (super::ERROR_TIMEOUT, text)
-        });
-        self.answer_instead(error, stdout, rest).await
-    }
-
-    /// The answer could not be sent whole: over the limit (the server's line, or the line
-    /// made longer by redaction), it is abandoned and the call gets the error a whole line
-    /// over the limit gets. Any other error means the stream is gone.
-    async fn not_sent<R: AsyncBufRead + Unpin>(
-        &self,
-        err: StreamError,
-        writer: MessageWriter<'_>,
-        stdout: &mut R,
-        rest: Rest,
-    ) -> Arrival {
-        let StreamError::TooLarge { len, max } = err else {
-            return Arrival::Ended(Outcome::RelayClosed);
+            None => return given_up(answer, Stop::TimedOut, stdout, calls, Rest::Unread).await,
         };
-        if writer.abandon().await.is_err() {
-            return Arrival::Ended(Outcome::RelayClosed);
+        let (mut chunk, consumed) = match memchr::memchr(b'\n', available) {
+            Some(end) => (&available[..end], end + 1),
+            None => (available, available.len()),
+        };
+        let ends = consumed > chunk.len();
+        // A CR before the LF ends the line too (JSON text has none of its own there),
+        // also when the two arrive in different reads.
+        let cr_before = std::mem::take(&mut cr) && !(ends && chunk.is_empty());
+        if let [head @ .., b'\r'] = chunk {
+            chunk = head;
+            cr = !ends;
         }
-        tracing::warn!(
-            server = self.name,
-            len,
-            "server wrote a message over the tunnel limit"
-        );
-        // Unless its timeout answered it while the abandon waited for the tunnel. The
-        // line's whole length is not known: only that it passed the limit.
-        let error = self.calls.answered(&self.id).then(|| {
-            let text = format!("the server's message exceeds the tunnel's limit of {max} bytes");
-            (super::ERROR_TOO_LARGE, text)
-        });
-        self.answer_instead(error, stdout, rest).await
+        let mut pushed = Ok(());
+        if cr_before {
+            pushed = answer.push(b"\r").await;
+        }
+        if pushed.is_ok() {
+            pushed = answer.push(chunk).await;
+        }
+        stdout.consume(consumed);
+        let rest = if ends { Rest::Read } else { Rest::Unread };
+        if let Err(stop) = pushed {
+            return given_up(answer, stop, stdout, calls, rest).await;
+        }
+        if ends {
+            return match answer.finish().await {
+                Ok(()) => Arrival::Handled,
+                Err(RelayClosed) => Arrival::Ended(Outcome::RelayClosed),
+            };
+        }
     }
+}
 
-    /// After an abandoned answer: sends the agent's `error` (code and text) in its place,
-    /// if this path closed the call, then skips what is left of the line. A line read to
-    /// its end means the server has been heard.
-    async fn answer_instead<R: AsyncBufRead + Unpin>(
-        &self,
-        error: Option<(i64, String)>,
-        stdout: &mut R,
-        rest: Rest,
-    ) -> Arrival {
-        if let Some((code, text)) = error
-            && answer_with_error(self.sender, self.calls, &self.id, code, &text)
-                .await
-                .is_err()
-        {
-            return Arrival::Ended(Outcome::RelayClosed);
-        }
-        match rest {
-            Rest::Unread => skip_line(stdout, self.calls).await,
-            Rest::Read => {
-                self.calls.heard();
-                Arrival::Handled
-            }
+/// Gives up on a long line's answer ([`Arriving::give_up`]) and skips what is left of the
+/// line. A line read to its end means the server has been heard.
+async fn given_up<R: AsyncBufRead + Unpin>(
+    answer: Arriving<'_>,
+    stop: Stop,
+    stdout: &mut R,
+    calls: &Calls,
+    rest: Rest,
+) -> Arrival {
+    if answer.give_up(stop).await.is_err() {
+        return Arrival::Ended(Outcome::RelayClosed);
+    }
+    match rest {
+        Rest::Unread => skip_line(stdout, calls).await,
+        Rest::Read => {
+            calls.heard();
+            Arrival::Handled
         }
     }
 }
@@ -973,8 +824,6 @@ const RESTART_MIN_DELAY: Duration = Duration::from_millis(100);
 /// How long a restarted server has to answer the replayed `initialize`.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_HANG_GRACE: Duration = Duration::from_secs(1);
-/// Lines from this size on that answer a call are sent on as they arrive.
-const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
