@@ -16,11 +16,20 @@ use outpost_tunnel::{MessageWriter, StreamError, StreamSender};
 use tokio::time::Instant;
 
 use super::calls::{Deadline, answer_head};
-use super::{Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, answer_with_error};
+use super::{Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UPSTREAM, answer_with_error};
 use crate::redact::RedactStream;
 
 /// Answers shorter than this are read whole: sending in parts costs more per message.
 pub(super) const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
+
+/// How long an HTTP upstream may stop writing in the middle of an answer that is going on
+/// as it arrives. The stream's other messages wait behind that answer (a stream carries
+/// one message at a time), so an answer stalled longer is given up.
+#[cfg(not(test))]
+pub(super) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A second in unit tests, which stall a server on purpose.
+#[cfg(test)]
+pub(super) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The call that the message starting with `start` answers, and its deadline, when that
 /// answer may go on as it arrives.
@@ -54,6 +63,8 @@ pub(super) enum Stop {
     TimedOut,
     /// The tunnel refused a part: over the limit, or the stream is gone.
     NotSent(StreamError),
+    /// The upstream wrote nothing more for [`STALL_LIMIT`].
+    Stalled,
     /// The upstream's message broke off, or turned out not to be an answer after all.
     Broke,
 }
@@ -88,20 +99,23 @@ impl<'a> Arriving<'a> {
     /// Sends on the next part received, redacted. `NotSent(TooLarge)` once the parts so far
     /// exceed the tunnel's limit.
     pub(super) async fn push(&mut self, part: &[u8]) -> Result<(), Stop> {
+        self.receive(part.len())?;
         let ready = self.redaction.push(part);
-        self.send(part.len(), ready).await
+        self.send(ready).await
     }
 
     /// [`Arriving::push`] for a part that is a buffer of its own: passed on uncopied when
     /// nothing is redacted.
     pub(super) async fn push_owned(&mut self, part: Bytes) -> Result<(), Stop> {
-        let len = part.len();
+        self.receive(part.len())?;
         let ready = self.redaction.push_owned(part);
-        self.send(len, ready).await
+        self.send(ready).await
     }
 
-    async fn send(&mut self, received: usize, ready: Bytes) -> Result<(), Stop> {
-        self.len += received;
+    /// Counts `len` more bytes received; refused, before redaction sees them, once the
+    /// message is over the limit.
+    fn receive(&mut self, len: usize) -> Result<(), Stop> {
+        self.len += len;
         if self.len > self.max {
             return Err(Stop::NotSent(StreamError::TooLarge {
                 len: self.len,
@@ -109,6 +123,10 @@ impl<'a> Arriving<'a> {
             }));
         }
         self.calls.heard();
+        Ok(())
+    }
+
+    async fn send(&mut self, ready: Bytes) -> Result<(), Stop> {
         match by_deadline(self.deadline, self.writer.write(ready)).await {
             Some(Ok(())) => Ok(()),
             Some(Err(err)) => Err(Stop::NotSent(err)),
@@ -120,6 +138,21 @@ impl<'a> Arriving<'a> {
     /// future would be ready at once (a server that keeps writing past the deadline).
     pub(super) async fn by_deadline<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
         by_deadline(self.deadline, future).await
+    }
+
+    /// `read`'s output, the upstream's next part: by the call's deadline (`TimedOut`), and
+    /// within [`STALL_LIMIT`] (`Stalled`).
+    pub(super) async fn read_within<F: std::future::Future>(
+        &self,
+        read: F,
+    ) -> Result<F::Output, Stop> {
+        let stalled = Instant::now() + STALL_LIMIT;
+        match self.deadline {
+            Some(at) if at <= stalled => {
+                by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut)
+            }
+            _ => by_deadline(Some(stalled), read).await.ok_or(Stop::Stalled),
+        }
     }
 
     /// Sends the last parts and ends the message, then closes the call; or, if that fails,
@@ -158,8 +191,8 @@ impl<'a> Arriving<'a> {
 
     /// Abandons the answer. Past the deadline or over the limit, the call gets the error it
     /// would have had as a message read whole (here, unless `Calls::expire` got to it
-    /// first and sends it). Broken off, the call stays open: the caller says what became
-    /// of it. Any other refusal means the stream is gone.
+    /// first and sends it); stalled, an upstream error. Broken off, the call stays open:
+    /// the caller says what became of it. Any other refusal means the stream is gone.
     pub(super) async fn give_up(self, stop: Stop) -> Result<(), RelayClosed> {
         let Self {
             name,
@@ -197,6 +230,19 @@ impl<'a> Arriving<'a> {
                     ERROR_TIMEOUT,
                     format!(
                         "the call exceeded the agent's call_timeout of {timeout:?} while its answer was arriving"
+                    ),
+                ))
+            }
+            Stop::Stalled => {
+                tracing::warn!(
+                    server = name,
+                    stalled_for = ?STALL_LIMIT,
+                    "server stopped writing in the middle of an answer"
+                );
+                Some((
+                    ERROR_UPSTREAM,
+                    format!(
+                        "the server stopped writing for {STALL_LIMIT:?} in the middle of its answer"
                     ),
                 ))
             }

@@ -353,6 +353,21 @@ impl Bridge {
     }
 }
 
+/// Whether a body that stops early fails to read rather than looks complete: its length
+/// announced, chunked, or over HTTP/2, not ended by its connection's end.
+fn end_is_marked(response: &reqwest::Response) -> bool {
+    response.content_length().is_some()
+        || response.version() >= http::Version::HTTP_2
+        || response
+            .headers()
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
+            })
+}
+
 /// Whether a response's body is JSON.
 fn carries_json(response: &reqwest::Response) -> bool {
     response
@@ -447,6 +462,7 @@ impl Session {
 
     /// Reads a JSON body up to the tunnel's limit, or, when it is a long answer, sends it
     /// on as it arrives (`None`). `initialize`: it answers `initialize`, and is read whole.
+    /// So is a body that ends where its connection does: cut off, it would look complete.
     async fn read_json(
         &self,
         response: reqwest::Response,
@@ -462,15 +478,15 @@ impl Session {
         // Grown to its announced length once it will not go on as it arrives.
         let expected = announced.map_or(0, |len| len as usize);
         let mut body = bytes::BytesMut::with_capacity(expected.min(FORWARD_AS_IT_ARRIVES_FROM));
+        let mut checked = initialize || !end_is_marked(&response);
         let mut chunks = response.bytes_stream();
         let mut arriving: Option<Arriving<'_>> = None;
-        let mut checked = initialize;
         loop {
             let next = match &arriving {
                 None => chunks.next().await,
-                Some(answer) => match answer.by_deadline(chunks.next()).await {
-                    Some(next) => next,
-                    None => return Err(give_up(arriving, Stop::TimedOut, BodyEnd::Complete).await),
+                Some(answer) => match answer.read_within(chunks.next()).await {
+                    Ok(next) => next,
+                    Err(stop) => return Err(give_up(arriving, stop, BodyEnd::Complete).await),
                 },
             };
             let chunk = match next {
@@ -513,7 +529,9 @@ impl Session {
     }
 
     /// Relays SSE `message` events until the stream ends; `initialize`: the answer to an
-    /// `initialize` request is among them. A long answer goes on as it arrives.
+    /// `initialize` request is among them. A long answer goes on as it arrives; given up
+    /// on the way (past its deadline, over the limit, stalled), the rest of its event is
+    /// skipped and the stream read on, as a whole event's late or oversized answer is.
     async fn relay_events(
         &self,
         response: reqwest::Response,
@@ -526,12 +544,26 @@ impl Session {
         let mut body = response.bytes_stream();
         // The answer going on as its event arrives, if one is.
         let mut arriving: Option<Arriving<'_>> = None;
+        // The rest of an event whose answer was given up on is arriving.
+        let mut skipping = false;
         loop {
             let next = match &arriving {
                 None => body.next().await,
-                Some(answer) => match answer.by_deadline(body.next()).await {
-                    Some(next) => next,
-                    None => return give_up(arriving, Stop::TimedOut, BodyEnd::Complete).await,
+                Some(answer) => match answer.read_within(body.next()).await {
+                    Ok(next) => next,
+                    Err(stop) => {
+                        if arriving
+                            .take()
+                            .expect("arriving")
+                            .give_up(stop)
+                            .await
+                            .is_err()
+                        {
+                            return BodyEnd::Complete;
+                        }
+                        skipping = true;
+                        continue;
+                    }
                 },
             };
             let chunk = match next {
@@ -566,22 +598,30 @@ impl Session {
                     Item::Part(part) => match arriving.as_mut() {
                         Some(answer) => match answer.push_owned(part).await {
                             Ok(()) => true,
-                            Err(stop) => return give_up(arriving, stop, BodyEnd::Complete).await,
+                            Err(stop) => {
+                                skipping = true;
+                                let answer = arriving.take().expect("arriving");
+                                answer.give_up(stop).await.is_ok()
+                            }
                         },
                         None => true,
                     },
-                    Item::Ended { message } => match arriving.take() {
-                        Some(answer) if message => answer.finish().await.is_ok(),
-                        // Its type, after its data, says it was no message after all.
-                        Some(answer) => answer.give_up(Stop::Broke).await.is_ok(),
-                        None => true,
-                    },
+                    Item::Ended { message } => {
+                        skipping = false;
+                        match arriving.take() {
+                            Some(answer) if message => answer.finish().await.is_ok(),
+                            // Its type, after its data, says it was no message after all.
+                            Some(answer) => answer.give_up(Stop::Broke).await.is_ok(),
+                            None => true,
+                        }
+                    }
                 };
                 if !sent {
                     return BodyEnd::Complete;
                 }
             }
             if arriving.is_none()
+                && !skipping
                 && !initialize
                 && let Some(start) = parser.long_data(FORWARD_AS_IT_ARRIVES_FROM)
                 && let Some(call) = arriving::streamable(calls, &start)
@@ -589,10 +629,15 @@ impl Session {
                 parser.stream_data();
                 let mut answer =
                     Arriving::begin(&self.name, sender, calls, call, self.max_message_len).await;
-                if let Err(stop) = answer.push_owned(start).await {
-                    return give_up(Some(answer), stop, BodyEnd::Complete).await;
+                match answer.push_owned(start).await {
+                    Ok(()) => arriving = Some(answer),
+                    Err(stop) => {
+                        if answer.give_up(stop).await.is_err() {
+                            return BodyEnd::Complete;
+                        }
+                        skipping = true;
+                    }
                 }
-                arriving = Some(answer);
             }
         }
         // The stream ended in the middle of the answer's event.
@@ -1059,13 +1104,17 @@ mod tests {
     enum Body {
         /// A JSON body, its length announced.
         Json,
+        /// A JSON body in one chunk of a chunked body.
+        Chunked,
         /// A JSON body that ends when the connection does.
         Unannounced,
         /// One SSE event.
         Sse,
+        /// SSE: the answer given is the whole stream.
+        SseText,
     }
 
-    /// A server that answers the first POST with `answer`, sent as `body` says and ended
+    /// A server that answers the first POST with `answer`, sent as `kind` says and ended
     /// as `ending` says, and any other request with 200.
     async fn one_answer_server(answer: String, kind: Body, ending: Ending) -> url::Url {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1101,22 +1150,28 @@ mod tests {
                 };
                 let (content_type, body) = match kind {
                     Body::Sse => ("text/event-stream", format!("data: {answer}\n\n")),
-                    Body::Json | Body::Unannounced => ("application/json", answer),
+                    Body::SseText => ("text/event-stream", answer),
+                    _ => ("application/json", answer),
                 };
-                let length = match kind {
-                    Body::Unannounced => "connection: close".to_owned(),
-                    _ => format!("content-length: {}", body.len()),
+                // The response up to the body, then the body, then what ends it.
+                let (framing, end) = match kind {
+                    Body::Unannounced => ("connection: close\r\n\r\n".to_owned(), ""),
+                    Body::Chunked => (
+                        format!("transfer-encoding: chunked\r\n\r\n{:x}\r\n", body.len()),
+                        "\r\n0\r\n\r\n",
+                    ),
+                    _ => (format!("content-length: {}\r\n\r\n", body.len()), ""),
                 };
-                let head =
-                    format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{length}\r\n\r\n");
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{framing}");
                 let _ = conn.write_all(head.as_bytes()).await;
                 match ending {
-                    Ending::Whole if kind == Body::Unannounced => {
-                        let _ = conn.write_all(body.as_bytes()).await;
-                        let _ = conn.shutdown().await;
-                    }
                     Ending::Whole => {
                         let _ = conn.write_all(body.as_bytes()).await;
+                        let _ = conn.write_all(end.as_bytes()).await;
+                        if kind == Body::Unannounced {
+                            let _ = conn.shutdown().await;
+                            continue;
+                        }
                         // Held until the client closes it.
                         tokio::spawn(async move {
                             let mut rest = [0u8; 1024];
@@ -1162,13 +1217,14 @@ mod tests {
         error
     }
 
-    /// A long answer goes on as it arrives, as a JSON body or an SSE event: whole, it
-    /// arrives intact; cut off by the server, the relay side has its start already (an
-    /// abandoned message) when the call's error comes. Read whole, only the error would.
+    /// A long answer goes on as it arrives, as a JSON body (its length announced, or
+    /// chunked) or an SSE event: whole, it arrives intact; cut off by the server, the
+    /// relay side has its start already (an abandoned message) when the call's error
+    /// comes. Read whole, only the error would.
     #[tokio::test]
     async fn a_long_answer_goes_on_as_it_arrives() {
         let answer = long_answer(512 * 1024);
-        for body in [Body::Json, Body::Unannounced, Body::Sse] {
+        for body in [Body::Json, Body::Chunked, Body::Sse] {
             let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
             let (mut relay_side, stop) = served(url, "2026-07-28").await;
             relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
@@ -1180,10 +1236,7 @@ mod tests {
             );
             super::super::assert_closed_by_agent(&mut relay_side).await;
             stop.cancel();
-            if body == Body::Unannounced {
-                // Its end is the connection's: it cannot be cut off.
-                continue;
-            }
+
             let url = one_answer_server(answer.clone(), body, Ending::Cut).await;
             let (mut relay_side, stop) = served(url, "2026-07-28").await;
             relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
@@ -1191,10 +1244,39 @@ mod tests {
             assert_eq!(
                 error["error"]["code"],
                 super::super::ERROR_UPSTREAM,
-                "{error}"
+                "{body:?}: {error}"
             );
             stop.cancel();
         }
+    }
+
+    /// A JSON body that ends where its connection does is read whole: cut off, it would
+    /// look complete. So the cut answer goes on as the (broken) message it is, the relay
+    /// drops it, and the call is still owed its error.
+    #[tokio::test]
+    async fn a_body_ended_by_its_connection_is_read_whole() {
+        let answer = long_answer(512 * 1024);
+        let url = one_answer_server(answer.clone(), Body::Unannounced, Ending::Whole).await;
+        let (mut relay_side, stop) = served(url, "2026-07-28").await;
+        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let received = within(relay_side.receiver.recv()).await.unwrap();
+        assert!(received == answer.as_bytes(), "{}", received.len());
+        stop.cancel();
+
+        let url = one_answer_server(answer.clone(), Body::Unannounced, Ending::Cut).await;
+        let (mut relay_side, stop) = served(url, "2026-07-28").await;
+        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let cut = within(relay_side.receiver.recv()).await.unwrap();
+        assert!(cut == answer.as_bytes()[..CUT], "{}", cut.len());
+        let error = within(relay_side.receiver.recv()).await.unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&error).unwrap();
+        assert_eq!(error["id"], 1, "{error}");
+        assert_eq!(
+            error["error"]["code"],
+            super::super::ERROR_UPSTREAM,
+            "{error}"
+        );
+        stop.cancel();
     }
 
     /// An answer that outgrows the tunnel's limit on its way is abandoned, and the call
@@ -1204,7 +1286,7 @@ mod tests {
     async fn an_answer_over_the_limit_on_its_way_is_abandoned() {
         let max = super::super::test_tunnel_config().max_message_len;
         let answer = long_answer(max + 1024);
-        for body in [Body::Json, Body::Unannounced, Body::Sse] {
+        for body in [Body::Json, Body::Chunked, Body::Sse] {
             let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
             let (mut relay_side, stop) = served(url, "2026-07-28").await;
             relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
@@ -1229,7 +1311,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_on_its_way_at_the_deadline_gives_way_to_the_timeout() {
         let answer = long_answer(512 * 1024);
-        for body in [Body::Json, Body::Sse] {
+        for body in [Body::Json, Body::Chunked, Body::Sse] {
             let url = one_answer_server(answer.clone(), body, Ending::Stalled).await;
             let timeout = Some(Duration::from_millis(500));
             let (mut relay_side, stop) = served_timed(url, "2026-07-28", timeout).await;
@@ -1240,12 +1322,64 @@ mod tests {
                 super::super::ERROR_TIMEOUT,
                 "{body:?}: {error}"
             );
-            let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
-            match more.await {
-                Err(_) | Ok(Err(_)) => {}
-                Ok(Ok(message)) => panic!("{body:?}: a second answer: {message:?}"),
-            }
+            assert_nothing_more(&mut relay_side, body).await;
             stop.cancel();
+        }
+    }
+
+    /// With no `call_timeout`, an answer whose server stops writing in the middle of it is
+    /// given up after the stall limit (the stream's other messages wait behind it): the
+    /// call gets an upstream error, once.
+    #[tokio::test]
+    async fn an_answer_stalled_on_its_way_is_given_up() {
+        let answer = long_answer(512 * 1024);
+        for body in [Body::Json, Body::Sse] {
+            let url = one_answer_server(answer.clone(), body, Ending::Stalled).await;
+            let (mut relay_side, stop) = served(url, "2026-07-28").await;
+            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let error = abandoned_then_error(&mut relay_side, &answer).await;
+            assert_eq!(
+                error["error"]["code"],
+                super::super::ERROR_UPSTREAM,
+                "{body:?}: {error}"
+            );
+            assert!(
+                error["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("stopped writing")),
+                "{error}"
+            );
+            assert_nothing_more(&mut relay_side, body).await;
+            stop.cancel();
+        }
+    }
+
+    /// An SSE event sent on as it arrived, whose type, named after its data, is not
+    /// `message`, is abandoned; its call stays open, and the answer in a later event
+    /// reaches it.
+    #[tokio::test]
+    async fn an_event_that_turns_out_not_to_be_a_message_is_abandoned() {
+        let long = long_answer(512 * 1024);
+        let stream = format!(
+            "data: {long}\nevent: other\n\ndata: {}\n\n",
+            String::from_utf8_lossy(ANSWER)
+        );
+        let url = one_answer_server(stream, Body::SseText, Ending::Whole).await;
+        let (mut relay_side, stop) = served(url, "2026-07-28").await;
+        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let abandoned = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(abandoned.last(), Some(&0), "{}", abandoned.len());
+        assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
+        super::super::assert_closed_by_agent(&mut relay_side).await;
+        stop.cancel();
+    }
+
+    /// No second answer follows the first for a while.
+    async fn assert_nothing_more(relay_side: &mut Stream, body: Body) {
+        let more = tokio::time::timeout(Duration::from_millis(300), relay_side.receiver.recv());
+        match more.await {
+            Err(_) | Ok(Err(_)) => {}
+            Ok(Ok(message)) => panic!("{body:?}: a second answer: {message:?}"),
         }
     }
 
