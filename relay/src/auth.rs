@@ -366,10 +366,14 @@ pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random number generator failed");
 }
 
-/// A random identifier of `bytes` random bytes, hex-encoded, with a prefix.
+/// A random identifier of `bytes` random bytes, hex-encoded, with a prefix: a session id,
+/// a correlation id. Drawn from the thread's CSPRNG (ChaCha12, seeded from the OS and
+/// reseeded as it goes), since requests make several of them and a system call each cost
+/// the relay 3 `getrandom` calls per request. Keys and peppers come from the OS directly
+/// ([`fill_random`]).
 pub fn random_id(prefix: &str, bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
-    fill_random(&mut raw);
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut raw);
     prefixed_hex(prefix, &raw)
 }
 
