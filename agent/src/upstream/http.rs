@@ -354,18 +354,18 @@ impl Bridge {
 }
 
 /// Whether a body that stops early fails to read rather than looks complete: its length
-/// announced, chunked, or over HTTP/2, not ended by its connection's end.
+/// announced, chunked, or over HTTP/2, not ended by its connection's end. Chunked as
+/// hyper reads it: `chunked` is the last coding named.
 fn end_is_marked(response: &reqwest::Response) -> bool {
-    response.content_length().is_some()
-        || response.version() >= http::Version::HTTP_2
-        || response
-            .headers()
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            })
+    let chunked = response
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    chunked || response.content_length().is_some() || response.version() >= http::Version::HTTP_2
 }
 
 /// Whether a response's body is JSON.
@@ -551,6 +551,10 @@ impl Session {
                 None => body.next().await,
                 Some(answer) => match answer.read_within(body.next()).await {
                     Ok(next) => next,
+                    // A server that stopped writing is not waited for again.
+                    Err(Stop::Stalled) => {
+                        return give_up(arriving, Stop::Stalled, BodyEnd::Complete).await;
+                    }
                     Err(stop) => {
                         if arriving
                             .take()
@@ -1354,6 +1358,30 @@ mod tests {
         }
     }
 
+    /// An SSE answer given up on its way (here, over the limit) has the rest of its event
+    /// skipped, and the response is read on: a later event still goes on.
+    #[tokio::test]
+    async fn after_an_answer_given_up_the_event_stream_is_read_on() {
+        let max = super::super::test_tunnel_config().max_message_len;
+        let answer = long_answer(max + 1024);
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"after"}}"#;
+        let stream = format!("data: {answer}\n\ndata: {note}\n\n");
+        let url = one_answer_server(stream, Body::SseText, Ending::Whole).await;
+        let (mut relay_side, stop) = served(url, "2026-07-28").await;
+        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let error = abandoned_then_error(&mut relay_side, &answer).await;
+        assert_eq!(
+            error["error"]["code"],
+            super::super::ERROR_TOO_LARGE,
+            "{error}"
+        );
+        assert_eq!(
+            within(relay_side.receiver.recv()).await.unwrap(),
+            note.as_bytes()
+        );
+        stop.cancel();
+    }
+
     /// An SSE event sent on as it arrived, whose type, named after its data, is not
     /// `message`, is abandoned; its call stays open, and the answer in a later event
     /// reaches it.
@@ -1381,6 +1409,31 @@ mod tests {
             Err(_) | Ok(Err(_)) => {}
             Ok(Ok(message)) => panic!("{body:?}: a second answer: {message:?}"),
         }
+    }
+
+    /// (A length counts too: reqwest takes it from the body hyper read, which a response
+    /// made here has not; `a_long_answer_goes_on_as_it_arrives` covers it.)
+    #[test]
+    fn a_body_s_end_is_marked_by_a_last_chunked_coding() {
+        let marked = |headers: &[(&str, &str)]| {
+            let mut response = http::Response::builder();
+            for (name, value) in headers {
+                response = response.header(*name, *value);
+            }
+            // A body of unknown length, as one read from a socket is.
+            let body = reqwest::Body::wrap_stream(futures_util::stream::empty::<
+                Result<Bytes, std::io::Error>,
+            >());
+            super::end_is_marked(&reqwest::Response::from(response.body(body).unwrap()))
+        };
+        assert!(marked(&[("transfer-encoding", "chunked")]));
+        assert!(marked(&[("transfer-encoding", "gzip, Chunked")]));
+        assert!(!marked(&[]), "ended by its connection");
+        assert!(
+            !marked(&[("transfer-encoding", "chunked, gzip")]),
+            "hyper reads it to the end"
+        );
+        assert!(!marked(&[("transfer-encoding", "x-chunked")]));
     }
 
     #[test]
