@@ -126,6 +126,7 @@ impl<'a> Arriving<'a> {
         Ok(())
     }
 
+    /// Writes redacted bytes to the message, by the call's deadline.
     async fn send(&mut self, ready: Bytes) -> Result<(), Stop> {
         match by_deadline(self.deadline, self.writer.write(ready)).await {
             Some(Ok(())) => Ok(()),
@@ -161,12 +162,7 @@ impl<'a> Arriving<'a> {
     /// session's loop), the exit's error still answers it.
     pub(super) async fn finish(mut self) -> Result<(), RelayClosed> {
         let last = self.redaction.finish();
-        let sent = match by_deadline(self.deadline, self.writer.write(last)).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(err)) => Err(Stop::NotSent(err)),
-            None => Err(Stop::TimedOut),
-        };
-        if let Err(stop) = sent {
+        if let Err(stop) = self.send(last).await {
             return self.give_up(stop).await;
         }
         let Self {

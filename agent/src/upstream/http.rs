@@ -1203,6 +1203,21 @@ mod tests {
 
     const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
 
+    /// Call 1, sent on a stream served by the agent (with `call_timeout`, if given) to a
+    /// [`one_answer_server`] answering it with `answer`: the relay's side of the stream,
+    /// and the token that stops it all.
+    async fn call(
+        answer: String,
+        body: Body,
+        ending: Ending,
+        call_timeout: Option<Duration>,
+    ) -> (Stream, CancellationToken) {
+        let url = one_answer_server(answer, body, ending).await;
+        let (relay_side, stop) = served_timed(url, "2026-07-28", call_timeout).await;
+        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        (relay_side, stop)
+    }
+
     /// The error the relay side receives for call 1 after an abandoned answer (ending in
     /// NUL, which the relay drops): the abandoned message's start shows that the answer
     /// went on before its end.
@@ -1229,9 +1244,7 @@ mod tests {
     async fn a_long_answer_goes_on_as_it_arrives() {
         let answer = long_answer(512 * 1024);
         for body in [Body::Json, Body::Chunked, Body::Sse] {
-            let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
-            let (mut relay_side, stop) = served(url, "2026-07-28").await;
-            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let (mut relay_side, stop) = call(answer.clone(), body, Ending::Whole, None).await;
             let received = within(relay_side.receiver.recv()).await.unwrap();
             assert!(
                 received == answer.as_bytes(),
@@ -1241,9 +1254,7 @@ mod tests {
             super::super::assert_closed_by_agent(&mut relay_side).await;
             stop.cancel();
 
-            let url = one_answer_server(answer.clone(), body, Ending::Cut).await;
-            let (mut relay_side, stop) = served(url, "2026-07-28").await;
-            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let (mut relay_side, stop) = call(answer.clone(), body, Ending::Cut, None).await;
             let error = abandoned_then_error(&mut relay_side, &answer).await;
             assert_eq!(
                 error["error"]["code"],
@@ -1260,16 +1271,14 @@ mod tests {
     #[tokio::test]
     async fn a_body_ended_by_its_connection_is_read_whole() {
         let answer = long_answer(512 * 1024);
-        let url = one_answer_server(answer.clone(), Body::Unannounced, Ending::Whole).await;
-        let (mut relay_side, stop) = served(url, "2026-07-28").await;
-        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let (mut relay_side, stop) =
+            call(answer.clone(), Body::Unannounced, Ending::Whole, None).await;
         let received = within(relay_side.receiver.recv()).await.unwrap();
         assert!(received == answer.as_bytes(), "{}", received.len());
         stop.cancel();
 
-        let url = one_answer_server(answer.clone(), Body::Unannounced, Ending::Cut).await;
-        let (mut relay_side, stop) = served(url, "2026-07-28").await;
-        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let (mut relay_side, stop) =
+            call(answer.clone(), Body::Unannounced, Ending::Cut, None).await;
         let cut = within(relay_side.receiver.recv()).await.unwrap();
         assert!(cut == answer.as_bytes()[..CUT], "{}", cut.len());
         let error = within(relay_side.receiver.recv()).await.unwrap();
@@ -1291,9 +1300,7 @@ mod tests {
         let max = super::super::test_tunnel_config().max_message_len;
         let answer = long_answer(max + 1024);
         for body in [Body::Json, Body::Chunked, Body::Sse] {
-            let url = one_answer_server(answer.clone(), body, Ending::Whole).await;
-            let (mut relay_side, stop) = served(url, "2026-07-28").await;
-            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let (mut relay_side, stop) = call(answer.clone(), body, Ending::Whole, None).await;
             let error = match body {
                 Body::Json => {
                     let error = within(relay_side.receiver.recv()).await.unwrap();
@@ -1316,10 +1323,8 @@ mod tests {
     async fn an_answer_on_its_way_at_the_deadline_gives_way_to_the_timeout() {
         let answer = long_answer(512 * 1024);
         for body in [Body::Json, Body::Chunked, Body::Sse] {
-            let url = one_answer_server(answer.clone(), body, Ending::Stalled).await;
             let timeout = Some(Duration::from_millis(500));
-            let (mut relay_side, stop) = served_timed(url, "2026-07-28", timeout).await;
-            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let (mut relay_side, stop) = call(answer.clone(), body, Ending::Stalled, timeout).await;
             let error = abandoned_then_error(&mut relay_side, &answer).await;
             assert_eq!(
                 error["error"]["code"],
@@ -1338,9 +1343,7 @@ mod tests {
     async fn an_answer_stalled_on_its_way_is_given_up() {
         let answer = long_answer(512 * 1024);
         for body in [Body::Json, Body::Sse] {
-            let url = one_answer_server(answer.clone(), body, Ending::Stalled).await;
-            let (mut relay_side, stop) = served(url, "2026-07-28").await;
-            relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+            let (mut relay_side, stop) = call(answer.clone(), body, Ending::Stalled, None).await;
             let error = abandoned_then_error(&mut relay_side, &answer).await;
             assert_eq!(
                 error["error"]["code"],
@@ -1366,9 +1369,7 @@ mod tests {
         let answer = long_answer(max + 1024);
         let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"after"}}"#;
         let stream = format!("data: {answer}\n\ndata: {note}\n\n");
-        let url = one_answer_server(stream, Body::SseText, Ending::Whole).await;
-        let (mut relay_side, stop) = served(url, "2026-07-28").await;
-        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let (mut relay_side, stop) = call(stream, Body::SseText, Ending::Whole, None).await;
         let error = abandoned_then_error(&mut relay_side, &answer).await;
         assert_eq!(
             error["error"]["code"],
@@ -1392,9 +1393,7 @@ mod tests {
             "data: {long}\nevent: other\n\ndata: {}\n\n",
             String::from_utf8_lossy(ANSWER)
         );
-        let url = one_answer_server(stream, Body::SseText, Ending::Whole).await;
-        let (mut relay_side, stop) = served(url, "2026-07-28").await;
-        relay_side.sender.send(Bytes::from(CALL)).await.unwrap();
+        let (mut relay_side, stop) = call(stream, Body::SseText, Ending::Whole, None).await;
         let abandoned = within(relay_side.receiver.recv()).await.unwrap();
         assert_eq!(abandoned.last(), Some(&0), "{}", abandoned.len());
         assert_eq!(within(relay_side.receiver.recv()).await.unwrap(), ANSWER);
