@@ -1,7 +1,8 @@
 //! Workload (c): `big` results of 1 MiB and 10 MiB at concurrency 1 and 16 through each
-//! target: MiB/s, call latency, the peak RSS of the processes in between (relay and agent
-//! for Outpost, the bridge for a peer), and meanwhile the latency of small `echo` calls on
-//! another session, which large results must not hold up. The 2025-era targets only.
+//! target: MiB/s, call latency, the peak RSS and the CPU per MiB of the processes in
+//! between (relay and agent for Outpost, the bridge for a peer), and meanwhile the latency
+//! of small `echo` calls on another session, which large results must not hold up. The
+//! 2025-era targets only.
 
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     .collect();
                 let big = open_sessions(&target.endpoint, concurrency).await?;
                 let small = open_sessions(&target.endpoint, 1).await?;
+                let cpu_before: Vec<Duration> =
+                    pids.iter().map(|(_, pid)| procfs::cpu_time(*pid)).collect();
                 let side = Bounds {
                     warmup: Duration::ZERO,
                     duration: bounds.duration,
@@ -61,6 +64,11 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     closed_loop(big, Call::Big(size), bounds),
                     closed_loop(small, Call::Echo, side),
                 );
+                let cpu: Vec<Duration> = pids
+                    .iter()
+                    .zip(cpu_before)
+                    .map(|((_, pid), before)| procfs::cpu_time(*pid).saturating_sub(before))
+                    .collect();
                 let peaks: Vec<Peak> = pids
                     .iter()
                     .zip(starts)
@@ -77,6 +85,9 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     Some(run) => {
                         run.big.merge(&big_outcome);
                         run.small.merge(&small_outcome);
+                        for (total, used) in run.cpu.iter_mut().zip(cpu) {
+                            *total += used;
+                        }
                         for (kept, new) in run.peaks.iter_mut().zip(peaks) {
                             if new.peak_kib > kept.peak_kib {
                                 *kept = new;
@@ -88,6 +99,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                             big: big_outcome,
                             small: small_outcome,
                             peaks,
+                            cpu,
                         });
                     }
                 }
@@ -114,13 +126,37 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
             "small p50 µs",
             "small p99 µs",
             "peak RSS MiB (at start)",
+            "bridge CPU ms per MiB",
             "errors",
         ],
     );
     for (k, &(size, concurrency)) in cases.iter().enumerate() {
         let direct_p50 = results[k][0].as_ref().map_or(0, |r| r.big.q(0.5));
         for (t, target) in targets.iter().enumerate() {
-            let Run { big, small, peaks } = results[k][t].as_ref().expect("recorded");
+            let Run {
+                big,
+                small,
+                peaks,
+                cpu,
+            } = results[k][t].as_ref().expect("recorded");
+            let received_mib = big.bytes as f64 / MIB as f64;
+            let cpu_per_mib: Vec<(&str, f64)> = peaks
+                .iter()
+                .zip(cpu)
+                .map(|(peak, used)| {
+                    let ms = used.as_secs_f64() * 1000.0 / received_mib.max(1e-9);
+                    (peak.process, ms)
+                })
+                .collect();
+            let cpu_cell = if cpu_per_mib.is_empty() {
+                "–".to_owned()
+            } else {
+                cpu_per_mib
+                    .iter()
+                    .map(|(process, ms)| format!("{process} {ms:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let rss = if peaks.is_empty() {
                 "–".to_owned()
             } else {
@@ -148,6 +184,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                 us(small.q(0.5)),
                 us(small.q(0.99)),
                 rss,
+                cpu_cell,
                 errors(big),
             ]);
             section.record(json!({
@@ -157,10 +194,12 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                 "big": outcome_json(big),
                 "small": outcome_json(small),
                 "peak_rss_kib": peaks.iter().map(|peak| json!({"process": peak.process, "kib": peak.peak_kib, "start_kib": peak.start_kib})).collect::<Vec<_>>(),
+                "bridge_cpu_ms_per_mib": cpu_per_mib.iter().map(|(process, ms)| json!({"process": process, "ms": ms})).collect::<Vec<_>>(),
             }));
         }
     }
     section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`), which is given in brackets: a peak equal to it (in whole MiB) means the run fitted in memory the process still held from earlier runs or workloads (glibc keeps freed memory), so the run's own need may be smaller. For each process, the round with the largest peak is shown. Outpost's figure is the relay's and the agent's; the floor's, its forwarders' in the order the client's bytes cross them; a peer's, its own process's.");
+    section.note("Bridge CPU: user and system CPU time of each process between the client and the upstream over the runs of that case, the small calls' share included, per MiB of `big` results received. It moves less with this machine's speed than the latencies do.");
     Ok(section)
 }
 
@@ -173,6 +212,8 @@ struct Run {
     small: Outcome,
     /// The peak RSS of each process between client and upstream.
     peaks: Vec<Peak>,
+    /// The CPU time each of those processes used, in the order of `peaks`.
+    cpu: Vec<Duration>,
 }
 
 /// One process's peak RSS over a run, and its RSS when the run started.
