@@ -120,7 +120,13 @@ pub struct HttpConfig {
     pub headers: Vec<(http::HeaderName, SecretString)>,
     /// Each `${env:}`/`${file:}` value on its own, as resolved into `headers`.
     pub reference_values: Vec<SecretString>,
+    /// How long the server may write nothing in the middle of a long answer that is going
+    /// on to the relay as it arrives before that answer is given up.
+    pub answer_stall_timeout: Duration,
 }
+
+/// [`HttpConfig::answer_stall_timeout`] when the configuration names none.
+pub const DEFAULT_ANSWER_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the configuration is invalid. The message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +221,8 @@ enum RawServer {
         #[serde(default, with = "humantime_serde")]
         call_timeout: Option<Duration>,
         max_sessions: Option<usize>,
+        #[serde(default, with = "humantime_serde")]
+        answer_stall_timeout: Option<Duration>,
     },
 }
 
@@ -442,7 +450,16 @@ fn resolve_server(
                 max_concurrent_calls,
                 call_timeout,
                 max_sessions,
+                answer_stall_timeout,
             } => {
+                let answer_stall_timeout =
+                    answer_stall_timeout.unwrap_or(DEFAULT_ANSWER_STALL_TIMEOUT);
+                if answer_stall_timeout.is_zero() {
+                    return Err(invalid(
+                        &format!("servers.{name}.answer_stall_timeout"),
+                        "must be longer than zero",
+                    ));
+                }
                 let key = format!("servers.{name}.url");
                 let url =
                     url::Url::parse(&url).map_err(|e| invalid(&key, &format!("`{url}`: {e}")))?;
@@ -466,6 +483,7 @@ fn resolve_server(
                     url,
                     headers: resolved,
                     reference_values,
+                    answer_stall_timeout,
                 });
                 (
                     transport,
@@ -840,6 +858,7 @@ mod tests {
             panic!()
         };
         assert_eq!(db.headers[0].1.expose_secret(), "Bearer s3cret");
+        assert_eq!(db.answer_stall_timeout, DEFAULT_ANSWER_STALL_TIMEOUT);
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{config:?}").contains("t0ken"));
         assert_eq!(config.secret_values().len(), 5);
@@ -870,5 +889,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("servers.a"), "{err}");
+        let http =
+            "relay_url = \"wss://x\"\n[servers.a]\ntype=\"http\"\nurl=\"http://127.0.0.1:1/mcp\"";
+        let err = load(&format!("{http}\nanswer_stall_timeout=\"0s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servers.a.answer_stall_timeout"), "{err}");
+        let config = load(&format!("{http}\nanswer_stall_timeout=\"2m\"")).unwrap();
+        let Transport::Http(a) = &config.servers["a"].transport else {
+            panic!()
+        };
+        assert_eq!(a.answer_stall_timeout, Duration::from_secs(120));
     }
 }

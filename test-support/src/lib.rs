@@ -676,6 +676,7 @@ impl AgentBuilder {
                     url: url.parse().expect("test server URL parses"),
                     headers: Vec::new(),
                     reference_values: Vec::new(),
+                    answer_stall_timeout: outpost_agent::config::DEFAULT_ANSWER_STALL_TIMEOUT,
                 }),
                 policy: ToolPolicy::default(),
             },

@@ -22,15 +22,6 @@ use crate::redact::RedactStream;
 /// Answers shorter than this are read whole: sending in parts costs more per message.
 pub(super) const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
-/// How long an HTTP upstream may stop writing in the middle of an answer that is going on
-/// as it arrives. The stream's other messages wait behind that answer (a stream carries
-/// one message at a time), so an answer stalled longer is given up.
-#[cfg(not(test))]
-pub(super) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// A second in unit tests, which stall a server on purpose.
-#[cfg(test)]
-pub(super) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The call that the message starting with `start` answers, and its deadline, when that
 /// answer may go on as it arrives.
 pub(super) fn streamable(calls: &Calls, start: &[u8]) -> Option<(String, Deadline)> {
@@ -63,8 +54,8 @@ pub(super) enum Stop {
     TimedOut,
     /// The tunnel refused a part: over the limit, or the stream is gone.
     NotSent(StreamError),
-    /// The upstream wrote nothing more for [`STALL_LIMIT`].
-    Stalled,
+    /// The upstream wrote nothing more for the time [`Arriving::read_within`] allowed.
+    Stalled(std::time::Duration),
     /// The upstream's message broke off, or turned out not to be an answer after all.
     Broke,
 }
@@ -142,17 +133,22 @@ impl<'a> Arriving<'a> {
     }
 
     /// `read`'s output, the upstream's next part: by the call's deadline (`TimedOut`), and
-    /// within [`STALL_LIMIT`] (`Stalled`).
+    /// within `stall` (`Stalled`). The stream's other messages wait behind an answer going
+    /// on (a stream carries one message at a time), so one whose upstream goes quiet in
+    /// the middle is not waited for long.
     pub(super) async fn read_within<F: std::future::Future>(
         &self,
         read: F,
+        stall: std::time::Duration,
     ) -> Result<F::Output, Stop> {
-        let stalled = Instant::now() + STALL_LIMIT;
+        let stalled = Instant::now() + stall;
         match self.deadline {
             Some(at) if at <= stalled => {
                 by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut)
             }
-            _ => by_deadline(Some(stalled), read).await.ok_or(Stop::Stalled),
+            _ => by_deadline(Some(stalled), read)
+                .await
+                .ok_or(Stop::Stalled(stall)),
         }
     }
 
@@ -229,17 +225,15 @@ impl<'a> Arriving<'a> {
                     ),
                 ))
             }
-            Stop::Stalled => {
+            Stop::Stalled(stall) => {
                 tracing::warn!(
                     server = name,
-                    stalled_for = ?STALL_LIMIT,
+                    stalled_for = ?stall,
                     "server stopped writing in the middle of an answer"
                 );
                 Some((
                     ERROR_UPSTREAM,
-                    format!(
-                        "the server stopped writing for {STALL_LIMIT:?} in the middle of its answer"
-                    ),
+                    format!("the server stopped writing for {stall:?} in the middle of its answer"),
                 ))
             }
             Stop::Broke => None,

@@ -33,6 +33,8 @@ struct Session {
     headers: Mutex<HeaderMap>,
     http: reqwest::Client,
     max_message_len: usize,
+    /// How long a long answer going on may stall (`answer_stall_timeout`).
+    stall: std::time::Duration,
 }
 
 pub(super) async fn serve(
@@ -69,6 +71,7 @@ pub(super) async fn serve(
         headers: Mutex::new(headers),
         http: ctx.http.clone(),
         max_message_len: ctx.max_message_len,
+        stall: config.answer_stall_timeout,
     };
     let bridge = Arc::new(Bridge {
         name: name.to_owned(),
@@ -484,7 +487,7 @@ impl Session {
         loop {
             let next = match &arriving {
                 None => chunks.next().await,
-                Some(answer) => match answer.read_within(chunks.next()).await {
+                Some(answer) => match answer.read_within(chunks.next(), self.stall).await {
                     Ok(next) => next,
                     Err(stop) => return Err(give_up(arriving, stop, BodyEnd::Complete).await),
                 },
@@ -549,11 +552,11 @@ impl Session {
         loop {
             let next = match &arriving {
                 None => body.next().await,
-                Some(answer) => match answer.read_within(body.next()).await {
+                Some(answer) => match answer.read_within(body.next(), self.stall).await {
                     Ok(next) => next,
                     // A server that stopped writing is not waited for again.
-                    Err(Stop::Stalled) => {
-                        return give_up(arriving, Stop::Stalled, BodyEnd::Complete).await;
+                    Err(stop @ Stop::Stalled(_)) => {
+                        return give_up(arriving, stop, BodyEnd::Complete).await;
                     }
                     Err(stop) => {
                         if arriving
@@ -956,6 +959,8 @@ mod tests {
             url,
             headers: vec![],
             reference_values: vec![],
+            // Short: the tests stall a server on purpose.
+            answer_stall_timeout: Duration::from_secs(1),
         };
         tokio::spawn(async move {
             let _agent = agent;
