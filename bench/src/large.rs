@@ -148,7 +148,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
                     (peak.process, ms)
                 })
                 .collect();
-            let cpu_cell = if cpu_per_mib.is_empty() {
+            let cpu_cell = if cpu_per_mib.is_empty() || big.bytes == 0 {
                 "–".to_owned()
             } else {
                 cpu_per_mib
@@ -199,7 +199,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Se
         }
     }
     section.note("Peak RSS is VmHWM, reset before each run to the RSS of that moment (`/proc/PID/clear_refs`), which is given in brackets: a peak equal to it (in whole MiB) means the run fitted in memory the process still held from earlier runs or workloads (glibc keeps freed memory), so the run's own need may be smaller. For each process, the round with the largest peak is shown. Outpost's figure is the relay's and the agent's; the floor's, its forwarders' in the order the client's bytes cross them; a peer's, its own process's.");
-    section.note("Bridge CPU: user and system CPU time of each process between the client and the upstream over the runs of that case, the small calls' share included, per MiB of `big` results received. It moves less with this machine's speed than the latencies do.");
+    section.note("Bridge CPU: user and system CPU time of each process between the client and the upstream over the runs of that case, the small calls' share included, per MiB of `big` results received. It moves less with this machine's speed than the latencies do. The small calls run for the whole run while the big ones may stop at their call bound, so where the big calls end early (1 MiB) the figure is mostly the small calls' cost.");
     Ok(section)
 }
 

@@ -141,14 +141,16 @@ impl<'a> Arriving<'a> {
         read: F,
         stall: std::time::Duration,
     ) -> Result<F::Output, Stop> {
-        let stalled = Instant::now() + stall;
-        match self.deadline {
-            Some(at) if at <= stalled => {
-                by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut)
-            }
-            _ => by_deadline(Some(stalled), read)
+        // A bound past what `Instant` can hold is no bound.
+        let stalled = Instant::now().checked_add(stall);
+        match (self.deadline, stalled) {
+            (Some(at), Some(stalled)) if at > stalled => by_deadline(Some(stalled), read)
                 .await
                 .ok_or(Stop::Stalled(stall)),
+            (None, Some(stalled)) => by_deadline(Some(stalled), read)
+                .await
+                .ok_or(Stop::Stalled(stall)),
+            _ => by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut),
         }
     }
 

@@ -1358,7 +1358,7 @@ mod tests {
             assert!(
                 error["error"]["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("stopped writing")),
+                    .is_some_and(|m| m.contains("stopped writing for 1s")),
                 "{error}"
             );
             assert_nothing_more(&mut relay_side, body).await;
