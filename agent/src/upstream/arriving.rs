@@ -141,16 +141,16 @@ impl<'a> Arriving<'a> {
         read: F,
         stall: std::time::Duration,
     ) -> Result<F::Output, Stop> {
-        // A bound past what `Instant` can hold is no bound.
-        let stalled = Instant::now().checked_add(stall);
-        match (self.deadline, stalled) {
-            (Some(at), Some(stalled)) if at > stalled => by_deadline(Some(stalled), read)
+        // The stall's bound, when it comes before the deadline; one past what `Instant` can
+        // hold is no bound.
+        let stalled = Instant::now()
+            .checked_add(stall)
+            .filter(|stalled| self.deadline.is_none_or(|at| at > *stalled));
+        match stalled {
+            Some(stalled) => by_deadline(Some(stalled), read)
                 .await
                 .ok_or(Stop::Stalled(stall)),
-            (None, Some(stalled)) => by_deadline(Some(stalled), read)
-                .await
-                .ok_or(Stop::Stalled(stall)),
-            _ => by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut),
+            None => by_deadline(self.deadline, read).await.ok_or(Stop::TimedOut),
         }
     }
 
