@@ -478,10 +478,13 @@ impl Session {
         if announced.is_some_and(|len| len > max as u64) {
             return Err(BodyEnd::TooLarge);
         }
-        // Grown to its announced length once it will not go on as it arrives.
+        // Its announced length, once it is known not to go on as it arrives.
         let expected = announced.map_or(0, |len| len as usize);
-        let mut body = bytes::BytesMut::with_capacity(expected.min(FORWARD_AS_IT_ARRIVES_FROM));
         let mut checked = initialize || !end_is_marked(&response);
+        let mut body = bytes::BytesMut::with_capacity(match checked {
+            true => expected,
+            false => expected.min(FORWARD_AS_IT_ARRIVES_FROM),
+        });
         let mut chunks = response.bytes_stream();
         let mut arriving: Option<Arriving<'_>> = None;
         loop {
@@ -545,10 +548,9 @@ impl Session {
         let mut guard = EventSizeGuard::new(self.max_message_len + SSE_OVERHEAD);
         let mut parser = SseParser::default();
         let mut body = response.bytes_stream();
-        // The answer going on as its event arrives, if one is.
+        // The answer going on as its event arrives, if one is. Once it is given up, the
+        // parser still hands out the rest of its event as parts, which are dropped.
         let mut arriving: Option<Arriving<'_>> = None;
-        // The rest of an event whose answer was given up on is arriving.
-        let mut skipping = false;
         loop {
             let next = match &arriving {
                 None => body.next().await,
@@ -568,7 +570,6 @@ impl Session {
                         {
                             return BodyEnd::Complete;
                         }
-                        skipping = true;
                         continue;
                     }
                 },
@@ -606,30 +607,25 @@ impl Session {
                         Some(answer) => match answer.push_owned(part).await {
                             Ok(()) => true,
                             Err(stop) => {
-                                skipping = true;
                                 let answer = arriving.take().expect("arriving");
                                 answer.give_up(stop).await.is_ok()
                             }
                         },
                         None => true,
                     },
-                    Item::Ended { message } => {
-                        skipping = false;
-                        match arriving.take() {
-                            Some(answer) if message => answer.finish().await.is_ok(),
-                            // Its type, after its data, says it was no message after all.
-                            Some(answer) => answer.give_up(Stop::Broke).await.is_ok(),
-                            None => true,
-                        }
-                    }
+                    Item::Ended { message } => match arriving.take() {
+                        Some(answer) if message => answer.finish().await.is_ok(),
+                        // Its type, after its data, says it was no message after all.
+                        Some(answer) => answer.give_up(Stop::Broke).await.is_ok(),
+                        None => true,
+                    },
                 };
                 if !sent {
                     return BodyEnd::Complete;
                 }
             }
-            if arriving.is_none()
-                && !skipping
-                && !initialize
+            // Nothing is offered while an event goes on as it arrives or is skipped.
+            if !initialize
                 && let Some(start) = parser.long_data(FORWARD_AS_IT_ARRIVES_FROM)
                 && let Some(call) = arriving::streamable(calls, &start)
             {
@@ -642,7 +638,6 @@ impl Session {
                         if answer.give_up(stop).await.is_err() {
                             return BodyEnd::Complete;
                         }
-                        skipping = true;
                     }
                 }
             }

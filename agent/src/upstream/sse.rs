@@ -158,9 +158,9 @@ impl SseParser {
 
     /// The data so far of the event being received, when it may be a long message to send
     /// on as it arrives: its first `data` line has reached `from` bytes unfinished, and no
-    /// `event` field before it named another type. Offered once per line; after
-    /// [`SseParser::stream_data`], the rest of the event comes as [`Item::Part`]s and an
-    /// [`Item::Ended`].
+    /// `event` field before it named another type. Offered once per line, and never while
+    /// an event goes on; after [`SseParser::stream_data`], the rest of the event comes as
+    /// [`Item::Part`]s and an [`Item::Ended`].
     pub(super) fn long_data(&mut self, from: usize) -> Option<Bytes> {
         if self.offered
             || self.partial.len() < from
