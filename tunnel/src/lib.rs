@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 pub use driver::{TunnelDriver, TunnelExit};
 pub use runtime::CONTENT_SAFE_LOG_DIRECTIVES;
 pub use stream::{
-    MessageWriter, Reassembly, Stream, StreamEnd, StreamError, StreamReceiver, StreamSender,
+    Arrival, MessageWriter, Part, Reassembly, Stream, StreamEnd, StreamError, StreamReceiver,
+    StreamSender,
 };
 
 use stream::StreamShared;

@@ -115,9 +115,32 @@ pub struct StreamReceiver {
     queue: mpsc::UnboundedReceiver<Piece>,
     /// The message being reassembled.
     partial: Reassembly,
+    /// Bytes so far of a message begun ([`Arrival::Begun`]) and still arriving.
+    begun: usize,
     /// Payload bytes consumed but not yet credited back (credit goes out in batches).
     pending_credit: usize,
     _guard: Arc<CloseOnDrop>,
+}
+
+/// What [`StreamReceiver::recv_or_begin`] received.
+#[derive(Debug)]
+pub enum Arrival {
+    /// A whole message.
+    Whole(Bytes),
+    /// The start of a message still arriving.
+    Begun(Bytes),
+}
+
+/// The next part of a message begun ([`Arrival::Begun`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A part; more follow.
+    More(Bytes),
+    /// The message's last part.
+    Last(Bytes),
+    /// Its sender abandoned it part-way (see [`MessageWriter::abandon`]): what came of it
+    /// is not a message, and the stream lives on.
+    Abandoned,
 }
 
 /// Closes the stream when its last half is dropped.
@@ -154,6 +177,7 @@ pub(crate) fn pair(id: StreamId, core: Arc<Core>) -> (StreamShared, Stream) {
             core,
             queue: queue_rx,
             partial: Reassembly::default(),
+            begun: 0,
             pending_credit: 0,
             _guard: guard,
         },
@@ -306,33 +330,78 @@ impl StreamReceiver {
 
     /// Receives the next whole message.
     pub async fn recv(&mut self) -> Result<Bytes, StreamError> {
-        let max = self.core.config.max_message_len;
         loop {
-            let Some(piece) = self.queue.recv().await else {
-                return Err(StreamError::Ended(self.state.ended()));
-            };
-            let len = piece.payload.len();
-            self.pending_credit += len;
-            let seen = self.partial.len() + len;
-            if seen > max {
-                self.partial = Reassembly::default();
-                self.close(
-                    CloseCode::MessageTooLarge,
-                    format!("message exceeds {max} bytes"),
-                );
-                return Err(StreamError::TooLarge { len: seen, max });
-            }
+            let piece = self.next_piece(self.partial.len()).await?;
             self.partial.push(piece.payload);
-            let message = piece.fin.then(|| self.partial.take());
-            if self.pending_credit >= self.credit_batch()
-                || (message.is_some() && self.peer_may_lack_room())
-            {
-                self.flush_credit();
-            }
-            if let Some(message) = message {
-                return Ok(message);
+            if piece.fin {
+                return Ok(self.partial.take());
             }
         }
+    }
+
+    /// Receives the next message whole if it ends within `from` bytes; otherwise its first
+    /// `from` bytes or more, as soon as they are here, so that a hop can send a long
+    /// message's start on while its end is still on the way. After [`Arrival::Begun`],
+    /// the rest of that message comes from [`Self::next_part`] until its last part, or
+    /// whole from [`Self::rest_of`]: a plain [`Self::recv`] would take it for a new one.
+    pub async fn recv_or_begin(&mut self, from: usize) -> Result<Arrival, StreamError> {
+        loop {
+            let piece = self.next_piece(self.partial.len()).await?;
+            self.partial.push(piece.payload);
+            if piece.fin {
+                return Ok(Arrival::Whole(self.partial.take()));
+            }
+            if self.partial.len() >= from {
+                self.begun = self.partial.len();
+                return Ok(Arrival::Begun(self.partial.take()));
+            }
+        }
+    }
+
+    /// The next part of the message [`Self::recv_or_begin`] began.
+    pub async fn next_part(&mut self) -> Result<Part, StreamError> {
+        let piece = self.next_piece(self.begun).await?;
+        self.begun += piece.payload.len();
+        if !piece.fin {
+            return Ok(Part::More(piece.payload));
+        }
+        self.begun = 0;
+        if piece.payload == ABANDONED {
+            return Ok(Part::Abandoned);
+        }
+        Ok(Part::Last(piece.payload))
+    }
+
+    /// The message [`Self::recv_or_begin`] began, whole: `begun`, the start it gave, and
+    /// everything after.
+    pub async fn rest_of(&mut self, begun: Bytes) -> Result<Bytes, StreamError> {
+        self.begun = 0;
+        self.partial.push(begun);
+        self.recv().await
+    }
+
+    /// The next piece of a message of which `so_far` bytes came before it, within the
+    /// message limit; credit goes back as it is due.
+    async fn next_piece(&mut self, so_far: usize) -> Result<Piece, StreamError> {
+        let max = self.core.config.max_message_len;
+        let Some(piece) = self.queue.recv().await else {
+            return Err(StreamError::Ended(self.state.ended()));
+        };
+        self.pending_credit += piece.payload.len();
+        let seen = so_far + piece.payload.len();
+        if seen > max {
+            self.partial = Reassembly::default();
+            self.begun = 0;
+            self.close(
+                CloseCode::MessageTooLarge,
+                format!("message exceeds {max} bytes"),
+            );
+            return Err(StreamError::TooLarge { len: seen, max });
+        }
+        if self.pending_credit >= self.credit_batch() || (piece.fin && self.peer_may_lack_room()) {
+            self.flush_credit();
+        }
+        Ok(piece)
     }
 
     /// Credit goes back in batches, but never so large that a peer with a small window

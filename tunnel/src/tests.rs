@@ -807,3 +807,146 @@ async fn a_writer_cancelled_part_way_refuses_more_and_closes_the_stream_without_
         "{next:?}"
     );
 }
+
+/// A receiver reads its parts of a message: as one `Part` after another, collecting.
+async fn parts_after(receiver: &mut StreamReceiver, head: Bytes) -> (Vec<u8>, Part, usize) {
+    let mut message = head.to_vec();
+    let mut count = 0;
+    loop {
+        match receiver.next_part().await.unwrap() {
+            Part::More(part) => {
+                message.extend_from_slice(&part);
+                count += 1;
+            }
+            Part::Last(part) => {
+                message.extend_from_slice(&part);
+                return (message, Part::Last(Bytes::new()), count + 1);
+            }
+            Part::Abandoned => return (message, Part::Abandoned, count),
+        }
+    }
+}
+
+/// A message longer than the receiver's early mark begins as soon as that much is here
+/// and goes on part by part; a short one arrives whole; and a begun message can still be
+/// taken whole.
+#[tokio::test]
+async fn a_long_message_can_be_taken_as_it_arrives() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let big: Bytes = (0..3 * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let sent = big.clone();
+    let sender = relay_side.sender.clone();
+    let send = tokio::spawn(async move {
+        sender.send(sent.clone()).await.unwrap();
+        sender.send(Bytes::from_static(b"short")).await.unwrap();
+        sender.send(sent).await.unwrap();
+    });
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let receiver = &mut agent_side.receiver;
+    let from = 64 * 1024;
+    let Arrival::Begun(head) = receiver.recv_or_begin(from).await.unwrap() else {
+        panic!("a 3 MiB message arrived whole before its first 64 KiB were handed on");
+    };
+    assert!(head.len() >= from && head.len() < big.len());
+    let (message, end, parts) = parts_after(receiver, head).await;
+    assert_eq!(end, Part::Last(Bytes::new()));
+    assert!(parts > 1);
+    assert_eq!(message, big);
+    match receiver.recv_or_begin(from).await.unwrap() {
+        Arrival::Whole(short) => assert_eq!(short, "short"),
+        Arrival::Begun(_) => panic!("a short message was begun"),
+    }
+    let Arrival::Begun(head) = receiver.recv_or_begin(from).await.unwrap() else {
+        panic!("the second long message arrived whole");
+    };
+    assert_eq!(receiver.rest_of(head).await.unwrap(), big);
+    send.await.unwrap();
+}
+
+/// A begun message its sender abandons ends as `Abandoned`, not as a last part, and the
+/// stream carries the next message.
+#[tokio::test]
+async fn a_begun_message_that_is_abandoned_says_so() {
+    let mut p = pair(config()).await;
+    let relay_side = p.relay.open_stream("erp", vec![]).unwrap();
+    let (mut agent_side, _) = accept(&mut p.agent_events).await;
+    let writing = tokio::spawn(async move {
+        let mut writer = relay_side.sender.begin().await;
+        for _ in 0..8 {
+            writer
+                .write(Bytes::from(vec![b'x'; 16 * 1024]))
+                .await
+                .unwrap();
+        }
+        writer.abandon().await.unwrap();
+        relay_side
+            .sender
+            .send(Bytes::from_static(b"next"))
+            .await
+            .unwrap();
+    });
+    let receiver = &mut agent_side.receiver;
+    let Arrival::Begun(head) = receiver.recv_or_begin(32 * 1024).await.unwrap() else {
+        panic!("the long message arrived whole");
+    };
+    let (message, end, _) = parts_after(receiver, head).await;
+    assert_eq!(end, Part::Abandoned);
+    // The held last part is dropped, so a little less than was written arrived.
+    assert!(message.len() < 8 * 16 * 1024 && message.iter().all(|&b| b == b'x'));
+    match receiver.recv_or_begin(32 * 1024).await.unwrap() {
+        Arrival::Whole(next) => assert_eq!(next, "next"),
+        Arrival::Begun(_) => panic!("a short message was begun"),
+    }
+    writing.await.unwrap();
+}
+
+/// The message limit holds across a begun message's parts: a peer going past it loses
+/// the stream, and the receiver hears why.
+#[tokio::test]
+async fn a_begun_message_past_the_limit_ends_the_stream() {
+    let config = TunnelConfig {
+        max_message_len: 96 * 1024,
+        // Room for all four pieces, so that the raw peer need not wait for credit.
+        initial_window: 256 * 1024,
+        ..config()
+    };
+    let (_agent, mut raw_relay, mut stream, _events) = agent_with_raw_relay(config).await;
+    let piece = Bytes::from(vec![b'a'; 32 * 1024]);
+    let sending = tokio::spawn(async move {
+        for _ in 0..4 {
+            let data = RelayFrame::Stream(StreamFrame::Data {
+                stream: StreamId(1),
+                fin: false,
+                payload: piece.clone(),
+            });
+            if raw_relay
+                .send(Message::Binary(data.to_bytes()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        raw_relay
+    });
+    let Arrival::Begun(head) = stream.receiver.recv_or_begin(64 * 1024).await.unwrap() else {
+        panic!("the long message arrived whole");
+    };
+    assert_eq!(head.len(), 64 * 1024);
+    assert_eq!(
+        stream.receiver.next_part().await.unwrap(),
+        Part::More(Bytes::from(vec![b'a'; 32 * 1024]))
+    );
+    assert_eq!(
+        stream.receiver.next_part().await,
+        Err(StreamError::TooLarge {
+            len: 128 * 1024,
+            max: 96 * 1024
+        })
+    );
+    let _raw_relay = sending.await.unwrap();
+}
