@@ -2,7 +2,7 @@
 //! stdio line, an HTTP response's JSON body, an SSE event's data. The relay then receives
 //! a large result while the server is still writing it, instead of after the agent has
 //! read it all. Only the answer to an open call whose id comes before its result goes so
-//! ([`super::calls::answer_head`], [`Calls::streamable`]); anything else is read whole.
+//! ([`outpost_protocol::envelope::answer_head`], [`Calls::streamable`]); anything else is read whole.
 //!
 //! Secrets are redacted part by part ([`RedactStream`]). An answer that cannot be finished
 //! is abandoned (the relay drops it, see [`MessageWriter::abandon`]) and its call answered
@@ -12,10 +12,11 @@
 //! source's message is the caller's to skip.
 
 use bytes::Bytes;
+use outpost_protocol::envelope::answer_head;
 use outpost_tunnel::{MessageWriter, StreamError, StreamSender};
 use tokio::time::Instant;
 
-use super::calls::{Deadline, answer_head};
+use super::calls::Deadline;
 use super::{Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UPSTREAM, answer_with_error};
 use crate::redact::RedactStream;
 

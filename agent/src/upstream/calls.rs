@@ -729,74 +729,6 @@ fn answer_of(members: &envelope::Members<'_>) -> Option<Option<(String, bool)>> 
     Some(id.map(|id| (id.to_owned(), is_error)))
 }
 
-/// The id of an answer read from its first bytes (canonical JSON text), when they are
-/// `{"jsonrpc":"2.0","id":<id>,"result":` with the first two members in either order and
-/// any JSON whitespace: the shape rmcp and serde_json-based servers write. The id must be
-/// an integer or a string without escapes. `None` for anything else, including an answer
-/// whose result comes first (the TypeScript SDK's order): it is then read whole.
-pub(crate) fn answer_head(start: &[u8]) -> Option<String> {
-    let mut rest = skip_whitespace(start).strip_prefix(b"{")?;
-    let mut id = None;
-    let mut version = false;
-    loop {
-        let (key, after) = plain_string(skip_whitespace(rest))?;
-        rest = skip_whitespace(skip_whitespace(after).strip_prefix(b":")?);
-        match key {
-            b"result" => return id.filter(|_| version),
-            b"jsonrpc" if !version => {
-                let (value, after) = plain_string(rest)?;
-                if value != b"2.0" {
-                    return None;
-                }
-                version = true;
-                rest = after;
-            }
-            b"id" if id.is_none() => {
-                let len = match rest.first()? {
-                    b'"' => plain_string(rest)?.0.len() + 2,
-                    _ => integer_len(rest)?,
-                };
-                id = Some(std::str::from_utf8(&rest[..len]).ok()?.to_owned());
-                rest = &rest[len..];
-            }
-            _ => return None,
-        }
-        rest = skip_whitespace(rest).strip_prefix(b",")?;
-    }
-}
-
-fn skip_whitespace(text: &[u8]) -> &[u8] {
-    let start = text
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .unwrap_or(text.len());
-    &text[start..]
-}
-
-/// A JSON string with no escapes at the start of `text`: its content and what follows it.
-fn plain_string(text: &[u8]) -> Option<(&[u8], &[u8])> {
-    let body = text.strip_prefix(b"\"")?;
-    let end = body
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    (body[end] == b'"').then(|| (&body[..end], &body[end + 1..]))
-}
-
-/// The length of a JSON integer at the start of `text`, if one is there and ends in view.
-fn integer_len(text: &[u8]) -> Option<usize> {
-    let sign = usize::from(text.first() == Some(&b'-'));
-    let digits = text[sign..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let end = sign + digits;
-    let leading_zero = digits > 1 && text[sign] == b'0';
-    let ends = text
-        .get(end)
-        .is_some_and(|b| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r'));
-    (digits > 0 && !leading_zero && ends).then_some(end)
-}
-
 /// The message's method, if it is a request or notification.
 pub(crate) fn method(message: &[u8]) -> Option<String> {
     read(message).method
@@ -1031,47 +963,6 @@ mod tests {
         odd[at] = 0xff;
         assert_eq!(answer(&odd), answer_by_serde(&odd));
         assert_eq!(answer(&odd), None);
-    }
-
-    #[test]
-    fn an_answers_id_is_read_from_its_head_when_it_comes_first() {
-        let head = |text: &str| answer_head(text.as_bytes());
-        assert_eq!(
-            head(r#"{"jsonrpc":"2.0","id":7,"result":{"con"#),
-            Some("7".into())
-        );
-        assert_eq!(
-            head(r#"{"id":"a-1","jsonrpc":"2.0","result":"#),
-            Some(r#""a-1""#.into())
-        );
-        assert_eq!(
-            head("{ \"jsonrpc\" : \"2.0\" ,\n\t\"id\" : -12 , \"result\":"),
-            Some("-12".into())
-        );
-        assert_eq!(
-            head(r#"{"jsonrpc":"2.0","id":0,"result":"#),
-            Some("0".into())
-        );
-        // Whatever else is read whole.
-        for other in [
-            r#"{"result":{"x":1},"jsonrpc":"2.0","id":7}"#,
-            r#"{"jsonrpc":"2.0","id":7,"error":{"code":1"#,
-            r#"{"jsonrpc":"2.0","method":"x","id":7,"result":"#,
-            r#"{"jsonrpc":"2.0","id":7,"id":8,"result":"#,
-            r#"{"jsonrpc":"1.0","id":7,"result":"#,
-            r#"{"id":7,"result":"#,
-            r#"{"jsonrpc":"2.0","id":"a\"b","result":"#,
-            r#"{"jsonrpc":"2.0","id":07,"result":"#,
-            r#"{"jsonrpc":"2.0","id":1.5,"result":"#,
-            r#"{"jsonrpc":"2.0","id":null,"result":"#,
-            r#"{"jsonrpc":"2.0","id":{"a":1},"result":"#,
-            r#"{"json\u0072pc":"2.0","id":7,"result":"#,
-            r#"{"jsonrpc":"2.0","id":7"#,
-            r#"[{"jsonrpc":"2.0","id":7,"result":"#,
-            "",
-        ] {
-            assert_eq!(head(other), None, "{other}");
-        }
     }
 
     #[test]
