@@ -25,7 +25,7 @@ use crate::auth::{self, Principal};
 use crate::error::{CorrelationId, RelayError, set_correlation};
 use crate::jsonrpc::{self, Invalid, Kind};
 use crate::replay::StreamName;
-use crate::router::{ClientSession, Dispatcher, OneShot, Outbound, Submission};
+use crate::router::{ClientSession, Dispatcher, OneShot, Outbound, Rest, RestPart, Submission};
 
 /// `POST /mcp/{agent}/{server}`
 pub(crate) async fn post(
@@ -98,6 +98,7 @@ pub(crate) async fn get(
                 resumable: Some(resumed.stream),
                 prelude: None,
                 rest_of_event: VecDeque::new(),
+                arriving: None,
                 _slots: Vec::new(),
                 one_shot: None,
             };
@@ -116,6 +117,7 @@ pub(crate) async fn get(
             resumable: Some(StreamName::Get),
             prelude: priming(&headers, &session, StreamName::Get, before),
             rest_of_event: VecDeque::new(),
+            arriving: None,
             _slots: Vec::new(),
             one_shot: None,
         };
@@ -460,7 +462,7 @@ async fn handle_post(
         }
         let initial: VecDeque<Outbound> = initial
             .into_iter()
-            .map(|body| Outbound { seq: None, body })
+            .map(|body| Outbound::whole(None, body))
             .chain(held)
             .map(|message| Outbound {
                 body: filter(message.body),
@@ -476,6 +478,7 @@ async fn handle_post(
             deadline: (!listening).then_some((deadline, post)),
             prelude,
             rest_of_event: VecDeque::new(),
+            arriving: None,
             session,
             stop: CancellationToken::new(),
             get_stream: false,
@@ -974,6 +977,8 @@ struct SseStream {
     prelude: Option<Bytes>,
     /// The frames of the event being sent that are still to go (see [`EventFrames`]).
     rest_of_event: VecDeque<Bytes>,
+    /// The rest of a message being sent as it arrives (see [`Outbound::rest`]).
+    arriving: Option<Rest>,
     /// In-flight slots the POST holds until its stream ends.
     _slots: Vec<crate::guard::Slot>,
     /// A stateless request's session, ended with the stream; its dispatcher, if inline,
@@ -983,19 +988,60 @@ struct SseStream {
 
 impl SseStream {
     /// One message as an SSE event, with its id when the stream is resumable: the event's
-    /// first body frame, the others queued behind it.
-    fn render(&mut self, message: &Outbound) -> Bytes {
-        let id = message
-            .seq
-            .zip(self.resumable)
-            .map(|(seq, stream)| self.session.event_id(stream, seq));
+    /// first body frame, the others queued behind it. A message still arriving opens its
+    /// event, which [`Self::next_part`] goes on with.
+    fn render(&mut self, message: Outbound) -> Bytes {
+        if let Some(rest) = message.rest {
+            self.arriving = Some(rest);
+            return sse_event_start(&message.body);
+        }
+        let id = self.event_id(message.seq);
         sse_frames(&message.body, id.as_deref()).first_queuing_rest(&mut self.rest_of_event)
     }
 
-    /// A message from the channel: filtered, then rendered.
+    fn event_id(&self, seq: Option<u64>) -> Option<String> {
+        seq.zip(self.resumable)
+            .map(|(seq, stream)| self.session.event_id(stream, seq))
+    }
+
+    /// A message from the channel: filtered, then rendered. A message still arriving is
+    /// an answer to a `tools/call`, which the filter leaves as it is.
     fn render_filtered(&mut self, message: Outbound) -> Bytes {
+        if message.rest.is_some() {
+            return self.render(message);
+        }
         let body = (self.filter)(message.body);
-        self.render(&Outbound { body, ..message })
+        self.render(Outbound { body, ..message })
+    }
+
+    /// The next frame of the message being sent as it arrives. One that broke off ends
+    /// its event with the type `abandoned` in place of `message` ([`ABANDONED_END`]): SSE takes an
+    /// event's last `event:` line as its type, and a client hands only `message` events
+    /// to JSON-RPC, so what came of it is dropped (as a browser's `EventSource` drops an
+    /// event no listener is for) and the stream goes on. The error answering the call in
+    /// its place follows as a message of its own.
+    async fn next_part(&mut self) -> Bytes {
+        let Some(rest) = self.arriving.as_mut() else {
+            return Bytes::new();
+        };
+        match rest.recv().await {
+            Some(RestPart::More(part)) => sse_data_part(part),
+            Some(RestPart::Last { part, seq }) => {
+                self.arriving = None;
+                let end = match self.event_id(seq) {
+                    // SSE takes an event's fields in any order: its id goes last, as it
+                    // is known only now.
+                    Some(id) => Bytes::from(format!("\nid: {id}\n\n")),
+                    None => Bytes::from_static(EVENT_END),
+                };
+                self.rest_of_event.push_back(end);
+                sse_data_part(part)
+            }
+            None => {
+                self.arriving = None;
+                Bytes::from_static(ABANDONED_END)
+            }
+        }
     }
 
     /// The channel closed: everything the stream had was handed to the connection.
@@ -1023,6 +1069,7 @@ impl Drop for SseStream {
     fn drop(&mut self) {
         if self.initial.is_empty()
             && self.rest_of_event.is_empty()
+            && self.arriving.is_none()
             && self.messages.is_closed()
             && self.messages.is_empty()
         {
@@ -1039,8 +1086,14 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
         if let Some(frame) = s.rest_of_event.pop_front() {
             return Some((Ok(frame), s));
         }
+        if s.arriving.is_some() {
+            // No deadline or keep-alive meanwhile: the answer is here, arriving. A
+            // stateless request's session, whose dispatcher may run here, has none.
+            let part = s.next_part().await;
+            return Some((Ok(part), s));
+        }
         if let Some(message) = s.initial.pop_front() {
-            let event = s.render(&message);
+            let event = s.render(message);
             return Some((Ok(event), s));
         }
         let deadline = s.deadline.map(|(at, _)| at);
@@ -1068,7 +1121,7 @@ fn sse_response(stream: SseStream, session_header: Option<String>) -> Response {
                 }
                 match s.initial.pop_front() {
                     Some(message) => {
-                        let event = s.render(&message);
+                        let event = s.render(message);
                         Some((Ok(event), s))
                     }
                     // Nothing expired: the last answer is on its way through the channel.
@@ -1213,11 +1266,18 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.len() + 64);
     put_event_head(&mut buf, id);
-    // JSON text has raw line ends only between tokens, where each may start a new `data:`
-    // line (a client joins them with LF, which JSON reads as whitespace). SSE ends a line
-    // at LF, CRLF or a lone CR, so all three must. `memchr` keeps a large single-line
-    // result from costing a step per byte.
-    let mut rest = message;
+    put_data_lines(&mut buf, message);
+    buf.put_slice(EVENT_END);
+    buf.freeze()
+}
+
+/// Puts `text`, part of a message, into the `data:` line begun in `buf`. JSON text has
+/// raw line ends only between tokens, where each may start a new `data:` line (a client
+/// joins them with LF, which JSON reads as whitespace). SSE ends a line at LF, CRLF or a
+/// lone CR, so all three must. `memchr` keeps a large single-line result from costing a
+/// step per byte.
+fn put_data_lines(buf: &mut BytesMut, text: &[u8]) {
+    let mut rest = text;
     while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
         buf.put_slice(&rest[..end]);
         buf.put_slice(b"\ndata: ");
@@ -1225,9 +1285,33 @@ fn sse_event_with_id(message: &[u8], id: Option<&str>) -> Bytes {
         rest = &rest[end + 1 + usize::from(crlf)..];
     }
     buf.put_slice(rest);
-    buf.put_slice(EVENT_END);
+}
+
+/// The start of an event for a message still arriving: the head and its first part,
+/// with its `data:` line left open for [`sse_data_part`]. No `id:` line: see
+/// [`SseStream::next_part`].
+fn sse_event_start(start: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(start.len() + 32);
+    put_event_head(&mut buf, None);
+    put_data_lines(&mut buf, start);
     buf.freeze()
 }
+
+/// A later part of a message arriving, for its open `data:` line: as it is when it has no
+/// line end (a CRLF cut between two parts becomes two line ends, which JSON reads as
+/// whitespace all the same).
+fn sse_data_part(part: Bytes) -> Bytes {
+    if memchr::memchr2(b'\n', b'\r', &part).is_none() {
+        return part;
+    }
+    let mut buf = BytesMut::with_capacity(part.len() + 64);
+    put_data_lines(&mut buf, &part);
+    buf.freeze()
+}
+
+/// Ends the data line and the event of a message that broke off part-way, giving the
+/// event a type other than `message` (see [`SseStream::next_part`]).
+const ABANDONED_END: &[u8] = b"\nevent: abandoned\n\n";
 
 /// The start of an event, up to its first `data: `.
 fn put_event_head(buf: &mut BytesMut, id: Option<&str>) {

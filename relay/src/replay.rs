@@ -132,14 +132,13 @@ impl ReplayBuffer {
     /// position. Older events are evicted to stay within the budget; an event larger
     /// than the whole byte budget is numbered but not kept.
     pub(crate) fn push(&mut self, stream: StreamName, body: Bytes) -> u64 {
+        if !self.keeps(body.len()) {
+            return self.number(stream);
+        }
         self.purge_delivered();
         let cursor = self.streams.entry(stream).or_default();
         cursor.last += 1;
         let seq = cursor.last;
-        if body.len() > self.limits.bytes || self.limits.events == 0 {
-            cursor.evicted = seq;
-            return seq;
-        }
         while self.events.len() >= self.limits.events || self.bytes + body.len() > self.limits.bytes
         {
             let Some(old) = self.events.pop_front() else {
@@ -158,6 +157,27 @@ impl ReplayBuffer {
         self.bytes += body.len();
         self.events.push_back(Kept { stream, seq, body });
         seq
+    }
+
+    /// The largest event that would be kept: the whole byte budget (none when no event
+    /// may be kept).
+    pub(crate) fn largest_kept(&self) -> Option<usize> {
+        (self.limits.events > 0).then_some(self.limits.bytes)
+    }
+
+    fn keeps(&self, len: usize) -> bool {
+        self.largest_kept().is_some_and(|largest| len <= largest)
+    }
+
+    /// Numbers the next event of `stream` (opened if needed) without keeping it, as
+    /// [`Self::push`] does with one too large to keep: a resumption from before it is
+    /// then refused as evicted.
+    pub(crate) fn number(&mut self, stream: StreamName) -> u64 {
+        self.purge_delivered();
+        let cursor = self.streams.entry(stream).or_default();
+        cursor.last += 1;
+        cursor.evicted = cursor.last;
+        cursor.last
     }
 
     /// Marks `stream` complete: its POST is answered, nothing more will come.

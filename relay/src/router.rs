@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use outpost_protocol::CloseCode;
-use outpost_tunnel::{Stream, StreamEnd, StreamError, StreamReceiver, StreamSender};
+use outpost_protocol::{CloseCode, envelope};
+use outpost_tunnel::{
+    Arrival, Part, Reassembly, Stream, StreamEnd, StreamError, StreamReceiver, StreamSender,
+};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -77,12 +79,47 @@ pub(crate) struct ClientSession {
 }
 
 /// A message from the upstream for the client, as one SSE event's data.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Outbound {
     /// Its position in its stream when that stream is resumable: the SSE event's id.
     pub(crate) seq: Option<u64>,
-    /// The JSON-RPC message.
+    /// The JSON-RPC message; or, with `rest`, its start.
     pub(crate) body: Bytes,
+    /// The rest of a long answer still arriving from the upstream, which goes on to the
+    /// client as it comes (see [`ClientSession::pass_on`]). Only on the channel of a POST
+    /// made with [`ClientSession::submit_resumable`], whose response is an SSE stream.
+    pub(crate) rest: Option<Rest>,
+}
+
+impl Outbound {
+    /// A whole message.
+    pub(crate) fn whole(seq: Option<u64>, body: Bytes) -> Self {
+        Self {
+            seq,
+            body,
+            rest: None,
+        }
+    }
+}
+
+/// The rest of a message an [`Outbound`] began. The channel closing before
+/// [`RestPart::Last`] means the message broke off (the upstream gave it up, or the stream
+/// ended): the response carrying it cannot be completed.
+pub(crate) type Rest = mpsc::Receiver<RestPart>;
+
+/// A part of [`Rest`].
+#[derive(Debug)]
+pub(crate) enum RestPart {
+    /// A part; more follow.
+    More(Bytes),
+    /// The message's last part, and its position in its stream when that stream is
+    /// resumable: its SSE event's id goes after its data.
+    Last {
+        /// The part.
+        part: Bytes,
+        /// The event's position.
+        seq: Option<u64>,
+    },
 }
 
 /// What a `GET` with `Last-Event-ID` gets: the stream it names, the kept events after
@@ -147,6 +184,10 @@ struct Post {
     tx: mpsc::Sender<Outbound>,
     /// Whether the POST answers with SSE, and so can carry notifications and requests.
     streaming: bool,
+    /// Whether a long answer to a `tools/call` of this POST may go on as it arrives (an
+    /// [`Outbound`] with `rest`): its response is a client's resumable SSE stream, the
+    /// only reader of the channel that knows such messages.
+    cut_through: bool,
     /// Requests of this POST still unanswered.
     open: usize,
     /// When its requests time out. The POST's response enforces this while the client
@@ -479,6 +520,7 @@ impl ClientSession {
                         Post {
                             tx,
                             streaming,
+                            cut_through: resumable,
                             open: fresh.len(),
                             deadline: now + self.call_timeout,
                         },
@@ -638,10 +680,7 @@ impl ClientSession {
         let (stream, events) = state.replay.after(last_event_id)?;
         let replay = events
             .into_iter()
-            .map(|(seq, body)| Outbound {
-                seq: Some(seq),
-                body,
-            })
+            .map(|(seq, body)| Outbound::whole(Some(seq), body))
             .collect();
         let (messages, deadline) = match stream {
             // The client says its GET connection is dead, whether or not this relay has
@@ -652,6 +691,9 @@ impl ClientSession {
                     let (tx, rx) = mpsc::channel(POST_DEPTH);
                     // The old connection's channel closes: its stream ends.
                     open.tx = tx;
+                    // A resumed stream's filter reads every answer whole (its requests'
+                    // methods are not known there): answers go to it whole.
+                    open.cut_through = false;
                     (rx, Some((open.deadline, post)))
                 }
                 // Answered already: the replay holds the rest, then the stream ends.
@@ -902,7 +944,7 @@ impl ClientSession {
             );
             if let Some(post) = posts.get(&pending.post) {
                 let body = Bytes::from(body);
-                let _ = post.tx.send(Outbound { seq: None, body }).await;
+                let _ = post.tx.send(Outbound::whole(None, body)).await;
             }
         }
     }
@@ -926,37 +968,15 @@ impl ClientSession {
             let mut state = self.lock();
             match &kind {
                 Kind::Response { id, error_code } => match state.pending.remove(id) {
-                    Some(pending) => {
-                        // Idle time runs from the last answer, not the last request: a
-                        // slow answer must not leave its session already expired.
-                        self.touch();
-                        if let Some(token) = &pending.progress_token {
-                            state.progress.remove(token);
-                        }
-                        let status = if error_code.is_some() {
-                            CallStatus::Error
-                        } else {
-                            CallStatus::Ok
-                        };
-                        self.record(&pending, status, *error_code, message.len());
-                        let stream = StreamName::Post(pending.post);
-                        match state.posts.get_mut(&pending.post) {
-                            Some(post) => {
-                                post.open -= 1;
-                                let tx = post.tx.clone();
-                                let done = post.open == 0;
-                                if done {
-                                    state.posts.remove(&pending.post);
-                                }
-                                let out = state.outbound(stream, message.clone());
-                                if done {
-                                    state.replay.finish(stream);
-                                }
-                                Some((tx, out))
-                            }
-                            None => None,
-                        }
-                    }
+                    Some(pending) => self
+                        .book_answer(
+                            &mut state,
+                            &pending,
+                            *error_code,
+                            Some(&message),
+                            message.len(),
+                        )
+                        .map(|(tx, seq)| (tx, Outbound::whole(seq, message.clone()))),
                     None => {
                         session_event!(
                             self,
@@ -986,6 +1006,153 @@ impl ClientSession {
             // Waiting here is backpressure on this session's own stream only. A client
             // that went away loses nothing a resumable stream kept.
             let _ = tx.send(out).await;
+        }
+    }
+
+    /// Books the answer to `pending`, just taken from the pending requests: the usage
+    /// record, its POST's count of open requests, and its position in the POST's stream
+    /// when that is resumable (`kept`, when given, is kept for replay if not too large;
+    /// `len` is the answer's length). Returns the POST's channel, and the position;
+    /// `None` when the POST is gone.
+    fn book_answer(
+        &self,
+        state: &mut State,
+        pending: &Pending,
+        error_code: Option<i64>,
+        kept: Option<&Bytes>,
+        len: usize,
+    ) -> Option<(mpsc::Sender<Outbound>, Option<u64>)> {
+        // Idle time runs from the last answer, not the last request: a slow answer must
+        // not leave its session already expired.
+        self.touch();
+        if let Some(token) = &pending.progress_token {
+            state.progress.remove(token);
+        }
+        let status = if error_code.is_some() {
+            CallStatus::Error
+        } else {
+            CallStatus::Ok
+        };
+        self.record(pending, status, error_code, len);
+        let stream = StreamName::Post(pending.post);
+        let post = state.posts.get_mut(&pending.post)?;
+        post.open -= 1;
+        let tx = post.tx.clone();
+        let done = post.open == 0;
+        if done {
+            state.posts.remove(&pending.post);
+        }
+        let seq = state.replay.holds(stream).then(|| match kept {
+            Some(body) => state.replay.push(stream, body.clone()),
+            None => state.replay.number(stream),
+        });
+        if done {
+            state.replay.finish(stream);
+        }
+        Some((tx, seq))
+    }
+
+    /// A long message has begun to arrive (`head`, its start). An answer that may go on
+    /// as it arrives does ([`Self::pass_on`]); anything else is read whole and delivered.
+    async fn begun(&self, head: Bytes, receiver: &mut StreamReceiver) -> Result<(), StreamError> {
+        match self.cut_through(&head) {
+            Some((id, tx)) => self.pass_on(id, tx, head, receiver).await,
+            None => {
+                let message = receiver.rest_of(head).await?;
+                self.deliver(message).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The id of the answer `head` begins, and its POST's channel, if it may go on as it
+    /// arrives: its id comes before its result (see [`envelope::answer_head`]), and it
+    /// answers a pending `tools/call` of a POST that allows it (`Post::cut_through`) and
+    /// whose client is still there. A `tools/call` answer is never filtered on its way.
+    fn cut_through(&self, head: &[u8]) -> Option<(String, mpsc::Sender<Outbound>)> {
+        let id = envelope::answer_head(head)?;
+        let state = self.lock();
+        let pending = state.pending.get(&id)?;
+        let post = state
+            .posts
+            .get(&pending.post)
+            .filter(|post| post.cut_through && !post.tx.is_closed())?;
+        (pending.method == "tools/call").then(|| (id, post.tx.clone()))
+    }
+
+    /// Sends an answer on to its POST's client as it arrives: `head` at once, as an
+    /// [`Outbound`] whose `rest` carries the parts that follow. The answer is booked when
+    /// its last part is here; until then its request stays pending, so that if the
+    /// upstream gives it up part-way, the error the agent sends in its place is delivered
+    /// as any answer is (on a resumable stream, the client gets it when it resumes: the
+    /// response that carried the broken answer is cut off).
+    ///
+    /// While the answer fits the replay budget its parts are kept too: to be kept for
+    /// replay, or, if the client went away meanwhile, to go whole to its POST's channel
+    /// (a resumed stream's, by then).
+    async fn pass_on(
+        &self,
+        id: String,
+        tx: mpsc::Sender<Outbound>,
+        head: Bytes,
+        receiver: &mut StreamReceiver,
+    ) -> Result<(), StreamError> {
+        let (rest_tx, rest) = mpsc::channel(REST_DEPTH);
+        let mut parts = Reassembly::default();
+        let mut len = 0;
+        let largest_kept = self.lock().replay.largest_kept();
+        let mut keep = |parts: &mut Reassembly, part: &Bytes| {
+            len += part.len();
+            if largest_kept.is_some_and(|largest| len <= largest) {
+                parts.push(part.clone());
+            } else if !parts.is_empty() {
+                *parts = Reassembly::default();
+            }
+            len
+        };
+        keep(&mut parts, &head);
+        let start = Outbound {
+            seq: None,
+            body: head,
+            rest: Some(rest),
+        };
+        // `None` once the client's response is gone.
+        let mut to_client = tx.send(start).await.ok().map(|()| rest_tx);
+        loop {
+            match receiver.next_part().await? {
+                Part::More(part) => {
+                    keep(&mut parts, &part);
+                    if let Some(client) = &to_client
+                        && client.send(RestPart::More(part)).await.is_err()
+                    {
+                        to_client = None;
+                    }
+                }
+                Part::Last(part) => {
+                    let len = keep(&mut parts, &part);
+                    let whole = (!parts.is_empty()).then(|| parts.take());
+                    let booked = {
+                        let mut state = self.lock();
+                        let pending = state.pending.remove(&id);
+                        pending.and_then(|pending| {
+                            self.book_answer(&mut state, &pending, None, whole.as_ref(), len)
+                        })
+                    };
+                    let seq = booked.as_ref().and_then(|(_, seq)| *seq);
+                    let sent = match &to_client {
+                        Some(client) => client.send(RestPart::Last { part, seq }).await.is_ok(),
+                        None => false,
+                    };
+                    if !sent && let (Some((tx, seq)), Some(whole)) = (booked, whole) {
+                        let _ = tx.send(Outbound::whole(seq, whole)).await;
+                    }
+                    return Ok(());
+                }
+                Part::Abandoned => {
+                    session_event!(self, DEBUG, "a long answer was given up part-way");
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -1066,25 +1233,14 @@ async fn dispatch(
     let reason = loop {
         tokio::select! {
             _ = session.closed.cancelled() => break EndReason::Closed,
-            message = receiver.recv() => match message {
-                Ok(message) => session.deliver(message).await,
-                Err(StreamError::TooLarge { len, max }) => {
-                    session_event!(session, WARN, len, max, "upstream message over the tunnel limit");
-                    break EndReason::TooLarge;
-                }
-                Err(StreamError::Ended(end)) => {
-                    // A stateless request's stream ends so after every answer: not news.
-                    if matches!(&end, StreamEnd::Closed { code: CloseCode::Normal, .. }) {
-                        session_event!(session, DEBUG, %end, "upstream stream ended");
-                    } else {
-                        session_event!(session, INFO, %end, "upstream stream ended");
+            arrival = receiver.recv_or_begin(CUT_THROUGH_FROM) => match arrival {
+                Ok(Arrival::Whole(message)) => session.deliver(message).await,
+                Ok(Arrival::Begun(head)) => {
+                    if let Err(err) = session.begun(head, &mut receiver).await {
+                        break session.ended_by(&err);
                     }
-                    break EndReason::from(&end);
                 }
-                Err(err) => {
-                    session_event!(session, WARN, %err, "upstream stream failed");
-                    break EndReason::TunnelLost;
-                }
+                Err(err) => break session.ended_by(&err),
             },
         }
     };
@@ -1092,6 +1248,43 @@ async fn dispatch(
     session.closed.cancel();
     session.end(reason).await;
     session_event!(session, DEBUG, "session dispatcher stopped");
+}
+
+impl ClientSession {
+    /// Why the session ends after its stream failed with `err`, logged.
+    fn ended_by(&self, err: &StreamError) -> EndReason {
+        match err {
+            StreamError::TooLarge { len, max } => {
+                session_event!(
+                    self,
+                    WARN,
+                    len,
+                    max,
+                    "upstream message over the tunnel limit"
+                );
+                EndReason::TooLarge
+            }
+            StreamError::Ended(end) => {
+                // A stateless request's stream ends so after every answer: not news.
+                if matches!(
+                    end,
+                    StreamEnd::Closed {
+                        code: CloseCode::Normal,
+                        ..
+                    }
+                ) {
+                    session_event!(self, DEBUG, %end, "upstream stream ended");
+                } else {
+                    session_event!(self, INFO, %end, "upstream stream ended");
+                }
+                EndReason::from(end)
+            }
+            err => {
+                session_event!(self, WARN, %err, "upstream stream failed");
+                EndReason::TunnelLost
+            }
+        }
+    }
 }
 
 // === impl State ===
@@ -1104,7 +1297,7 @@ impl State {
             .replay
             .holds(stream)
             .then(|| self.replay.push(stream, body.clone()));
-        Outbound { seq, body }
+        Outbound::whole(seq, body)
     }
 
     /// A new channel for the GET stream, replacing the old one, with the backlog queued
@@ -1174,6 +1367,14 @@ impl RelayError {
 
 /// Messages a POST's response may have waiting before the dispatcher waits.
 const POST_DEPTH: usize = 64;
+/// Parts of a long answer queued for its client's response (see
+/// [`ClientSession::pass_on`]): with the tunnel's 16 KiB pieces, a few hundred KiB, so
+/// that a client reading slowly holds the upstream back through the tunnel's credit.
+const REST_DEPTH: usize = 16;
+/// Answers from this size up may go on to their client as they arrive (see
+/// [`ClientSession::pass_on`]); shorter ones are read whole. The same mark as the
+/// agent's, which sends nothing of a long answer on before it has this much.
+const CUT_THROUGH_FROM: usize = 64 * 1024;
 /// Messages the GET stream may have waiting.
 const GET_DEPTH: usize = 256;
 /// Messages kept for a GET stream that is not open yet.

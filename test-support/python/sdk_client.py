@@ -66,6 +66,15 @@ async def main() -> int:
                     )
                 report["long"] = long.content[0].text
                 report["progress"] = progress
+
+                if scenario == "rmcp":
+                    # Long enough that the agent and the relay send it on as it arrives.
+                    big = await session.call_tool("big", {"bytes": 3 * 1024 * 1024 + 7})
+                    text = big.content[0].text
+                    report["big_len"] = len(text)
+                    report["big_is_error"] = bool(big.isError)
+                    after = await session.call_tool("echo", {"message": "after big"})
+                    report["after_big"] = after.content[0].text
     print(json.dumps(report))
     return 0
 

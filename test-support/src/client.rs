@@ -99,6 +99,16 @@ impl McpClient {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<McpResponse> {
+        McpResponse::read(self.post_open(body, headers).await?).await
+    }
+
+    /// As [`Self::post_raw`], but hands back the response as soon as its headers are
+    /// here, for a test to read its body as it comes ([`McpResponse::parse`] then).
+    pub async fn post_open(
+        &self,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
         let mut map = reqwest::header::HeaderMap::new();
         map.insert("content-type", "application/json".parse()?);
         map.insert("accept", "application/json, text/event-stream".parse()?);
@@ -118,7 +128,7 @@ impl McpClient {
             .headers(map)
             .timeout(REQUEST_TIMEOUT)
             .body(body);
-        McpResponse::read(request.send().await?).await
+        Ok(request.send().await?)
     }
 
     /// Resumes a stream of the session with `GET` and `Last-Event-ID`, and reads the
@@ -155,12 +165,21 @@ impl McpResponse {
     async fn read(response: reqwest::Response) -> anyhow::Result<Self> {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let body = response.text().await?;
+        Self::parse(status, headers, &body)
+    }
+
+    /// A response from its status, headers and whole body.
+    pub fn parse(
+        status: u16,
+        headers: reqwest::header::HeaderMap,
+        body: &str,
+    ) -> anyhow::Result<Self> {
         let content_type = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let body = response.text().await?;
         let comments = body.lines().filter(|l| l.starts_with(':')).count();
         let event_ids = body
             .lines()
@@ -168,11 +187,11 @@ impl McpResponse {
             .map(|id| id.trim().to_owned())
             .collect();
         let messages = if content_type.starts_with("text/event-stream") {
-            parse_sse(&body)?
+            parse_sse(body)?
         } else if body.trim().is_empty() {
             Vec::new()
         } else {
-            match serde_json::from_str::<Value>(&body)? {
+            match serde_json::from_str::<Value>(body)? {
                 Value::Array(items) => items,
                 other => vec![other],
             }
@@ -220,26 +239,30 @@ impl McpResponse {
     }
 }
 
-/// Parses `event: message` / `data:` SSE into JSON messages; comments are skipped.
+/// Parses SSE into JSON messages as a client's event source does: an event's `data:`
+/// lines join with LF, its type is its last `event:` line's, and only events of type
+/// `message` (or none) are messages. Comments and other fields are skipped, and so is an
+/// event the body ends in the middle of.
 fn parse_sse(body: &str) -> anyhow::Result<Vec<Value>> {
     let mut messages = Vec::new();
     let mut data = String::new();
+    let mut event = String::new();
     for line in body.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
-            if !data.is_empty() {
+            if !data.is_empty() && (event.is_empty() || event == "message") {
                 messages.push(serde_json::from_str(&data)?);
-                data.clear();
             }
+            data.clear();
+            event.clear();
         } else if let Some(rest) = line.strip_prefix("data:") {
             if !data.is_empty() {
                 data.push('\n');
             }
             data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        } else if let Some(rest) = line.strip_prefix("event:") {
+            event = rest.strip_prefix(' ').unwrap_or(rest).to_owned();
         }
-    }
-    if !data.is_empty() {
-        messages.push(serde_json::from_str(&data)?);
     }
     Ok(messages)
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use outpost_agent::policy::ToolPolicy;
-use outpost_test_support::{agent, relay};
+use outpost_test_support::{McpResponse, agent, relay};
 use serde_json::json;
 
 /// Answers `initialize`, then the first call with `$HEAD` bytes of `x`, the secret in two
@@ -116,4 +116,156 @@ async fn an_answer_still_arriving_at_the_call_timeout_gives_way_to_the_timeout_e
     let timeout = Some(Duration::from_secs(1));
     let policy = ToolPolicy::new(vec![], vec![], None, timeout)?;
     call_cut_short("sleep 30", policy, -32014).await
+}
+
+/// Answers `initialize`, then begins a long answer to the first call with 1 MiB of `x`,
+/// and finishes it with 1 MiB of `y` only once the file `$GO` exists.
+const FINISHES_ON_A_SIGNAL: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 1048576 /dev/zero | tr '\0' x
+while [ ! -e "$GO" ]; do sleep 0.02; done
+head -c 1048576 /dev/zero | tr '\0' y
+printf '"}]}}\n'
+read line"#;
+
+/// The relay, too, sends a long answer on as it arrives: the client reads the start of the
+/// answer's event while the server has not yet written its end, and the whole arrives
+/// intact once it has. The event's id (the stream is resumable) comes after its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_a_long_answer_before_the_server_has_finished_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("go");
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", FINISHES_ON_A_SIGNAL],
+            &[("GO", go.to_str().unwrap())],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}}});
+    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let mut body = Vec::new();
+    let start = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":";
+    // Not all of the first MiB: the agent holds back its last read (redaction looks for a
+    // secret across reads) and the tunnel its last part, until more comes.
+    let half = start.len() + 512 * 1024;
+    let read_start = tokio::time::timeout(Duration::from_secs(20), async {
+        while body.len() < half {
+            match response.chunk().await? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => anyhow::bail!("the response ended after {} bytes", body.len()),
+            }
+        }
+        anyhow::Ok(())
+    });
+    read_start
+        .await
+        .map_err(|_| anyhow::anyhow!("the answer's start did not come before its end"))??;
+    assert!(!go.exists());
+    assert_eq!(&body[..start.len()], start);
+    let text_at = body.windows(8).position(|w| w == b"\"text\":\"").unwrap() + 8;
+    assert!(body[text_at..].iter().all(|&b| b == b'x'));
+    std::fs::write(&go, b"")?;
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8(body)?;
+    let answer = McpResponse::parse(status, headers, &body)?;
+    assert_eq!(answer.messages.len(), 1);
+    let text = answer.result()?["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(text.len(), 2 * 1024 * 1024);
+    assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
+    assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+    assert_eq!(answer.event_ids.len(), 1, "{:?}", answer.event_ids);
+    assert!(body.ends_with(&format!("\nid: {}\n\n", answer.event_ids[0])));
+    // Usage counts the answer whole.
+    let usage = relay.wait_for_usage(2).await?;
+    let call = usage.iter().find(|u| u.method == "tools/call").unwrap();
+    assert!(call.bytes_out > 2 * 1024 * 1024, "{call:?}");
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// Answers `initialize`, then the first call with a progress notification for the token
+/// `t` and a long answer of `$LEN` bytes of `x`.
+const PROGRESS_THEN_A_LONG_ANSWER: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+echo '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}'
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c "$LEN" /dev/zero | tr '\0' x
+printf '"}]}}\n'
+read line"#;
+
+/// Calls a server that sends a progress notification and then a long answer of `len`
+/// bytes, through a relay keeping `replay_bytes` per session, and resumes the call's
+/// stream from the notification's event id.
+async fn resume_after_progress(len: usize, replay_bytes: usize) -> anyhow::Result<McpResponse> {
+    let relay = relay().replay_limits(64, replay_bytes).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", PROGRESS_THEN_A_LONG_ANSWER],
+            &[("LEN", &len.to_string())],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = client
+        .request(
+            "tools/call",
+            json!({"name": "long", "arguments": {}, "_meta": {"progressToken": "t"}}),
+        )
+        .await?;
+    assert_eq!(call.messages.len(), 2, "{:?}", call.event_ids);
+    assert_eq!(call.event_ids.len(), 2);
+    let text = call.result()?["content"][0]["text"].as_str().unwrap().len();
+    assert_eq!(text, len);
+    let resumed = client.resume(&call.event_ids[0]).await?;
+    if resumed.status == 200 {
+        assert_eq!(resumed.event_ids, vec![call.event_ids[1].clone()]);
+        assert_eq!(resumed.answer()?, call.answer()?);
+    }
+    agent.stop().await;
+    relay.stop().await;
+    Ok(resumed)
+}
+
+/// A long answer sent on as it arrived is kept for resumption like any other, while it
+/// fits the session's replay budget; one larger is numbered but not kept, and a
+/// resumption from before it is refused as too old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_sent_as_it_arrived_is_kept_for_resumption_within_the_budget()
+-> anyhow::Result<()> {
+    let kept = resume_after_progress(1024 * 1024, 4 * 1024 * 1024).await?;
+    assert_eq!(kept.status, 200);
+    let over = resume_after_progress(1024 * 1024, 512 * 1024).await?;
+    assert_eq!(over.status, 404);
+    assert!(
+        over.answer()?["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too old")),
+        "{:?}",
+        over.messages
+    );
+    Ok(())
 }

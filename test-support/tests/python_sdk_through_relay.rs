@@ -117,6 +117,10 @@ async fn python_sdk_reaches_a_streamable_http_server() -> anyhow::Result<()> {
         .filter_map(Value::as_f64)
         .collect();
     assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
+    // A 3 MiB result, which the agent and the relay each send on as it arrives.
+    assert_eq!(report["big_len"], 3 * 1024 * 1024 + 7);
+    assert_eq!(report["big_is_error"], false);
+    assert_eq!(report["after_big"], "Echo: after big");
     agent.stop().await;
     relay.stop().await;
     upstream.stop().await;
