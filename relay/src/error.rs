@@ -93,6 +93,10 @@ pub enum RelayError {
     /// A message exceeded the tunnel's message limit.
     #[error("message too large")]
     MessageTooLarge,
+    /// A long answer was being sent on as it arrived when the client's connection broke,
+    /// and it was too large to keep for resumption.
+    #[error("the answer was lost with the connection: too large to keep for resumption")]
+    AnswerNotKept,
     /// The agent is at its stream limit or shutting down.
     #[error("agent is overloaded")]
     AgentBusy,
@@ -178,9 +182,9 @@ impl RelayError {
             | RelayError::SessionRequired => StatusCode::BAD_REQUEST,
             RelayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RelayError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            RelayError::BodyTooLarge(_) | RelayError::MessageTooLarge => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            RelayError::BodyTooLarge(_)
+            | RelayError::MessageTooLarge
+            | RelayError::AnswerNotKept => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::SessionNotFound
             | RelayError::LastEventIdUnknown
             | RelayError::LastEventIdEvicted => StatusCode::NOT_FOUND,
@@ -215,7 +219,9 @@ impl RelayError {
             RelayError::UpstreamUnavailable => CODE_UPSTREAM_UNAVAILABLE,
             RelayError::TunnelLost => CODE_TUNNEL_LOST,
             RelayError::Timeout => CODE_TIMEOUT,
-            RelayError::MessageTooLarge | RelayError::BodyTooLarge(_) => CODE_TOO_LARGE,
+            RelayError::MessageTooLarge
+            | RelayError::BodyTooLarge(_)
+            | RelayError::AnswerNotKept => CODE_TOO_LARGE,
             RelayError::AgentBusy | RelayError::TooManySessions => CODE_BUSY,
             RelayError::SessionClosed => CODE_SESSION_CLOSED,
             RelayError::InsufficientScope(_) => CODE_INSUFFICIENT_SCOPE,

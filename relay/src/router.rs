@@ -1131,6 +1131,11 @@ impl ClientSession {
                 Part::Last(part) => {
                     let len = keep(&mut parts, &part);
                     let whole = (!parts.is_empty()).then(|| parts.take());
+                    let gone = to_client.as_ref().is_none_or(mpsc::Sender::is_closed);
+                    if gone && whole.is_none() {
+                        self.answer_not_kept(&id, len).await;
+                        return Ok(());
+                    }
                     let booked = {
                         let mut state = self.lock();
                         let pending = state.pending.remove(&id);
@@ -1143,8 +1148,11 @@ impl ClientSession {
                         Some(client) => client.send(RestPart::Last { part, seq }).await.is_ok(),
                         None => false,
                     };
-                    if !sent && let (Some((tx, seq)), Some(whole)) = (booked, whole) {
-                        let _ = tx.send(Outbound::whole(seq, whole)).await;
+                    if !sent && let Some((tx, seq)) = booked {
+                        // The client went away at the very end: what it resumes gets the
+                        // answer whole, or, not kept, an error in its place.
+                        let message = whole.unwrap_or_else(|| not_kept_error(&id));
+                        let _ = tx.send(Outbound::whole(seq, message)).await;
                     }
                     return Ok(());
                 }
@@ -1153,6 +1161,25 @@ impl ClientSession {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// A long answer whose client went away while it was going on, too large to keep for
+    /// resumption: the call gets an error in its place, which the stream the client
+    /// resumes (if it does) carries, and which is kept for a later resumption.
+    async fn answer_not_kept(&self, id: &str, len: usize) {
+        let error = RelayError::AnswerNotKept;
+        let booked = {
+            let mut state = self.lock();
+            let pending = state.pending.remove(id);
+            pending.and_then(|pending| {
+                let body = not_kept_error(id);
+                self.book_answer(&mut state, &pending, Some(error.code()), Some(&body), len)
+                    .map(|(tx, seq)| (tx, Outbound::whole(seq, body)))
+            })
+        };
+        if let Some((tx, out)) = booked {
+            let _ = tx.send(out).await;
         }
     }
 
@@ -1214,6 +1241,16 @@ fn request_id(kind: &Kind) -> Option<&String> {
         Kind::Request { id, .. } => Some(id),
         _ => None,
     }
+}
+
+/// The error in place of an answer lost with its client's connection (see
+/// [`ClientSession::answer_not_kept`]), for request `id`.
+fn not_kept_error(id: &str) -> Bytes {
+    let error = RelayError::AnswerNotKept;
+    let correlation = CorrelationId::new();
+    error.log(&correlation, &format_args!("answer to request {id}"));
+    let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+    Bytes::from(error.to_jsonrpc(Some(&id), &correlation).to_string())
 }
 
 fn duplicate_id_error(id: &str) -> Bytes {

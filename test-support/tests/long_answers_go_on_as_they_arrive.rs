@@ -269,3 +269,99 @@ async fn a_long_answer_sent_as_it_arrived_is_kept_for_resumption_within_the_budg
     );
     Ok(())
 }
+
+/// Answers `initialize`, then the first call with a progress notification for the token
+/// `t`, 1 MiB of `x` of a long answer, and, once the file `$GO` exists, 1 MiB of `y` to
+/// finish it.
+const PROGRESS_THEN_AN_ANSWER_ON_A_SIGNAL: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+echo '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}'
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 1048576 /dev/zero | tr '\0' x
+while [ ! -e "$GO" ]; do sleep 0.02; done
+head -c 1048576 /dev/zero | tr '\0' y
+printf '"}]}}\n'
+read line"#;
+
+/// A client's connection breaks while a long answer is going on to it, and the client
+/// resumes from the progress event before the answer, before the answer has ended. With
+/// `replay_bytes` per session, returns what the resumed stream carried.
+async fn break_mid_answer_and_resume(replay_bytes: usize) -> anyhow::Result<McpResponse> {
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("go");
+    let relay = relay().replay_limits(64, replay_bytes).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", PROGRESS_THEN_AN_ANSWER_ON_A_SIGNAL],
+            &[("GO", go.to_str().unwrap())],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}, "_meta": {"progressToken": "t"}}});
+    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    let mut body = Vec::new();
+    let read_some = tokio::time::timeout(Duration::from_secs(20), async {
+        while body.len() < 256 * 1024 {
+            match response.chunk().await? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => anyhow::bail!("the response ended after {} bytes", body.len()),
+            }
+        }
+        anyhow::Ok(())
+    });
+    read_some
+        .await
+        .map_err(|_| anyhow::anyhow!("the answer did not begin"))??;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let progress_id = body
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .ok_or_else(|| anyhow::anyhow!("no event id before the answer: {}", &body[..200]))?
+        .to_owned();
+    // The connection breaks.
+    drop(response);
+    let resumed = tokio::spawn({
+        let client = client.clone();
+        async move { client.resume(&progress_id).await }
+    });
+    let resumed_line = "outpost_relay_stream_resumptions_total{result=\"resumed\"} 1";
+    while !relay.metrics().await?.contains(resumed_line) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&go, b"")?;
+    let resumed = resumed.await??;
+    agent.stop().await;
+    relay.stop().await;
+    Ok(resumed)
+}
+
+/// Whether the answer a client resumes after its connection broke in the middle of it is
+/// the answer whole (it fit the replay budget) or an error in its place (it did not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resumes_mid_answer_gets_it_whole_or_an_error_in_its_place()
+-> anyhow::Result<()> {
+    let kept = break_mid_answer_and_resume(4 * 1024 * 1024).await?;
+    assert_eq!(kept.status, 200);
+    let text = kept.result()?["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(text.len(), 2 * 1024 * 1024);
+    assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
+    assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+
+    let lost = break_mid_answer_and_resume(512 * 1024).await?;
+    assert_eq!(lost.status, 200);
+    assert_eq!(lost.messages.len(), 1, "{:?}", lost.messages);
+    assert_eq!(lost.answer()?["id"], 2);
+    assert_eq!(lost.error_code(), Some(-32015), "{:?}", lost.messages);
+    Ok(())
+}
