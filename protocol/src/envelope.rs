@@ -288,6 +288,263 @@ fn find_special(bytes: &[u8]) -> Option<usize> {
         .map(|found| at + found)
 }
 
+/// JSON syntax checked as a text arrives in parts, for a message a hop sends on before it
+/// has all of it: by the grammar serde_json reads with, strings unchecked as UTF-8 as in
+/// its skipping (see the module's text). Whatever the cuts, [`Self::push`] and
+/// [`Self::finish`] accept exactly the texts serde_json accepts as one value, at any depth
+/// as its skipping does (so the depth is bounded only by the text's length); the relay's
+/// property test compares the two. Inside a string, which is
+/// most of a long answer, it moves as [`find_special`] does, many bytes per step.
+#[derive(Debug, Clone)]
+pub struct Syntax {
+    state: State,
+    /// The containers the text is in, innermost last: `true` for an object.
+    open: Vec<bool>,
+}
+
+/// A text that is not one JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotJson;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A value is due: at the start, after `:` or `,` in an array.
+    Value,
+    /// After `[`: a value or `]`.
+    FirstElement,
+    /// After `{`: a key or `}`.
+    FirstKey,
+    /// After `,` in an object: a key.
+    Key,
+    /// After a key: `:`.
+    Colon,
+    /// In a string (a key's when `key`); `escape` after a backslash, `hex` digits of a
+    /// `\u` escape still due.
+    String { key: bool, escape: bool, hex: u8 },
+    /// The rest of `true`, `false` or `null`.
+    Literal { rest: &'static [u8] },
+    /// In a number.
+    Number(Number),
+    /// After a value: `,`, a closing bracket, or the end.
+    AfterValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Number {
+    /// After `-`.
+    Sign,
+    /// After a leading `0`.
+    Zero,
+    /// In the integer digits.
+    Integer,
+    /// After `.`.
+    Point,
+    /// In the fraction's digits.
+    Fraction,
+    /// After `e` or `E`.
+    Exponent,
+    /// After the exponent's sign.
+    ExponentSign,
+    /// In the exponent's digits.
+    ExponentDigits,
+}
+
+impl Default for Syntax {
+    fn default() -> Self {
+        Self {
+            state: State::Value,
+            open: Vec::new(),
+        }
+    }
+}
+
+impl Syntax {
+    /// Checks the next part of the text.
+    pub fn push(&mut self, mut part: &[u8]) -> Result<(), NotJson> {
+        while let Some((&byte, rest)) = part.split_first() {
+            if let State::String {
+                escape: false,
+                hex: 0,
+                ..
+            } = self.state
+            {
+                match find_special(part) {
+                    Some(at) => part = &part[at..],
+                    None => return Ok(()),
+                }
+                let (&special, rest) = part.split_first().ok_or(NotJson)?;
+                self.string_byte(special)?;
+                part = rest;
+                continue;
+            }
+            self.byte(byte)?;
+            part = rest;
+        }
+        Ok(())
+    }
+
+    /// The text has ended: whether it was one whole value.
+    pub fn finish(mut self) -> Result<(), NotJson> {
+        if let State::Number(_) = self.state {
+            // A number ends where something else begins, the end included.
+            self.byte(b' ')?;
+        }
+        match self.state {
+            State::AfterValue if self.open.is_empty() => Ok(()),
+            _ => Err(NotJson),
+        }
+    }
+
+    fn byte(&mut self, byte: u8) -> Result<(), NotJson> {
+        let whitespace = matches!(byte, b' ' | b'\n' | b'\t' | b'\r');
+        self.state = match self.state {
+            State::String { .. } => return self.string_byte(byte),
+            State::Literal { rest } => match rest.split_first() {
+                Some((&want, more)) if want == byte => match more {
+                    [] => State::AfterValue,
+                    _ => State::Literal { rest: more },
+                },
+                _ => return Err(NotJson),
+            },
+            State::Number(number) => match self.number(number, byte) {
+                Some(next) => State::Number(next),
+                None => {
+                    // The number ended at `byte`, which comes after a value.
+                    if matches!(
+                        number,
+                        Number::Sign | Number::Point | Number::Exponent | Number::ExponentSign
+                    ) {
+                        return Err(NotJson);
+                    }
+                    self.state = State::AfterValue;
+                    return self.byte(byte);
+                }
+            },
+            _ if whitespace => return Ok(()),
+            State::Value => self.value(byte)?,
+            State::FirstElement if byte == b']' => self.close(false)?,
+            State::FirstElement => self.value(byte)?,
+            State::FirstKey if byte == b'}' => self.close(true)?,
+            State::FirstKey | State::Key if byte == b'"' => State::String {
+                key: true,
+                escape: false,
+                hex: 0,
+            },
+            State::Colon if byte == b':' => State::Value,
+            State::AfterValue => match (self.open.last(), byte) {
+                (Some(true), b',') => State::Key,
+                (Some(false), b',') => State::Value,
+                (Some(true), b'}') => self.close(true)?,
+                (Some(false), b']') => self.close(false)?,
+                _ => return Err(NotJson),
+            },
+            State::FirstKey | State::Key | State::Colon => return Err(NotJson),
+        };
+        Ok(())
+    }
+
+    /// The state after the first byte of a value.
+    fn value(&mut self, byte: u8) -> Result<State, NotJson> {
+        Ok(match byte {
+            b'"' => State::String {
+                key: false,
+                escape: false,
+                hex: 0,
+            },
+            b'{' | b'[' => {
+                self.open.push(byte == b'{');
+                if byte == b'{' {
+                    State::FirstKey
+                } else {
+                    State::FirstElement
+                }
+            }
+            b't' => State::Literal { rest: b"rue" },
+            b'f' => State::Literal { rest: b"alse" },
+            b'n' => State::Literal { rest: b"ull" },
+            b'-' => State::Number(Number::Sign),
+            b'0' => State::Number(Number::Zero),
+            b'1'..=b'9' => State::Number(Number::Integer),
+            _ => return Err(NotJson),
+        })
+    }
+
+    fn close(&mut self, object: bool) -> Result<State, NotJson> {
+        match self.open.pop() {
+            Some(open) if open == object => Ok(State::AfterValue),
+            _ => Err(NotJson),
+        }
+    }
+
+    /// A byte of a string that is not plain: a quote, a backslash, a control character,
+    /// or a byte of an escape.
+    fn string_byte(&mut self, byte: u8) -> Result<(), NotJson> {
+        let State::String { key, escape, hex } = self.state else {
+            return Err(NotJson);
+        };
+        self.state = if hex > 0 {
+            if !byte.is_ascii_hexdigit() {
+                return Err(NotJson);
+            }
+            State::String {
+                key,
+                escape: false,
+                hex: hex - 1,
+            }
+        } else if escape {
+            match byte {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => State::String {
+                    key,
+                    escape: false,
+                    hex: 0,
+                },
+                b'u' => State::String {
+                    key,
+                    escape: false,
+                    hex: 4,
+                },
+                _ => return Err(NotJson),
+            }
+        } else {
+            match byte {
+                b'"' if key => State::Colon,
+                b'"' => State::AfterValue,
+                b'\\' => State::String {
+                    key,
+                    escape: true,
+                    hex: 0,
+                },
+                // A control character, which a string may not hold raw.
+                0..0x20 => return Err(NotJson),
+                _ => State::String {
+                    key,
+                    escape: false,
+                    hex: 0,
+                },
+            }
+        };
+        Ok(())
+    }
+
+    /// A number's next state with `byte`, or `None` if `byte` is not part of it.
+    fn number(&self, number: Number, byte: u8) -> Option<Number> {
+        let digit = byte.is_ascii_digit();
+        Some(match (number, byte) {
+            (Number::Sign, b'0') => Number::Zero,
+            (Number::Sign, _) if digit => Number::Integer,
+            (Number::Integer, _) if digit => Number::Integer,
+            (Number::Zero | Number::Integer, b'.') => Number::Point,
+            (Number::Point | Number::Fraction, _) if digit => Number::Fraction,
+            (Number::Zero | Number::Integer | Number::Fraction, b'e' | b'E') => Number::Exponent,
+            (Number::Exponent, b'+' | b'-') => Number::ExponentSign,
+            (Number::Exponent | Number::ExponentSign | Number::ExponentDigits, _) if digit => {
+                Number::ExponentDigits
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// The id of an answer read from its first bytes (canonical JSON text), when they are
 /// `{"jsonrpc":"2.0","id":<id>,"result":` with the first two members in either order and
 /// any JSON whitespace: the shape rmcp and serde_json-based servers write. The id must be
@@ -454,6 +711,92 @@ mod tests {
             "",
         ] {
             assert_eq!(head(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn syntax_in_parts_accepts_json_and_refuses_the_rest_wherever_it_is_cut() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let good = [
+            "-0",
+            "0",
+            "1.5",
+            "-12.5e-3",
+            "1E+5",
+            "1e400",
+            "[]",
+            "{}",
+            " [ 1 , 2 ] \n",
+            "true",
+            "false",
+            "null",
+            r#""a\"b\\c\/\b\f\n\r\t\u12aF é""#,
+            r#"{"a":{"b":[1,{"c":null}]},"d":""}"#,
+            "\"\u{7f}é\"",
+        ];
+        let bad = [
+            "",
+            " ",
+            "01",
+            "-",
+            "-01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "1e+",
+            "1.e5",
+            "[1,]",
+            "[,1]",
+            "{,}",
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            "{1:2}",
+            "tru",
+            "truex",
+            "nul",
+            "nulll",
+            r#""\u12""#,
+            r#""\u12g4""#,
+            r#""\x""#,
+            "\"a\u{1}\"",
+            "\"a\nb\"",
+            "\"open",
+            "1 2",
+            "[1]]",
+            r#"{"a":1}}"#,
+            "[{]}",
+            "[}",
+            "{]",
+            "\0",
+            "[1 2]",
+        ];
+        let mut cases: Vec<(String, bool)> = good.iter().map(|t| (t.to_string(), true)).collect();
+        cases.extend(bad.iter().map(|t| (t.to_string(), false)));
+        cases.push((deep(1000), true));
+        cases.push((format!("{}]", deep(1000)), false));
+        for (text, json) in cases {
+            let text = text.as_bytes();
+            assert_eq!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
+                json,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            for cut in 0..=text.len() {
+                let mut syntax = Syntax::default();
+                let checked = syntax
+                    .push(&text[..cut])
+                    .and_then(|()| syntax.push(&text[cut..]))
+                    .and_then(|()| syntax.finish());
+                assert_eq!(
+                    checked.is_ok(),
+                    json,
+                    "{} cut at {cut}",
+                    String::from_utf8_lossy(text)
+                );
+            }
         }
     }
 }

@@ -93,6 +93,9 @@ pub enum RelayError {
     /// A message exceeded the tunnel's message limit.
     #[error("message too large")]
     MessageTooLarge,
+    /// A long answer sent on as it arrived turned out not to be JSON.
+    #[error("the upstream's answer was not valid JSON")]
+    MalformedAnswer,
     /// A long answer was being sent on as it arrived when the client's connection broke,
     /// and it was too large to keep for resumption.
     #[error("the answer was lost with the connection: too large to keep for resumption")]
@@ -165,7 +168,8 @@ impl RelayError {
             | RelayError::UpstreamUnavailable
             | RelayError::TunnelLost
             | RelayError::Timeout
-            | RelayError::AgentBusy => ErrorSource::Upstream,
+            | RelayError::AgentBusy
+            | RelayError::MalformedAnswer => ErrorSource::Upstream,
             RelayError::Internal | RelayError::TooManySessions => ErrorSource::Internal,
             _ => ErrorSource::Client,
         }
@@ -197,7 +201,8 @@ impl RelayError {
             RelayError::AgentOffline(_)
             | RelayError::UnknownServer
             | RelayError::UpstreamUnavailable
-            | RelayError::TunnelLost => StatusCode::BAD_GATEWAY,
+            | RelayError::TunnelLost
+            | RelayError::MalformedAnswer => StatusCode::BAD_GATEWAY,
             RelayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             RelayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             RelayError::RateLimited { .. } | RelayError::TooManyFailures => {
@@ -216,7 +221,9 @@ impl RelayError {
             RelayError::Unauthorized => -32001,
             RelayError::AgentOffline(_) => CODE_AGENT_OFFLINE,
             RelayError::UnknownServer => CODE_UNKNOWN_SERVER,
-            RelayError::UpstreamUnavailable => CODE_UPSTREAM_UNAVAILABLE,
+            RelayError::UpstreamUnavailable | RelayError::MalformedAnswer => {
+                CODE_UPSTREAM_UNAVAILABLE
+            }
             RelayError::TunnelLost => CODE_TUNNEL_LOST,
             RelayError::Timeout => CODE_TIMEOUT,
             RelayError::MessageTooLarge

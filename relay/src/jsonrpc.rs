@@ -690,6 +690,42 @@ mod tests {
             }
         }
 
+        /// JSON checked part by part (`envelope::Syntax`, for an answer the relay sends on
+        /// as it arrives) accepts exactly what serde_json accepts, wherever the text is cut,
+        /// damaged or not.
+        #[test]
+        fn syntax_checked_in_parts_agrees_with_serde_json(
+            message in prop_oneof![message(), json_value().prop_map(|v| serde_json::to_vec(&v).unwrap())],
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, prop::sample::select(&b"\"\\{}[],:0123-.eE+ u\x01\x7fntrufalse\xff"[..])), 0..4),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut message = message;
+            for (at, kind, byte) in edits {
+                if message.is_empty() {
+                    break;
+                }
+                let at = at.index(message.len());
+                match kind {
+                    0 => message[at] = byte,
+                    1 => { message.remove(at); }
+                    2 => message.insert(at, byte),
+                    _ => message.truncate(at),
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(message.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut syntax = envelope::Syntax::default();
+            let mut checked = Ok(());
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([message.len()]) {
+                checked = checked.and_then(|()| syntax.push(&message[from..cut]));
+                from = cut;
+            }
+            let checked = checked.and_then(|()| syntax.finish()).is_ok();
+            let serde = serde_json::from_slice::<serde::de::IgnoredAny>(&message).is_ok();
+            prop_assert_eq!(checked, serde, "{}", String::from_utf8_lossy(&message));
+        }
+
         /// An agent abandons a message already begun by making its last byte NUL
         /// (`MessageWriter::abandon`): whatever was sent before, classification refuses it,
         /// so the relay drops it. Large messages take the fast path.

@@ -464,9 +464,14 @@ async fn handle_post(
             .into_iter()
             .map(|body| Outbound::whole(None, body))
             .chain(held)
-            .map(|message| Outbound {
-                body: filter(message.body),
-                ..message
+            .map(|message| match message.rest {
+                // An answer going on as it arrives: a `tools/call`'s, which the filter
+                // leaves as it is (see `SseStream::render_filtered`).
+                Some(_) => message,
+                None => Outbound {
+                    body: filter(message.body),
+                    ..message
+                },
             })
             .collect();
         let prelude = prelude.or_else(|| waited.then(|| Bytes::from_static(KEEPALIVE_COMMENT)));

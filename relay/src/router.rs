@@ -186,8 +186,9 @@ struct Post {
     streaming: bool,
     /// Whether a long answer to a `tools/call` of this POST may go on as it arrives (an
     /// [`Outbound`] with `rest`): its response is a client's resumable SSE stream, the
-    /// only reader of the channel that knows such messages.
-    cut_through: bool,
+    /// only reader of the channel that knows such messages. Cancelled when the client
+    /// resumes the stream elsewhere (see [`ClientSession::pass_on`]).
+    cut_through: Option<CancellationToken>,
     /// Requests of this POST still unanswered.
     open: usize,
     /// When its requests time out. The POST's response enforces this while the client
@@ -520,7 +521,7 @@ impl ClientSession {
                         Post {
                             tx,
                             streaming,
-                            cut_through: resumable,
+                            cut_through: resumable.then(CancellationToken::new),
                             open: fresh.len(),
                             deadline: now + self.call_timeout,
                         },
@@ -692,8 +693,11 @@ impl ClientSession {
                     // The old connection's channel closes: its stream ends.
                     open.tx = tx;
                     // A resumed stream's filter reads every answer whole (its requests'
-                    // methods are not known there): answers go to it whole.
-                    open.cut_through = false;
+                    // methods are not known there): answers go to it whole, and one
+                    // going on to the old connection now goes to this one whole.
+                    if let Some(moved) = open.cut_through.take() {
+                        moved.cancel();
+                    }
                     (rx, Some((open.deadline, post)))
                 }
                 // Answered already: the replay holds the rest, then the stream ends.
@@ -1056,7 +1060,7 @@ impl ClientSession {
     /// as it arrives does ([`Self::pass_on`]); anything else is read whole and delivered.
     async fn begun(&self, head: Bytes, receiver: &mut StreamReceiver) -> Result<(), StreamError> {
         match self.cut_through(&head) {
-            Some((id, tx)) => self.pass_on(id, tx, head, receiver).await,
+            Some(passing) => self.pass_on(passing, head, receiver).await,
             None => {
                 let message = receiver.rest_of(head).await?;
                 self.deliver(message).await;
@@ -1065,39 +1069,70 @@ impl ClientSession {
         }
     }
 
-    /// The id of the answer `head` begins, and its POST's channel, if it may go on as it
-    /// arrives: its id comes before its result (see [`envelope::answer_head`]), and it
-    /// answers a pending `tools/call` of a POST that allows it (`Post::cut_through`) and
-    /// whose client is still there. A `tools/call` answer is never filtered on its way.
-    fn cut_through(&self, head: &[u8]) -> Option<(String, mpsc::Sender<Outbound>)> {
+    /// The answer `head` begins, if it may go on as it arrives: its id comes before its
+    /// result (see [`envelope::answer_head`]), and it answers a pending `tools/call` of a
+    /// POST that allows it (`Post::cut_through`) and whose client is still there. A
+    /// `tools/call` answer is never filtered on its way.
+    fn cut_through(&self, head: &[u8]) -> Option<Passing> {
         let id = envelope::answer_head(head)?;
         let state = self.lock();
         let pending = state.pending.get(&id)?;
         let post = state
             .posts
             .get(&pending.post)
-            .filter(|post| post.cut_through && !post.tx.is_closed())?;
-        (pending.method == "tools/call").then(|| (id, post.tx.clone()))
+            .filter(|post| !post.tx.is_closed())?;
+        let moved = post.cut_through.clone()?;
+        (pending.method == "tools/call").then(|| Passing {
+            id,
+            tx: post.tx.clone(),
+            deadline: post.deadline,
+            moved,
+        })
     }
 
-    /// Sends an answer on to its POST's client as it arrives: `head` at once, as an
+    /// Hands `part` to the client's response, unless the client stops reading until the
+    /// call's deadline, resumes the stream on another connection, or the session closes
+    /// meanwhile: a client that does not read holds the upstream back (through the
+    /// tunnel's credit), but only so long.
+    async fn hand_over(
+        &self,
+        passing: &Passing,
+        client: &mpsc::Sender<RestPart>,
+        part: RestPart,
+    ) -> Handed {
+        tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => Handed::SessionClosed,
+            _ = passing.moved.cancelled() => Handed::Gone,
+            sent = tokio::time::timeout_at(passing.deadline, client.send(part)) => match sent {
+                Ok(Ok(())) => Handed::Sent,
+                _ => Handed::Gone,
+            },
+        }
+    }
+
+    /// Sends an answer on to its POST's client as it arrives: its start at once, as an
     /// [`Outbound`] whose `rest` carries the parts that follow. The answer is booked when
     /// its last part is here; until then its request stays pending, so that if the
     /// upstream gives it up part-way, the error the agent sends in its place is delivered
-    /// as any answer is (on a resumable stream, the client gets it when it resumes: the
-    /// response that carried the broken answer is cut off).
+    /// as any answer is, after the broken event (which ends as `abandoned`). An answer
+    /// whose request was answered meanwhile (the call timed out, the session was
+    /// deleted) ends so too: a request gets one answer.
     ///
     /// While the answer fits the replay budget its parts are kept too: to be kept for
-    /// replay, or, if the client went away meanwhile, to go whole to its POST's channel
-    /// (a resumed stream's, by then).
+    /// replay, or, if the client went away meanwhile (or resumed the stream on another
+    /// connection), to go whole to the POST's channel; past the budget, an error goes
+    /// there in its place.
     async fn pass_on(
         &self,
-        id: String,
-        tx: mpsc::Sender<Outbound>,
+        passing: Passing,
         head: Bytes,
         receiver: &mut StreamReceiver,
     ) -> Result<(), StreamError> {
         let (rest_tx, rest) = mpsc::channel(REST_DEPTH);
+        // The agent checks no answer's syntax; the relay did, reading each whole.
+        let mut syntax = envelope::Syntax::default();
+        let mut valid = syntax.push(&head).is_ok();
         let mut parts = Reassembly::default();
         let mut len = 0;
         let largest_kept = self.lock().replay.largest_kept();
@@ -1116,71 +1151,89 @@ impl ClientSession {
             body: head,
             rest: Some(rest),
         };
-        // `None` once the client's response is gone.
-        let mut to_client = tx.send(start).await.ok().map(|()| rest_tx);
-        loop {
+        // `None` once the client's response is gone, or moved.
+        let mut to_client = passing.tx.send(start).await.ok().map(|()| rest_tx);
+        let last = loop {
             match receiver.next_part().await? {
                 Part::More(part) => {
                     keep(&mut parts, &part);
-                    if let Some(client) = &to_client
-                        && client.send(RestPart::More(part)).await.is_err()
-                    {
+                    if valid && syntax.push(&part).is_err() {
+                        valid = false;
+                        session_event!(self, WARN, "a long answer from upstream is not valid JSON");
                         to_client = None;
                     }
-                }
-                Part::Last(part) => {
-                    let len = keep(&mut parts, &part);
-                    let whole = (!parts.is_empty()).then(|| parts.take());
-                    let gone = to_client.as_ref().is_none_or(mpsc::Sender::is_closed);
-                    if gone && whole.is_none() {
-                        self.answer_not_kept(&id, len).await;
-                        return Ok(());
+                    if let Some(client) = &to_client {
+                        match self.hand_over(&passing, client, RestPart::More(part)).await {
+                            Handed::Sent => {}
+                            Handed::Gone => to_client = None,
+                            Handed::SessionClosed => return Err(session_closed()),
+                        }
                     }
-                    let booked = {
-                        let mut state = self.lock();
-                        let pending = state.pending.remove(&id);
-                        pending.and_then(|pending| {
-                            self.book_answer(&mut state, &pending, None, whole.as_ref(), len)
-                        })
-                    };
-                    let seq = booked.as_ref().and_then(|(_, seq)| *seq);
-                    let sent = match &to_client {
-                        Some(client) => client.send(RestPart::Last { part, seq }).await.is_ok(),
-                        None => false,
-                    };
-                    if !sent && let Some((tx, seq)) = booked {
-                        // The client went away at the very end: what it resumes gets the
-                        // answer whole, or, not kept, an error in its place.
-                        let message = whole.unwrap_or_else(|| not_kept_error(&id));
-                        let _ = tx.send(Outbound::whole(seq, message)).await;
-                    }
-                    return Ok(());
                 }
+                Part::Last(part) => break part,
                 Part::Abandoned => {
                     session_event!(self, DEBUG, "a long answer was given up part-way");
                     return Ok(());
                 }
             }
+        };
+        let len = keep(&mut parts, &last);
+        let whole = (!parts.is_empty()).then(|| parts.take());
+        if valid && (syntax.push(&last).is_err() || syntax.finish().is_err()) {
+            valid = false;
+            session_event!(self, WARN, "a long answer from upstream is not valid JSON");
         }
-    }
-
-    /// A long answer whose client went away while it was going on, too large to keep for
-    /// resumption: the call gets an error in its place, which the stream the client
-    /// resumes (if it does) carries, and which is kept for a later resumption.
-    async fn answer_not_kept(&self, id: &str, len: usize) {
-        let error = RelayError::AnswerNotKept;
+        if !valid
+            || passing.moved.is_cancelled()
+            || to_client.as_ref().is_some_and(|c| c.is_closed())
+        {
+            to_client = None;
+        }
+        // Not JSON, or gone with nothing kept: the call gets an error in its place.
+        let replaced = if !valid {
+            Some(RelayError::MalformedAnswer)
+        } else if to_client.is_none() && whole.is_none() {
+            Some(RelayError::AnswerNotKept)
+        } else {
+            None
+        };
+        let (message, error_code) = match replaced {
+            Some(error) => (Some(error_answer(&error, &passing.id)), Some(error.code())),
+            None => (whole, None),
+        };
         let booked = {
             let mut state = self.lock();
-            let pending = state.pending.remove(id);
-            pending.and_then(|pending| {
-                let body = not_kept_error(id);
-                self.book_answer(&mut state, &pending, Some(error.code()), Some(&body), len)
-                    .map(|(tx, seq)| (tx, Outbound::whole(seq, body)))
+            state.pending.remove(&passing.id).map(|pending| {
+                self.book_answer(&mut state, &pending, error_code, message.as_ref(), len)
             })
         };
-        if let Some((tx, out)) = booked {
-            let _ = tx.send(out).await;
+        let booked = match booked {
+            Some(booked) => booked.map(|(tx, seq)| (tx, seq, message)),
+            None => {
+                session_event!(self, DEBUG, "a long answer to a request already answered");
+                return Ok(());
+            }
+        };
+        let Some((tx, seq, message)) = booked else {
+            return Ok(());
+        };
+        if let Some(client) = &to_client {
+            match self
+                .hand_over(&passing, client, RestPart::Last { part: last, seq })
+                .await
+            {
+                Handed::Sent => return Ok(()),
+                Handed::Gone => {}
+                Handed::SessionClosed => return Err(session_closed()),
+            }
         }
+        // The client went away (or moved) at the very end: its channel gets the
+        // answer whole; or, not kept, an error in its place, which is then not kept
+        // either and not counted as one (the answer was booked as delivered).
+        let message =
+            message.unwrap_or_else(|| error_answer(&RelayError::AnswerNotKept, &passing.id));
+        let _ = tx.send(Outbound::whole(seq, message)).await;
+        Ok(())
     }
 
     fn record(
@@ -1243,10 +1296,37 @@ fn request_id(kind: &Kind) -> Option<&String> {
     }
 }
 
-/// The error in place of an answer lost with its client's connection (see
-/// [`ClientSession::answer_not_kept`]), for request `id`.
-fn not_kept_error(id: &str) -> Bytes {
-    let error = RelayError::AnswerNotKept;
+/// A long answer going on to its client as it arrives (see [`ClientSession::pass_on`]).
+struct Passing {
+    /// The request's id, as canonical JSON text.
+    id: String,
+    /// The POST's channel when the answer began.
+    tx: mpsc::Sender<Outbound>,
+    /// When the POST's calls time out.
+    deadline: Instant,
+    /// Cancelled when the client resumes the POST's stream on another connection.
+    moved: CancellationToken,
+}
+
+/// How a passing answer stops when its session closes: as the stream's end would, which
+/// the dispatcher then meets.
+fn session_closed() -> StreamError {
+    StreamError::Ended(StreamEnd::Closed {
+        code: CloseCode::Normal,
+        message: "the session closed".to_owned(),
+    })
+}
+
+/// What became of a part handed to a client's response.
+enum Handed {
+    Sent,
+    /// The response is gone, stopped reading until the deadline, or moved.
+    Gone,
+    SessionClosed,
+}
+
+/// `error` in place of the answer to request `id` (see [`ClientSession::pass_on`]).
+fn error_answer(error: &RelayError, id: &str) -> Bytes {
     let correlation = CorrelationId::new();
     error.log(&correlation, &format_args!("answer to request {id}"));
     let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);

@@ -172,7 +172,6 @@ async fn the_client_reads_a_long_answer_before_the_server_has_finished_it() -> a
     read_start
         .await
         .map_err(|_| anyhow::anyhow!("the answer's start did not come before its end"))??;
-    assert!(!go.exists());
     assert_eq!(&body[..start.len()], start);
     let text_at = body.windows(8).position(|w| w == b"\"text\":\"").unwrap() + 8;
     assert!(body[text_at..].iter().all(|&b| b == b'x'));
@@ -287,8 +286,13 @@ read line"#;
 
 /// A client's connection breaks while a long answer is going on to it, and the client
 /// resumes from the progress event before the answer, before the answer has ended. With
-/// `replay_bytes` per session, returns what the resumed stream carried.
-async fn break_mid_answer_and_resume(replay_bytes: usize) -> anyhow::Result<McpResponse> {
+/// `replay_bytes` per session, returns what the resumed stream carried. With
+/// `unnoticed`, the old connection stays open (unread) until the end, as a dead one the
+/// relay has not noticed does.
+async fn break_mid_answer_and_resume(
+    replay_bytes: usize,
+    unnoticed: bool,
+) -> anyhow::Result<McpResponse> {
     let dir = tempfile::tempdir()?;
     let go = dir.path().join("go");
     let relay = relay().replay_limits(64, replay_bytes).spawn().await?;
@@ -327,41 +331,219 @@ async fn break_mid_answer_and_resume(replay_bytes: usize) -> anyhow::Result<McpR
         .ok_or_else(|| anyhow::anyhow!("no event id before the answer: {}", &body[..200]))?
         .to_owned();
     // The connection breaks.
-    drop(response);
+    let old = unnoticed.then_some(response);
     let resumed = tokio::spawn({
         let client = client.clone();
         async move { client.resume(&progress_id).await }
     });
     let resumed_line = "outpost_relay_stream_resumptions_total{result=\"resumed\"} 1";
-    while !relay.metrics().await?.contains(resumed_line) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let resuming = async {
+        while !relay.metrics().await?.contains(resumed_line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), resuming)
+        .await
+        .map_err(|_| anyhow::anyhow!("the resumption was never counted"))??;
     std::fs::write(&go, b"")?;
     let resumed = resumed.await??;
+    drop(old);
     agent.stop().await;
     relay.stop().await;
     Ok(resumed)
 }
 
 /// Whether the answer a client resumes after its connection broke in the middle of it is
-/// the answer whole (it fit the replay budget) or an error in its place (it did not).
+/// the answer whole (it fit the replay budget) or an error in its place (it did not); the
+/// same when the relay has not noticed the old connection is dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_resumes_mid_answer_gets_it_whole_or_an_error_in_its_place()
 -> anyhow::Result<()> {
-    let kept = break_mid_answer_and_resume(4 * 1024 * 1024).await?;
-    assert_eq!(kept.status, 200);
-    let text = kept.result()?["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(text.len(), 2 * 1024 * 1024);
-    assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
-    assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+    for unnoticed in [false, true] {
+        let kept = break_mid_answer_and_resume(4 * 1024 * 1024, unnoticed).await?;
+        assert_eq!(kept.status, 200);
+        let text = kept.result()?["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(text.len(), 2 * 1024 * 1024, "unnoticed: {unnoticed}");
+        assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
+        assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+    }
 
-    let lost = break_mid_answer_and_resume(512 * 1024).await?;
+    let lost = break_mid_answer_and_resume(512 * 1024, false).await?;
     assert_eq!(lost.status, 200);
     assert_eq!(lost.messages.len(), 1, "{:?}", lost.messages);
     assert_eq!(lost.answer()?["id"], 2);
     assert_eq!(lost.error_code(), Some(-32015), "{:?}", lost.messages);
+    Ok(())
+}
+
+/// Answers `initialize`, then the first call with a long answer that has a raw control
+/// character in its text (not JSON), then the second call with a short text.
+const A_LONG_ANSWER_THAT_IS_NOT_JSON: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 1048576 /dev/zero | tr '\0' x
+printf '\001'
+head -c 1048576 /dev/zero | tr '\0' x
+printf '"}]}}\n'
+read line
+echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"still here"}]}}'
+read line"#;
+
+/// A long answer whose JSON breaks part-way, which the relay had begun to send on, ends
+/// its event as `abandoned`, and the call gets -32012 in its place; the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_that_is_not_json_gives_way_to_an_error() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", A_LONG_ANSWER_THAT_IS_NOT_JSON],
+            &[],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}}});
+    let response = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let body = response.text().await?;
+    assert!(
+        body.contains("\nevent: abandoned\n\n"),
+        "the broken event ends as abandoned"
+    );
+    let answer = McpResponse::parse(status, headers, &body)?;
+    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
+    assert_eq!(answer.answer()?["id"], 2);
+    assert_eq!(answer.error_code(), Some(-32012), "{:?}", answer.messages);
+    assert!(
+        answer.answer()?["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid JSON"))
+    );
+    let usage = relay.wait_for_usage(2).await?;
+    let call = usage.iter().find(|u| u.method == "tools/call").unwrap();
+    assert_eq!(call.error_code, Some(-32012), "{call:?}");
+    // The session goes on.
+    let next = client
+        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "short", "arguments": {}}}))
+        .await?;
+    assert_eq!(next.result()?["content"][0]["text"], "still here");
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// Answers `initialize`, then the first call with a 15 MiB answer (more than loopback's
+/// socket buffers hold), then the second with a short text.
+const A_LONG_ANSWER_THEN_A_SHORT_ONE: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 15728640 /dev/zero | tr '\0' x
+printf '"}]}}\n'
+read line
+echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"still here"}]}}'
+read line"#;
+
+/// A client that stops reading a long answer holds the upstream back only until the
+/// call's deadline (3 s here): then the relay stops waiting for it, and the session's
+/// next answer, to a call made 2 s in (so due by 5 s), reaches its own POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_until_the_deadline()
+-> anyhow::Result<()> {
+    let relay = relay().call_timeout(Duration::from_secs(3)).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", A_LONG_ANSWER_THEN_A_SHORT_ONE],
+            &[],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}}});
+    // Its headers come, and then nobody reads its body.
+    let stuck = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    assert_eq!(stuck.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let next = client
+        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "short", "arguments": {}}}))
+        .await?;
+    assert_eq!(next.result()?["content"][0]["text"], "still here");
+    drop(stuck);
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// A session deleted while a long answer is going on to its client: the broken event
+/// ends as `abandoned` and the call gets one answer, the session's close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_deleted_mid_answer_answers_the_call_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("go");
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", FINISHES_ON_A_SIGNAL],
+            &[("GO", go.to_str().unwrap())],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}}});
+    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let mut body = Vec::new();
+    let read_start = tokio::time::timeout(Duration::from_secs(20), async {
+        while body.len() < 256 * 1024 {
+            match response.chunk().await? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => anyhow::bail!("the response ended after {} bytes", body.len()),
+            }
+        }
+        anyhow::Ok(())
+    });
+    read_start
+        .await
+        .map_err(|_| anyhow::anyhow!("the answer did not begin"))??;
+    assert_eq!(client.delete().await?, 204);
+    std::fs::write(&go, b"")?;
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8(body)?;
+    assert!(
+        body.contains("\nevent: abandoned\n\n"),
+        "the broken event ends as abandoned"
+    );
+    let answer = McpResponse::parse(status, headers, &body)?;
+    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
+    assert_eq!(answer.answer()?["id"], 2);
+    assert_eq!(answer.error_code(), Some(-32017), "{:?}", answer.messages);
+    agent.stop().await;
+    relay.stop().await;
     Ok(())
 }
