@@ -49,6 +49,9 @@ pub(crate) struct SessionRegistry {
     max: usize,
     /// What each session may keep for `Last-Event-ID` resumption.
     replay: ReplayLimits,
+    /// How long a client's response may take nothing of a long answer going on to it
+    /// (see [`ClientSession::hand_over`]).
+    client_stall: std::time::Duration,
 }
 
 /// One client session: a key talking to one server of one agent.
@@ -74,6 +77,8 @@ pub(crate) struct ClientSession {
     tasks: TaskTracker,
     /// How long a call may take.
     call_timeout: std::time::Duration,
+    /// See `SessionRegistry::client_stall`.
+    client_stall: std::time::Duration,
     /// The random tag of this session's SSE event ids (see `replay.rs`).
     replay_tag: String,
 }
@@ -298,12 +303,14 @@ type Left = (HashMap<String, Pending>, HashMap<u64, Post>);
 
 impl SessionRegistry {
     /// An empty registry holding at most `max` sessions, each keeping at most `replay`
-    /// for resumption.
-    pub(crate) fn new(max: usize, replay: ReplayLimits) -> Self {
+    /// for resumption, and giving up on a client that takes nothing of a long answer for
+    /// `client_stall`.
+    pub(crate) fn new(max: usize, replay: ReplayLimits, client_stall: std::time::Duration) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             max,
             replay,
+            client_stall,
         }
     }
 
@@ -355,6 +362,7 @@ impl SessionRegistry {
             usage,
             tasks: tasks.clone(),
             call_timeout,
+            client_stall: self.client_stall,
         });
         sessions.insert(session.id.clone(), session.clone());
         drop(sessions);
@@ -1060,7 +1068,7 @@ impl ClientSession {
     /// as it arrives does ([`Self::pass_on`]); anything else is read whole and delivered.
     async fn begun(&self, head: Bytes, receiver: &mut StreamReceiver) -> Result<(), StreamError> {
         match self.cut_through(&head) {
-            Some(passing) => self.pass_on(passing, head, receiver).await,
+            Some((passing, tx)) => self.pass_on(passing, tx, head, receiver).await,
             None => {
                 let message = receiver.rest_of(head).await?;
                 self.deliver(message).await;
@@ -1073,7 +1081,7 @@ impl ClientSession {
     /// result (see [`envelope::answer_head`]), and it answers a pending `tools/call` of a
     /// POST that allows it (`Post::cut_through`) and whose client is still there. A
     /// `tools/call` answer is never filtered on its way.
-    fn cut_through(&self, head: &[u8]) -> Option<Passing> {
+    fn cut_through(&self, head: &[u8]) -> Option<(Passing, mpsc::Sender<Outbound>)> {
         let id = envelope::answer_head(head)?;
         let state = self.lock();
         let pending = state.pending.get(&id)?;
@@ -1082,29 +1090,33 @@ impl ClientSession {
             .get(&pending.post)
             .filter(|post| !post.tx.is_closed())?;
         let moved = post.cut_through.clone()?;
-        (pending.method == "tools/call").then(|| Passing {
-            id,
-            tx: post.tx.clone(),
-            deadline: post.deadline,
-            moved,
+        (pending.method == "tools/call").then(|| {
+            let passing = Passing {
+                id,
+                deadline: post.deadline,
+                moved,
+            };
+            (passing, post.tx.clone())
         })
     }
 
-    /// Hands `part` to the client's response, unless the client stops reading until the
-    /// call's deadline, resumes the stream on another connection, or the session closes
-    /// meanwhile: a client that does not read holds the upstream back (through the
-    /// tunnel's credit), but only so long.
-    async fn hand_over(
+    /// Hands `item` to the client's response, unless the response takes nothing for
+    /// `client_stall` (the keep-alive period), the client resumes the stream on another
+    /// connection, or (with `until_closed`) the session closes meanwhile. A client that
+    /// reads slowly holds the upstream back, through the tunnel's credit; one that stops
+    /// reading, only so long.
+    async fn hand_over<T>(
         &self,
         passing: &Passing,
-        client: &mpsc::Sender<RestPart>,
-        part: RestPart,
+        to: &mpsc::Sender<T>,
+        item: T,
+        until_closed: bool,
     ) -> Handed {
         tokio::select! {
             biased;
-            _ = self.closed.cancelled() => Handed::SessionClosed,
+            _ = self.closed.cancelled(), if until_closed => Handed::SessionClosed,
             _ = passing.moved.cancelled() => Handed::Gone,
-            sent = tokio::time::timeout_at(passing.deadline, client.send(part)) => match sent {
+            sent = tokio::time::timeout(self.client_stall, to.send(item)) => match sent {
                 Ok(Ok(())) => Handed::Sent,
                 _ => Handed::Gone,
             },
@@ -1126,6 +1138,7 @@ impl ClientSession {
     async fn pass_on(
         &self,
         passing: Passing,
+        tx: mpsc::Sender<Outbound>,
         head: Bytes,
         receiver: &mut StreamReceiver,
     ) -> Result<(), StreamError> {
@@ -1133,6 +1146,9 @@ impl ClientSession {
         // The agent checks no answer's syntax; the relay did, reading each whole.
         let mut syntax = envelope::Syntax::default();
         let mut valid = syntax.push(&head).is_ok();
+        if !valid {
+            session_event!(self, WARN, "a long answer from upstream is not valid JSON");
+        }
         let mut parts = Reassembly::default();
         let mut len = 0;
         let largest_kept = self.lock().replay.largest_kept();
@@ -1151,10 +1167,36 @@ impl ClientSession {
             body: head,
             rest: Some(rest),
         };
-        // `None` once the client's response is gone, or moved.
-        let mut to_client = passing.tx.send(start).await.ok().map(|()| rest_tx);
+        // `None` once the client's response is gone (or moved, or stalled), or the answer
+        // is not JSON or came too late: what it had of the answer ends as `abandoned`.
+        let mut to_client = None;
+        if valid {
+            match self.hand_over(&passing, &tx, start, true).await {
+                Handed::Sent => to_client = Some(rest_tx),
+                Handed::Gone => {}
+                Handed::SessionClosed => return Err(session_closed()),
+            }
+        }
+        // Not held meanwhile: the POST's channel closes once its calls are answered (or
+        // timed out), which ends its response.
+        drop(tx);
         let last = loop {
-            match receiver.next_part().await? {
+            // The call's deadline holds for the answer's arrival, as when it was read
+            // whole: past it, the client's response gets the timeout error in its place.
+            let next = match &to_client {
+                Some(_) => tokio::time::timeout_at(passing.deadline, receiver.next_part()).await,
+                None => Ok(receiver.next_part().await),
+            };
+            let Ok(next) = next else {
+                session_event!(
+                    self,
+                    DEBUG,
+                    "a long answer was still arriving at the call's deadline"
+                );
+                to_client = None;
+                continue;
+            };
+            match next? {
                 Part::More(part) => {
                     keep(&mut parts, &part);
                     if valid && syntax.push(&part).is_err() {
@@ -1163,7 +1205,10 @@ impl ClientSession {
                         to_client = None;
                     }
                     if let Some(client) = &to_client {
-                        match self.hand_over(&passing, client, RestPart::More(part)).await {
+                        match self
+                            .hand_over(&passing, client, RestPart::More(part), true)
+                            .await
+                        {
                             Handed::Sent => {}
                             Handed::Gone => to_client = None,
                             Handed::SessionClosed => return Err(session_closed()),
@@ -1218,8 +1263,9 @@ impl ClientSession {
             return Ok(());
         };
         if let Some(client) = &to_client {
+            // Booked: the session's close must not take it from the client now.
             match self
-                .hand_over(&passing, client, RestPart::Last { part: last, seq })
+                .hand_over(&passing, client, RestPart::Last { part: last, seq }, false)
                 .await
             {
                 Handed::Sent => return Ok(()),
@@ -1300,8 +1346,6 @@ fn request_id(kind: &Kind) -> Option<&String> {
 struct Passing {
     /// The request's id, as canonical JSON text.
     id: String,
-    /// The POST's channel when the answer began.
-    tx: mpsc::Sender<Outbound>,
     /// When the POST's calls time out.
     deadline: Instant,
     /// Cancelled when the client resumes the POST's stream on another connection.
@@ -1320,7 +1364,7 @@ fn session_closed() -> StreamError {
 /// What became of a part handed to a client's response.
 enum Handed {
     Sent,
-    /// The response is gone, stopped reading until the deadline, or moved.
+    /// The response is gone, took nothing for `client_stall`, or moved.
     Gone,
     SessionClosed,
 }

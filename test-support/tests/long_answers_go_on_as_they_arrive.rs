@@ -457,13 +457,19 @@ read line
 echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"still here"}]}}'
 read line"#;
 
-/// A client that stops reading a long answer holds the upstream back only until the
-/// call's deadline (3 s here): then the relay stops waiting for it, and the session's
-/// next answer, to a call made 2 s in (so due by 5 s), reaches its own POST.
+/// A client that stops reading a long answer holds the upstream back only until its
+/// response has taken nothing for a keep-alive period (1 s here): then the relay stops
+/// waiting for it, and the session's next answer reaches its own POST well within that
+/// call's deadline (10 s). The answer is larger than loopback's socket buffers hold at
+/// Linux's defaults, so that the client's not reading reaches the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_until_the_deadline()
+async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_for_a_keep_alive_period()
 -> anyhow::Result<()> {
-    let relay = relay().call_timeout(Duration::from_secs(3)).spawn().await?;
+    let relay = relay()
+        .sse_keepalive(Duration::from_secs(1))
+        .call_timeout(Duration::from_secs(10))
+        .spawn()
+        .await?;
     let agent = agent(&relay, "laptop")
         .stdio(
             "long",
@@ -481,7 +487,6 @@ async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_until_
     // Its headers come, and then nobody reads its body.
     let stuck = client.post_open(call.to_string().into_bytes(), &[]).await?;
     assert_eq!(stuck.status(), 200);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let next = client
         .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": {"name": "short", "arguments": {}}}))
@@ -543,6 +548,47 @@ async fn a_session_deleted_mid_answer_answers_the_call_once() -> anyhow::Result<
     assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
     assert_eq!(answer.answer()?["id"], 2);
     assert_eq!(answer.error_code(), Some(-32017), "{:?}", answer.messages);
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// An upstream that stops in the middle of a long answer, which the relay had begun to send
+/// on, gets the call the relay's timeout at its deadline, as an answer read whole would:
+/// the broken event ends as `abandoned`, then -32014.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_still_arriving_at_the_relays_deadline_gives_way_to_its_timeout()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("never");
+    let relay = relay().call_timeout(Duration::from_secs(2)).spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio(
+            "long",
+            "/bin/sh",
+            &["-c", FINISHES_ON_A_SIGNAL],
+            &[("GO", go.to_str().unwrap())],
+        )
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "long");
+    client.initialize().await?;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long", "arguments": {}}});
+    let response = client.post_open(call.to_string().into_bytes(), &[]).await?;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let body = tokio::time::timeout(Duration::from_secs(20), response.text())
+        .await
+        .map_err(|_| anyhow::anyhow!("the response did not end after the deadline"))??;
+    assert!(
+        body.contains("\nevent: abandoned\n\n"),
+        "the broken event ends as abandoned"
+    );
+    let answer = McpResponse::parse(status, headers, &body)?;
+    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
+    assert_eq!(answer.answer()?["id"], 2);
+    assert_eq!(answer.error_code(), Some(-32014), "{:?}", answer.messages);
     agent.stop().await;
     relay.stop().await;
     Ok(())
