@@ -629,6 +629,26 @@ mod tests {
         })
     }
 
+    /// `message` with `edits` made: at an index, a byte replaced (kind 0), removed (1),
+    /// inserted (2), or the message cut there (3).
+    fn damaged(mut message: Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+        for (at, kind, byte) in edits {
+            if message.is_empty() {
+                break;
+            }
+            let at = at.index(message.len());
+            match kind {
+                0 => message[at] = byte,
+                1 => {
+                    message.remove(at);
+                }
+                2 => message.insert(at, byte),
+                _ => message.truncate(at),
+            }
+        }
+        message
+    }
+
     fn message() -> impl Strategy<Value = Vec<u8>> {
         let member =
             |name: &'static str| proptest::option::of(json_value()).prop_map(move |v| (name, v));
@@ -673,18 +693,7 @@ mod tests {
             message in message(),
             edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(&b"\"\\{}[],:0-.eE+ u\x01\x7fn\xff"[..])), 1..4),
         ) {
-            let mut message = message;
-            for (at, kind, byte) in edits {
-                if message.is_empty() {
-                    break;
-                }
-                let at = at.index(message.len());
-                match kind {
-                    0 => message[at] = byte,
-                    1 => { message.remove(at); }
-                    _ => message.insert(at, byte),
-                }
-            }
+            let message = damaged(message, edits);
             if let Some(fast) = by_skim(&message) {
                 prop_assert_eq!(Some(fast), by_serde(&message), "{}", String::from_utf8_lossy(&message));
             }
@@ -699,19 +708,7 @@ mod tests {
             edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, prop::sample::select(&b"\"\\{}[],:0123-.eE+ u\x01\x7fntrufalse\xff"[..])), 0..4),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
         ) {
-            let mut message = message;
-            for (at, kind, byte) in edits {
-                if message.is_empty() {
-                    break;
-                }
-                let at = at.index(message.len());
-                match kind {
-                    0 => message[at] = byte,
-                    1 => { message.remove(at); }
-                    2 => message.insert(at, byte),
-                    _ => message.truncate(at),
-                }
-            }
+            let message = damaged(message, edits);
             let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(message.len() + 1)).collect();
             cuts.sort_unstable();
             let mut syntax = envelope::Syntax::default();

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use outpost_agent::policy::ToolPolicy;
-use outpost_test_support::{McpResponse, agent, relay};
+use outpost_test_support::{
+    McpClient, McpResponse, RelayBuilder, TestAgent, TestRelay, agent, relay,
+};
 use serde_json::json;
 
 /// Answers `initialize`, then the first call with `$HEAD` bytes of `x`, the secret in two
@@ -118,70 +120,105 @@ async fn an_answer_still_arriving_at_the_call_timeout_gives_way_to_the_timeout_e
     call_cut_short("sleep 30", policy, -32014).await
 }
 
-/// Answers `initialize`, then begins a long answer to the first call with 1 MiB of `x`,
-/// and finishes it with 1 MiB of `y` only once the file `$GO` exists.
-const FINISHES_ON_A_SIGNAL: &str = r#"read line
-echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
-read line
-read line
-printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
-head -c 1048576 /dev/zero | tr '\0' x
-while [ ! -e "$GO" ]; do sleep 0.02; done
-head -c 1048576 /dev/zero | tr '\0' y
-printf '"}]}}\n'
-read line"#;
+/// A relay, an agent serving a `/bin/sh` script as the stdio server `long`, and a client
+/// with a session on it.
+struct LongServer {
+    relay: TestRelay,
+    agent: TestAgent,
+    client: McpClient,
+}
 
-/// The relay, too, sends a long answer on as it arrives: the client reads the start of the
-/// answer's event while the server has not yet written its end, and the whole arrives
-/// intact once it has. The event's id (the stream is resumable) comes after its data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_reads_a_long_answer_before_the_server_has_finished_it() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let go = dir.path().join("go");
-    let relay = relay().spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", FINISHES_ON_A_SIGNAL],
-            &[("GO", go.to_str().unwrap())],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}}});
-    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    let mut body = Vec::new();
-    let start = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":";
-    // Not all of the first MiB: the agent holds back its last read (redaction looks for a
-    // secret across reads) and the tunnel its last part, until more comes.
-    let half = start.len() + 512 * 1024;
-    let read_start = tokio::time::timeout(Duration::from_secs(20), async {
-        while body.len() < half {
-            match response.chunk().await? {
-                Some(chunk) => body.extend_from_slice(&chunk),
-                None => anyhow::bail!("the response ended after {} bytes", body.len()),
-            }
-        }
-        anyhow::Ok(())
-    });
-    read_start
-        .await
-        .map_err(|_| anyhow::anyhow!("the answer's start did not come before its end"))??;
-    assert_eq!(&body[..start.len()], start);
-    let text_at = body.windows(8).position(|w| w == b"\"text\":\"").unwrap() + 8;
-    assert!(body[text_at..].iter().all(|&b| b == b'x'));
-    std::fs::write(&go, b"")?;
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
+impl LongServer {
+    async fn start(
+        relay: RelayBuilder,
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let relay = relay.spawn().await?;
+        let agent = agent(&relay, "laptop")
+            .stdio("long", "/bin/sh", &["-c", script], env)
+            .spawn()
+            .await?;
+        let key = relay.client_key().await?;
+        let mut client = relay.mcp_client(&key, "laptop", "long");
+        client.initialize().await?;
+        Ok(Self {
+            relay,
+            agent,
+            client,
+        })
     }
-    let body = String::from_utf8(body)?;
-    let answer = McpResponse::parse(status, headers, &body)?;
-    assert_eq!(answer.messages.len(), 1);
+
+    /// POSTs the call to `long` with id 2 (and the progress token `t` when `progress`),
+    /// for its response to be read as it comes.
+    async fn open_call(&self, progress: bool) -> anyhow::Result<Reading> {
+        let mut params = json!({"name": "long", "arguments": {}});
+        if progress {
+            params["_meta"] = json!({"progressToken": "t"});
+        }
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params});
+        let response = self
+            .client
+            .post_open(call.to_string().into_bytes(), &[])
+            .await?;
+        Ok(Reading {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            response,
+            body: Vec::new(),
+        })
+    }
+
+    async fn stop(self) {
+        self.agent.stop().await;
+        self.relay.stop().await;
+    }
+}
+
+/// A response read as it comes.
+struct Reading {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    response: reqwest::Response,
+    body: Vec<u8>,
+}
+
+impl Reading {
+    /// Reads until the body holds `len` bytes, within 20 s.
+    async fn read_at_least(&mut self, len: usize) -> anyhow::Result<()> {
+        let reading = async {
+            while self.body.len() < len {
+                match self.response.chunk().await? {
+                    Some(chunk) => self.body.extend_from_slice(&chunk),
+                    None => anyhow::bail!("the response ended after {} bytes", self.body.len()),
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), reading)
+            .await
+            .map_err(|_| anyhow::anyhow!("{len} bytes did not come within 20 s"))?
+    }
+
+    /// Reads the rest, within 20 s: the whole body, and its messages.
+    async fn finish(mut self) -> anyhow::Result<(String, McpResponse)> {
+        let reading = async {
+            while let Some(chunk) = self.response.chunk().await? {
+                self.body.extend_from_slice(&chunk);
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), reading)
+            .await
+            .map_err(|_| anyhow::anyhow!("the response did not end within 20 s"))??;
+        let body = String::from_utf8(self.body)?;
+        let answer = McpResponse::parse(self.status, self.headers, &body)?;
+        Ok((body, answer))
+    }
+}
+
+/// A text result of 1 MiB of `x` and then 1 MiB of `y`.
+fn assert_x_then_y(answer: &McpResponse) -> anyhow::Result<()> {
     let text = answer.result()?["content"][0]["text"]
         .as_str()
         .unwrap()
@@ -189,14 +226,79 @@ async fn the_client_reads_a_long_answer_before_the_server_has_finished_it() -> a
     assert_eq!(text.len(), 2 * 1024 * 1024);
     assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
     assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+    Ok(())
+}
+
+/// The call got one answer, the error `code`, after its broken event ended as
+/// `abandoned`.
+fn assert_abandoned_for(body: &str, answer: &McpResponse, code: i64) -> anyhow::Result<()> {
+    assert!(
+        body.contains("\nevent: abandoned\n\n"),
+        "the broken event ends as abandoned"
+    );
+    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
+    assert_eq!(answer.answer()?["id"], 2);
+    assert_eq!(answer.error_code(), Some(code), "{:?}", answer.messages);
+    Ok(())
+}
+
+/// Answers `initialize`, then begins a long answer to the first call with 1 MiB of `x`
+/// (after a progress notification for the token `t` when `$PROGRESS` is set), and finishes
+/// it with 1 MiB of `y` only once the file `$GO` exists.
+const FINISHES_ON_A_SIGNAL: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+if [ -n "$PROGRESS" ]; then
+  echo '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}'
+fi
+printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
+head -c 1048576 /dev/zero | tr '\0' x
+while [ ! -e "$GO" ]; do sleep 0.02; done
+head -c 1048576 /dev/zero | tr '\0' y
+printf '"}]}}\n'
+read line"#;
+
+/// `FINISHES_ON_A_SIGNAL` behind a relay built by `relay`; the file whose creation lets it
+/// finish, in a directory kept with it.
+async fn on_a_signal(
+    relay: RelayBuilder,
+    progress: bool,
+) -> anyhow::Result<(LongServer, tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("go");
+    let progress = if progress { "1" } else { "" };
+    let env = [("GO", go.to_str().unwrap()), ("PROGRESS", progress)];
+    let server = LongServer::start(relay, FINISHES_ON_A_SIGNAL, &env).await?;
+    Ok((server, dir, go))
+}
+
+/// The relay, too, sends a long answer on as it arrives: the client reads the start of the
+/// answer's event while the server has not yet written its end, and the whole arrives
+/// intact once it has. The event's id (the stream is resumable) comes after its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_a_long_answer_before_the_server_has_finished_it() -> anyhow::Result<()> {
+    let (server, _dir, go) = on_a_signal(relay(), false).await?;
+    let mut reading = server.open_call(false).await?;
+    let start = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":";
+    // Not all of the first MiB: the agent holds back its last read (redaction looks for a
+    // secret across reads) and the tunnel its last part, until more comes.
+    reading.read_at_least(start.len() + 512 * 1024).await?;
+    let body = &reading.body;
+    assert_eq!(&body[..start.len()], start);
+    let text_at = body.windows(8).position(|w| w == b"\"text\":\"").unwrap() + 8;
+    assert!(body[text_at..].iter().all(|&b| b == b'x'));
+    std::fs::write(&go, b"")?;
+    let (body, answer) = reading.finish().await?;
+    assert_eq!(answer.messages.len(), 1);
+    assert_x_then_y(&answer)?;
     assert_eq!(answer.event_ids.len(), 1, "{:?}", answer.event_ids);
     assert!(body.ends_with(&format!("\nid: {}\n\n", answer.event_ids[0])));
     // Usage counts the answer whole.
-    let usage = relay.wait_for_usage(2).await?;
+    let usage = server.relay.wait_for_usage(2).await?;
     let call = usage.iter().find(|u| u.method == "tools/call").unwrap();
     assert!(call.bytes_out > 2 * 1024 * 1024, "{call:?}");
-    agent.stop().await;
-    relay.stop().await;
+    server.stop().await;
     Ok(())
 }
 
@@ -216,20 +318,12 @@ read line"#;
 /// bytes, through a relay keeping `replay_bytes` per session, and resumes the call's
 /// stream from the notification's event id.
 async fn resume_after_progress(len: usize, replay_bytes: usize) -> anyhow::Result<McpResponse> {
-    let relay = relay().replay_limits(64, replay_bytes).spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", PROGRESS_THEN_A_LONG_ANSWER],
-            &[("LEN", &len.to_string())],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = client
+    let relay = relay().replay_limits(64, replay_bytes);
+    let env = [("LEN", len.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = LongServer::start(relay, PROGRESS_THEN_A_LONG_ANSWER, &env).await?;
+    let call = server
+        .client
         .request(
             "tools/call",
             json!({"name": "long", "arguments": {}, "_meta": {"progressToken": "t"}}),
@@ -239,13 +333,12 @@ async fn resume_after_progress(len: usize, replay_bytes: usize) -> anyhow::Resul
     assert_eq!(call.event_ids.len(), 2);
     let text = call.result()?["content"][0]["text"].as_str().unwrap().len();
     assert_eq!(text, len);
-    let resumed = client.resume(&call.event_ids[0]).await?;
+    let resumed = server.client.resume(&call.event_ids[0]).await?;
     if resumed.status == 200 {
         assert_eq!(resumed.event_ids, vec![call.event_ids[1].clone()]);
         assert_eq!(resumed.answer()?, call.answer()?);
     }
-    agent.stop().await;
-    relay.stop().await;
+    server.stop().await;
     Ok(resumed)
 }
 
@@ -269,21 +362,6 @@ async fn a_long_answer_sent_as_it_arrived_is_kept_for_resumption_within_the_budg
     Ok(())
 }
 
-/// Answers `initialize`, then the first call with a progress notification for the token
-/// `t`, 1 MiB of `x` of a long answer, and, once the file `$GO` exists, 1 MiB of `y` to
-/// finish it.
-const PROGRESS_THEN_AN_ANSWER_ON_A_SIGNAL: &str = r#"read line
-echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
-read line
-read line
-echo '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}'
-printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
-head -c 1048576 /dev/zero | tr '\0' x
-while [ ! -e "$GO" ]; do sleep 0.02; done
-head -c 1048576 /dev/zero | tr '\0' y
-printf '"}]}}\n'
-read line"#;
-
 /// A client's connection breaks while a long answer is going on to it, and the client
 /// resumes from the progress event before the answer, before the answer has ended. With
 /// `replay_bytes` per session, returns what the resumed stream carried. With
@@ -293,52 +371,25 @@ async fn break_mid_answer_and_resume(
     replay_bytes: usize,
     unnoticed: bool,
 ) -> anyhow::Result<McpResponse> {
-    let dir = tempfile::tempdir()?;
-    let go = dir.path().join("go");
-    let relay = relay().replay_limits(64, replay_bytes).spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", PROGRESS_THEN_AN_ANSWER_ON_A_SIGNAL],
-            &[("GO", go.to_str().unwrap())],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}, "_meta": {"progressToken": "t"}}});
-    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    let mut body = Vec::new();
-    let read_some = tokio::time::timeout(Duration::from_secs(20), async {
-        while body.len() < 256 * 1024 {
-            match response.chunk().await? {
-                Some(chunk) => body.extend_from_slice(&chunk),
-                None => anyhow::bail!("the response ended after {} bytes", body.len()),
-            }
-        }
-        anyhow::Ok(())
-    });
-    read_some
-        .await
-        .map_err(|_| anyhow::anyhow!("the answer did not begin"))??;
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let relay = relay().replay_limits(64, replay_bytes);
+    let (server, _dir, go) = on_a_signal(relay, true).await?;
+    let mut reading = server.open_call(true).await?;
+    reading.read_at_least(256 * 1024).await?;
+    let body = String::from_utf8_lossy(&reading.body).into_owned();
     let progress_id = body
         .lines()
         .find_map(|line| line.strip_prefix("id: "))
         .ok_or_else(|| anyhow::anyhow!("no event id before the answer: {}", &body[..200]))?
         .to_owned();
     // The connection breaks.
-    let old = unnoticed.then_some(response);
+    let old = unnoticed.then_some(reading);
     let resumed = tokio::spawn({
-        let client = client.clone();
+        let client = server.client.clone();
         async move { client.resume(&progress_id).await }
     });
     let resumed_line = "outpost_relay_stream_resumptions_total{result=\"resumed\"} 1";
     let resuming = async {
-        while !relay.metrics().await?.contains(resumed_line) {
+        while !server.relay.metrics().await?.contains(resumed_line) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         anyhow::Ok(())
@@ -349,8 +400,7 @@ async fn break_mid_answer_and_resume(
     std::fs::write(&go, b"")?;
     let resumed = resumed.await??;
     drop(old);
-    agent.stop().await;
-    relay.stop().await;
+    server.stop().await;
     Ok(resumed)
 }
 
@@ -362,16 +412,9 @@ async fn a_client_that_resumes_mid_answer_gets_it_whole_or_an_error_in_its_place
 -> anyhow::Result<()> {
     for unnoticed in [false, true] {
         let kept = break_mid_answer_and_resume(4 * 1024 * 1024, unnoticed).await?;
-        assert_eq!(kept.status, 200);
-        let text = kept.result()?["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert_eq!(text.len(), 2 * 1024 * 1024, "unnoticed: {unnoticed}");
-        assert!(text[..1024 * 1024].bytes().all(|b| b == b'x'));
-        assert!(text[1024 * 1024..].bytes().all(|b| b == b'y'));
+        assert_eq!(kept.status, 200, "unnoticed: {unnoticed}");
+        assert_x_then_y(&kept)?;
     }
-
     let lost = break_mid_answer_and_resume(512 * 1024, false).await?;
     assert_eq!(lost.status, 200);
     assert_eq!(lost.messages.len(), 1, "{:?}", lost.messages);
@@ -380,121 +423,73 @@ async fn a_client_that_resumes_mid_answer_gets_it_whole_or_an_error_in_its_place
     Ok(())
 }
 
-/// Answers `initialize`, then the first call with a long answer that has a raw control
-/// character in its text (not JSON), then the second call with a short text.
-const A_LONG_ANSWER_THAT_IS_NOT_JSON: &str = r#"read line
-echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
-read line
-read line
-printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
-head -c 1048576 /dev/zero | tr '\0' x
-printf '\001'
-head -c 1048576 /dev/zero | tr '\0' x
-printf '"}]}}\n'
-read line
-echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"still here"}]}}'
-read line"#;
-
-/// A long answer whose JSON breaks part-way, which the relay had begun to send on, ends
-/// its event as `abandoned`, and the call gets -32012 in its place; the session goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_answer_that_is_not_json_gives_way_to_an_error() -> anyhow::Result<()> {
-    let relay = relay().spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", A_LONG_ANSWER_THAT_IS_NOT_JSON],
-            &[],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}}});
-    let response = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    let body = response.text().await?;
-    assert!(
-        body.contains("\nevent: abandoned\n\n"),
-        "the broken event ends as abandoned"
-    );
-    let answer = McpResponse::parse(status, headers, &body)?;
-    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
-    assert_eq!(answer.answer()?["id"], 2);
-    assert_eq!(answer.error_code(), Some(-32012), "{:?}", answer.messages);
-    assert!(
-        answer.answer()?["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not valid JSON"))
-    );
-    let usage = relay.wait_for_usage(2).await?;
-    let call = usage.iter().find(|u| u.method == "tools/call").unwrap();
-    assert_eq!(call.error_code, Some(-32012), "{call:?}");
-    // The session goes on.
-    let next = client
-        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-            "params": {"name": "short", "arguments": {}}}))
-        .await?;
-    assert_eq!(next.result()?["content"][0]["text"], "still here");
-    agent.stop().await;
-    relay.stop().await;
-    Ok(())
-}
-
-/// Answers `initialize`, then the first call with a 15 MiB answer (more than loopback's
-/// socket buffers hold), then the second with a short text.
+/// Answers `initialize`, then the first call with a long answer of `$LEN` bytes of `x`, with
+/// `$SPOIL` (a raw control character, say) in its middle, then the second call with a
+/// short text.
 const A_LONG_ANSWER_THEN_A_SHORT_ONE: &str = r#"read line
 echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
 read line
 read line
 printf '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"'
-head -c 15728640 /dev/zero | tr '\0' x
+head -c "$LEN" /dev/zero | tr '\0' x
+printf "$SPOIL"
+head -c "$LEN" /dev/zero | tr '\0' x
 printf '"}]}}\n'
 read line
 echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"still here"}]}}'
 read line"#;
 
-/// A client that stops reading a long answer holds the upstream back only until its
-/// response has taken nothing for a keep-alive period (1 s here): then the relay stops
-/// waiting for it, and the session's next answer reaches its own POST well within that
-/// call's deadline (10 s). The answer is larger than loopback's socket buffers hold at
-/// Linux's defaults, so that the client's not reading reaches the relay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_for_a_keep_alive_period()
--> anyhow::Result<()> {
-    let relay = relay()
-        .sse_keepalive(Duration::from_secs(1))
-        .call_timeout(Duration::from_secs(10))
-        .spawn()
-        .await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", A_LONG_ANSWER_THEN_A_SHORT_ONE],
-            &[],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}}});
-    // Its headers come, and then nobody reads its body.
-    let stuck = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    assert_eq!(stuck.status(), 200);
+/// The session's second call, answered with a short text.
+async fn still_here(client: &McpClient) -> anyhow::Result<()> {
     let next = client
         .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": {"name": "short", "arguments": {}}}))
         .await?;
     assert_eq!(next.result()?["content"][0]["text"], "still here");
+    Ok(())
+}
+
+/// A long answer whose JSON breaks part-way, which the relay had begun to send on, ends
+/// its event as `abandoned`, and the call gets -32012 in its place; the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_that_is_not_json_gives_way_to_an_error() -> anyhow::Result<()> {
+    let env = [("LEN", "1048576"), ("SPOIL", "\\001")];
+    let server = LongServer::start(relay(), A_LONG_ANSWER_THEN_A_SHORT_ONE, &env).await?;
+    let (body, answer) = server.open_call(false).await?.finish().await?;
+    assert_abandoned_for(&body, &answer, -32012)?;
+    assert!(
+        answer.answer()?["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid JSON"))
+    );
+    let usage = server.relay.wait_for_usage(2).await?;
+    let call = usage.iter().find(|u| u.method == "tools/call").unwrap();
+    assert_eq!(call.error_code, Some(-32012), "{call:?}");
+    // The session goes on.
+    still_here(&server.client).await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// A client that stops reading a long answer holds the upstream back only until its
+/// response has taken nothing for a keep-alive period (1 s here): then the relay stops
+/// waiting for it, and the session's next answer reaches its own POST well within that
+/// call's deadline (10 s). The answer (15 MiB) is larger than loopback's socket buffers
+/// hold at Linux's defaults, so that the client's not reading reaches the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_for_a_keep_alive_period()
+-> anyhow::Result<()> {
+    let relay = relay()
+        .sse_keepalive(Duration::from_secs(1))
+        .call_timeout(Duration::from_secs(10));
+    let env = [("LEN", "7864320"), ("SPOIL", "")];
+    let server = LongServer::start(relay, A_LONG_ANSWER_THEN_A_SHORT_ONE, &env).await?;
+    // Its headers come, and then nobody reads its body.
+    let stuck = server.open_call(false).await?;
+    assert_eq!(stuck.status, 200);
+    still_here(&server.client).await?;
     drop(stuck);
-    agent.stop().await;
-    relay.stop().await;
+    server.stop().await;
     Ok(())
 }
 
@@ -502,54 +497,14 @@ async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_for_a_
 /// ends as `abandoned` and the call gets one answer, the session's close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_deleted_mid_answer_answers_the_call_once() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let go = dir.path().join("go");
-    let relay = relay().spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", FINISHES_ON_A_SIGNAL],
-            &[("GO", go.to_str().unwrap())],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}}});
-    let mut response = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    let mut body = Vec::new();
-    let read_start = tokio::time::timeout(Duration::from_secs(20), async {
-        while body.len() < 256 * 1024 {
-            match response.chunk().await? {
-                Some(chunk) => body.extend_from_slice(&chunk),
-                None => anyhow::bail!("the response ended after {} bytes", body.len()),
-            }
-        }
-        anyhow::Ok(())
-    });
-    read_start
-        .await
-        .map_err(|_| anyhow::anyhow!("the answer did not begin"))??;
-    assert_eq!(client.delete().await?, 204);
+    let (server, _dir, go) = on_a_signal(relay(), false).await?;
+    let mut reading = server.open_call(false).await?;
+    reading.read_at_least(256 * 1024).await?;
+    assert_eq!(server.client.delete().await?, 204);
     std::fs::write(&go, b"")?;
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
-    }
-    let body = String::from_utf8(body)?;
-    assert!(
-        body.contains("\nevent: abandoned\n\n"),
-        "the broken event ends as abandoned"
-    );
-    let answer = McpResponse::parse(status, headers, &body)?;
-    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
-    assert_eq!(answer.answer()?["id"], 2);
-    assert_eq!(answer.error_code(), Some(-32017), "{:?}", answer.messages);
-    agent.stop().await;
-    relay.stop().await;
+    let (body, answer) = reading.finish().await?;
+    assert_abandoned_for(&body, &answer, -32017)?;
+    server.stop().await;
     Ok(())
 }
 
@@ -559,37 +514,11 @@ async fn a_session_deleted_mid_answer_answers_the_call_once() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_answer_still_arriving_at_the_relays_deadline_gives_way_to_its_timeout()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let go = dir.path().join("never");
-    let relay = relay().call_timeout(Duration::from_secs(2)).spawn().await?;
-    let agent = agent(&relay, "laptop")
-        .stdio(
-            "long",
-            "/bin/sh",
-            &["-c", FINISHES_ON_A_SIGNAL],
-            &[("GO", go.to_str().unwrap())],
-        )
-        .spawn()
-        .await?;
-    let key = relay.client_key().await?;
-    let mut client = relay.mcp_client(&key, "laptop", "long");
-    client.initialize().await?;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long", "arguments": {}}});
-    let response = client.post_open(call.to_string().into_bytes(), &[]).await?;
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    let body = tokio::time::timeout(Duration::from_secs(20), response.text())
-        .await
-        .map_err(|_| anyhow::anyhow!("the response did not end after the deadline"))??;
-    assert!(
-        body.contains("\nevent: abandoned\n\n"),
-        "the broken event ends as abandoned"
-    );
-    let answer = McpResponse::parse(status, headers, &body)?;
-    assert_eq!(answer.messages.len(), 1, "{:?}", answer.messages);
-    assert_eq!(answer.answer()?["id"], 2);
-    assert_eq!(answer.error_code(), Some(-32014), "{:?}", answer.messages);
-    agent.stop().await;
-    relay.stop().await;
+    let relay = relay().call_timeout(Duration::from_secs(2));
+    // The signal never comes.
+    let (server, _dir, _go) = on_a_signal(relay, false).await?;
+    let (body, answer) = server.open_call(false).await?.finish().await?;
+    assert_abandoned_for(&body, &answer, -32014)?;
+    server.stop().await;
     Ok(())
 }

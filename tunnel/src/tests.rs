@@ -808,6 +808,22 @@ async fn a_writer_cancelled_part_way_refuses_more_and_closes_the_stream_without_
     );
 }
 
+/// The next message, which must arrive whole within `from` bytes.
+async fn whole(receiver: &mut StreamReceiver, from: usize) -> Bytes {
+    match receiver.recv_or_begin(from).await.unwrap() {
+        Arrival::Whole(message) => message,
+        Arrival::Begun(_) => panic!("a message under {from} bytes was begun"),
+    }
+}
+
+/// The start of the next message, which must be longer than `from` bytes.
+async fn begun(receiver: &mut StreamReceiver, from: usize) -> Bytes {
+    match receiver.recv_or_begin(from).await.unwrap() {
+        Arrival::Begun(head) => head,
+        Arrival::Whole(message) => panic!("a long message arrived whole ({} bytes)", message.len()),
+    }
+}
+
 /// A receiver reads its parts of a message: as one `Part` after another, collecting.
 async fn parts_after(receiver: &mut StreamReceiver, head: Bytes) -> (Vec<u8>, Part, usize) {
     let mut message = head.to_vec();
@@ -848,21 +864,14 @@ async fn a_long_message_can_be_taken_as_it_arrives() {
     let (mut agent_side, _) = accept(&mut p.agent_events).await;
     let receiver = &mut agent_side.receiver;
     let from = 64 * 1024;
-    let Arrival::Begun(head) = receiver.recv_or_begin(from).await.unwrap() else {
-        panic!("a 3 MiB message arrived whole before its first 64 KiB were handed on");
-    };
+    let head = begun(receiver, from).await;
     assert!(head.len() >= from && head.len() < big.len());
     let (message, end, parts) = parts_after(receiver, head).await;
     assert_eq!(end, Part::Last(Bytes::new()));
     assert!(parts > 1);
     assert_eq!(message, big);
-    match receiver.recv_or_begin(from).await.unwrap() {
-        Arrival::Whole(short) => assert_eq!(short, "short"),
-        Arrival::Begun(_) => panic!("a short message was begun"),
-    }
-    let Arrival::Begun(head) = receiver.recv_or_begin(from).await.unwrap() else {
-        panic!("the second long message arrived whole");
-    };
+    assert_eq!(whole(receiver, from).await, "short");
+    let head = begun(receiver, from).await;
     assert_eq!(receiver.rest_of(head).await.unwrap(), big);
     send.await.unwrap();
 }
@@ -890,17 +899,12 @@ async fn a_begun_message_that_is_abandoned_says_so() {
             .unwrap();
     });
     let receiver = &mut agent_side.receiver;
-    let Arrival::Begun(head) = receiver.recv_or_begin(32 * 1024).await.unwrap() else {
-        panic!("the long message arrived whole");
-    };
+    let head = begun(receiver, 32 * 1024).await;
     let (message, end, _) = parts_after(receiver, head).await;
     assert_eq!(end, Part::Abandoned);
     // The held last part is dropped, so a little less than was written arrived.
     assert!(message.len() < 8 * 16 * 1024 && message.iter().all(|&b| b == b'x'));
-    match receiver.recv_or_begin(32 * 1024).await.unwrap() {
-        Arrival::Whole(next) => assert_eq!(next, "next"),
-        Arrival::Begun(_) => panic!("a short message was begun"),
-    }
+    assert_eq!(whole(receiver, 32 * 1024).await, "next");
     writing.await.unwrap();
 }
 
@@ -933,9 +937,7 @@ async fn a_begun_message_past_the_limit_ends_the_stream() {
         }
         raw_relay
     });
-    let Arrival::Begun(head) = stream.receiver.recv_or_begin(64 * 1024).await.unwrap() else {
-        panic!("the long message arrived whole");
-    };
+    let head = begun(&mut stream.receiver, 64 * 1024).await;
     assert_eq!(head.len(), 64 * 1024);
     assert_eq!(
         stream.receiver.next_part().await.unwrap(),
