@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use outpost_agent::policy::ToolPolicy;
 use outpost_test_support::{
-    McpClient, McpResponse, RelayBuilder, TestAgent, TestRelay, agent, relay,
+    McpClient, McpResponse, RelayBuilder, TestAgent, TestRelay, agent, python, relay,
+    workspace_root,
 };
 use serde_json::json;
 
@@ -520,5 +521,49 @@ async fn a_long_answer_still_arriving_at_the_relays_deadline_gives_way_to_its_ti
     let (body, answer) = server.open_call(false).await?.finish().await?;
     assert_abandoned_for(&body, &answer, -32014)?;
     server.stop().await;
+    Ok(())
+}
+
+/// Answers `initialize` and begins a long answer to the first call, then exits, reading
+/// the ids from the requests (the Python SDK counts from 0).
+const BEGINS_AN_ANSWER_TO_ANY_ID: &str = r#"id_of() { printf '%s' "$1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'; }
+read line
+echo '{"jsonrpc":"2.0","id":'"$(id_of "$line")"',"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"long","version":"1"}}}'
+read line
+read line
+printf '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' "$(id_of "$line")"
+head -c 1048576 /dev/zero | tr '\0' x
+exit 3"#;
+
+/// The official Python SDK, as a client uses it, meets a long answer that breaks off
+/// part-way: it drops the `abandoned` event (logging it as an unknown event, not failing on
+/// half a message), and its call raises the error that answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("long", "/bin/sh", &["-c", BEGINS_AN_ANSWER_TO_ANY_ID], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let script = workspace_root().join("test-support/python/long_answer_client.py");
+    let output = tokio::process::Command::new(python())
+        .arg(script)
+        .env("OUTPOST_URL", relay.mcp_url("laptop", "long"))
+        .env("OUTPOST_KEY", &key)
+        .env("OUTPOST_CA", &relay.state.certs.ca)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "python client failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["error_code"], -32012, "{report}");
+    assert!(
+        stderr.contains("Unknown SSE event: abandoned"),
+        "the SDK saw the abandoned event and dropped it:\n{stderr}"
+    );
+    agent.stop().await;
+    relay.stop().await;
     Ok(())
 }
