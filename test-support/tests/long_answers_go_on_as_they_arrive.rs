@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use outpost_agent::policy::ToolPolicy;
 use outpost_test_support::{
-    McpClient, McpResponse, RelayBuilder, TestAgent, TestRelay, agent, python, relay,
-    workspace_root,
+    McpClient, McpResponse, RelayBuilder, TestAgent, TestRelay, agent, find_program, python, relay,
+    tools_dir, workspace_root,
 };
 use serde_json::json;
 
@@ -535,35 +535,60 @@ printf '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' "
 head -c 1048576 /dev/zero | tr '\0' x
 exit 3"#;
 
-/// The official Python SDK, as a client uses it, meets a long answer that breaks off
-/// part-way: it drops the `abandoned` event (logging it as an unknown event, not failing on
-/// half a message), and its call raises the error that answers it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow::Result<()> {
+/// An official SDK client (`interpreter` running `script`) calls a server that begins a
+/// long answer and exits: returns the client's report and what it wrote to stderr.
+async fn sdk_meets_an_abandoned_answer(
+    interpreter: std::path::PathBuf,
+    script: &str,
+) -> anyhow::Result<(serde_json::Value, String)> {
     let relay = relay().spawn().await?;
     let agent = agent(&relay, "laptop")
         .stdio("long", "/bin/sh", &["-c", BEGINS_AN_ANSWER_TO_ANY_ID], &[])
         .spawn()
         .await?;
     let key = relay.client_key().await?;
-    let script = workspace_root().join("test-support/python/long_answer_client.py");
-    let output = tokio::process::Command::new(python())
-        .arg(script)
+    let sdk = tools_dir().join("node_modules/@modelcontextprotocol/sdk");
+    let output = tokio::process::Command::new(interpreter)
+        .arg(workspace_root().join(script))
         .env("OUTPOST_URL", relay.mcp_url("laptop", "long"))
         .env("OUTPOST_KEY", &key)
         .env("OUTPOST_CA", &relay.state.certs.ca)
+        .env("NODE_EXTRA_CA_CERTS", &relay.state.certs.ca)
+        .env("MCP_SDK_DIR", sdk)
         .kill_on_drop(true)
         .output()
         .await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    anyhow::ensure!(output.status.success(), "python client failed:\n{stderr}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    anyhow::ensure!(output.status.success(), "the client failed:\n{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    agent.stop().await;
+    relay.stop().await;
+    Ok((report, stderr))
+}
+
+/// The official Python SDK, as a client uses it, meets a long answer that breaks off
+/// part-way: it drops the `abandoned` event (logging it as an unknown event, not failing on
+/// half a message), and its call raises the error that answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow::Result<()> {
+    let script = "test-support/python/long_answer_client.py";
+    let (report, stderr) = sdk_meets_an_abandoned_answer(python(), script).await?;
     assert_eq!(report["error_code"], -32012, "{report}");
     assert!(
         stderr.contains("Unknown SSE event: abandoned"),
         "the SDK saw the abandoned event and dropped it:\n{stderr}"
     );
-    agent.stop().await;
-    relay.stop().await;
+    Ok(())
+}
+
+/// The official TypeScript SDK v1 likewise: it ignores the `abandoned` event (silently:
+/// its transport reports no error, as it would for half a message ended as `message`) and
+/// its call rejects with the error that answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow::Result<()> {
+    let script = "test-support/node/long_answer_client.mjs";
+    let (report, _) = sdk_meets_an_abandoned_answer(find_program("node"), script).await?;
+    assert_eq!(report["error_code"], -32012, "{report}");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     Ok(())
 }
