@@ -137,6 +137,10 @@ pub struct Limits {
     /// Interval of SSE keep-alive comments on open response streams.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// How long a client's SSE response may take nothing of a long answer going on to it
+    /// as it arrives before the relay gives that client up.
+    #[serde(with = "humantime_serde")]
+    pub client_stall_timeout: Duration,
     /// Largest request head (request line and headers); 431 beyond. At least 8 KiB.
     pub max_header_bytes: usize,
     /// Deepest JSON nesting accepted in a request body; 400 beyond.
@@ -412,6 +416,7 @@ impl TryFrom<RawConfig> for Config {
             ("limits.session_idle_timeout", limits.session_idle_timeout),
             ("limits.handshake_timeout", limits.handshake_timeout),
             ("limits.sse_keepalive", limits.sse_keepalive),
+            ("limits.client_stall_timeout", limits.client_stall_timeout),
             ("tunnel.hello_timeout", raw.tunnel.hello_timeout),
             ("usage.flush_interval", raw.usage.flush_interval),
             ("usage.retention", raw.usage.retention),
@@ -528,6 +533,7 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             replay_events_per_session: DEFAULT_REPLAY_EVENTS_PER_SESSION,
@@ -591,6 +597,9 @@ const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A minute: the response takes a part only when hyper's buffer and the socket's have room,
+/// so a client reading slowly but steadily may take nothing for several seconds.
+const DEFAULT_CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_INITIAL_WINDOW: u32 = 1024 * 1024;

@@ -179,7 +179,7 @@ impl Relay {
                     events: config.limits.replay_events_per_session,
                     bytes: config.limits.replay_bytes_per_session,
                 },
-                config.limits.sse_keepalive,
+                config.limits.client_stall_timeout,
             )),
             aggregates: aggregate::Aggregates::default(),
             bridges: bridge::Bridges::default(),

@@ -77,7 +77,7 @@ pub(crate) struct ClientSession {
     tasks: TaskTracker,
     /// How long a call may take.
     call_timeout: std::time::Duration,
-    /// See `SessionRegistry::client_stall`.
+    /// See `SessionRegistry::client_stall` (`limits.client_stall_timeout`).
     client_stall: std::time::Duration,
     /// The random tag of this session's SSE event ids (see `replay.rs`).
     replay_tag: String,
@@ -1101,10 +1101,10 @@ impl ClientSession {
     }
 
     /// Hands `item` to the client's response, unless the response takes nothing for
-    /// `client_stall` (the keep-alive period), the client resumes the stream on another
-    /// connection, or (with `until_closed`) the session closes meanwhile. A client that
-    /// reads slowly holds the upstream back, through the tunnel's credit; one that stops
-    /// reading, only so long.
+    /// `client_stall` (`limits.client_stall_timeout`), the client resumes the stream on
+    /// another connection, or (with `until_closed`) the session closes meanwhile. A client
+    /// that reads slowly holds the upstream back, through the tunnel's credit; one that
+    /// stops reading, only so long.
     async fn hand_over<T>(
         &self,
         passing: &Passing,
@@ -1180,11 +1180,14 @@ impl ClientSession {
         // Not held meanwhile: the POST's channel closes once its calls are answered (or
         // timed out), which ends its response.
         drop(tx);
+        // The call's deadline holds for the upstream's part of the answer's arrival, as
+        // when it was read whole: the time spent waiting for the client to take parts (which
+        // holds the upstream back) does not count. Past it, the client's response gets the
+        // timeout error in place of the answer.
+        let mut deadline = passing.deadline;
         let last = loop {
-            // The call's deadline holds for the answer's arrival, as when it was read
-            // whole: past it, the client's response gets the timeout error in its place.
             let next = match &to_client {
-                Some(_) => tokio::time::timeout_at(passing.deadline, receiver.next_part()).await,
+                Some(_) => tokio::time::timeout_at(deadline, receiver.next_part()).await,
                 None => Ok(receiver.next_part().await),
             };
             let Ok(next) = next else {
@@ -1205,10 +1208,12 @@ impl ClientSession {
                         to_client = None;
                     }
                     if let Some(client) = &to_client {
-                        match self
+                        let handing = Instant::now();
+                        let handed = self
                             .hand_over(&passing, client, RestPart::More(part), true)
-                            .await
-                        {
+                            .await;
+                        deadline += handing.elapsed();
+                        match handed {
                             Handed::Sent => {}
                             Handed::Gone => to_client = None,
                             Handed::SessionClosed => return Err(session_closed()),

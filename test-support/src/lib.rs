@@ -196,6 +196,12 @@ impl RelayBuilder {
         self
     }
 
+    /// Sets `limits.client_stall_timeout`.
+    pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
+        self.limits.client_stall_timeout = stall;
+        self
+    }
+
     /// Sets the SSE keep-alive interval.
     pub fn sse_keepalive(mut self, interval: Duration) -> Self {
         self.limits.sse_keepalive = interval;

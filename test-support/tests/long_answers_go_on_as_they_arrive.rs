@@ -473,23 +473,26 @@ async fn a_long_answer_that_is_not_json_gives_way_to_an_error() -> anyhow::Resul
 }
 
 /// A client that stops reading a long answer holds the upstream back only until its
-/// response has taken nothing for a keep-alive period (1 s here): then the relay stops
-/// waiting for it, and the session's next answer reaches its own POST well within that
-/// call's deadline (10 s). The answer (15 MiB) is larger than loopback's socket buffers
-/// hold at Linux's defaults, so that the client's not reading reaches the relay.
+/// response has taken nothing for `limits.client_stall_timeout` (1 s here): then the
+/// relay stops waiting for it, and the session's next answer reaches its own POST. The
+/// answer (15 MiB) is larger than loopback's socket buffers hold at Linux's defaults, so
+/// that the client's not reading reaches the relay; and larger than the replay budget, so
+/// that when the client reads on at last, it finds the event ended as `abandoned` and the
+/// error -32015 in the answer's place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_long_answer_holds_its_session_only_for_a_keep_alive_period()
 -> anyhow::Result<()> {
     let relay = relay()
-        .sse_keepalive(Duration::from_secs(1))
-        .call_timeout(Duration::from_secs(10));
+        .client_stall_timeout(Duration::from_secs(1))
+        .call_timeout(Duration::from_secs(60));
     let env = [("LEN", "7864320"), ("SPOIL", "")];
     let server = LongServer::start(relay, A_LONG_ANSWER_THEN_A_SHORT_ONE, &env).await?;
     // Its headers come, and then nobody reads its body.
     let stuck = server.open_call(false).await?;
     assert_eq!(stuck.status, 200);
     still_here(&server.client).await?;
-    drop(stuck);
+    let (body, answer) = stuck.finish().await?;
+    assert_abandoned_for(&body, &answer, -32015)?;
     server.stop().await;
     Ok(())
 }
@@ -581,14 +584,16 @@ async fn the_python_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow
     Ok(())
 }
 
-/// The official TypeScript SDK v1 likewise: it ignores the `abandoned` event (silently:
-/// its transport reports no error, as it would for half a message ended as `message`) and
-/// its call rejects with the error that answers it.
+/// The official TypeScript SDK v1 likewise: the response carries the `abandoned` event
+/// (seen through a `fetch` that watches the body), the SDK ignores it silently (its
+/// transport reports no error, as it would for half a message ended as `message`), and its
+/// call rejects with the error that answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdk_drops_an_abandoned_answer_and_gets_the_error() -> anyhow::Result<()> {
     let script = "test-support/node/long_answer_client.mjs";
     let (report, _) = sdk_meets_an_abandoned_answer(find_program("node"), script).await?;
     assert_eq!(report["error_code"], -32012, "{report}");
     assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["saw_abandoned"], true, "{report}");
     Ok(())
 }
