@@ -309,6 +309,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(refuse_keys_in_url))
         .with_state(app)
 }
@@ -321,8 +322,19 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn not_found() -> Response {
+/// No route: refused after the body is read and dropped (see `body.rs`). Like every refusal
+/// before a handler reads the body: answered at once, hyper would close the connection
+/// under a client still sending it.
+async fn not_found(request: Request) -> Response {
+    body::discard(&mut request.into_body()).await;
     (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// A route without this method: refused, as [`not_found`], after the body is dropped. (axum
+/// adds the `Allow` header.)
+async fn method_not_allowed(request: Request) -> Response {
+    body::discard(&mut request.into_body()).await;
+    StatusCode::METHOD_NOT_ALLOWED.into_response()
 }
 
 /// Keys belong in the `Authorization` header. One seen in a URL is refused before any
@@ -337,6 +349,7 @@ async fn refuse_keys_in_url(request: Request, next: Next) -> Response {
         if named_like_a_key || auth::looks_like_key(&decoded) {
             let correlation = CorrelationId::new();
             RelayError::KeyInUrl.log(&correlation, &"query string");
+            body::discard(&mut request.into_body()).await;
             return RelayError::KeyInUrl.into_http(&correlation);
         }
     }

@@ -288,35 +288,45 @@ async fn refusals_before_the_body_is_read_still_take_the_body() -> anyhow::Resul
     let relay = relay().spawn().await?;
     let key = relay.client_key().await?;
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let unknown_key = "Bearer pk_test_00000000000000000000000000000000".to_owned();
+    let json = "application/json";
     let requests = [
+        ("POST", "/mcp/laptop/everything", unknown_key.clone(), json),
         (
-            "/mcp/laptop/everything",
-            "Bearer pk_test_00000000000000000000000000000000".to_owned(),
-            "application/json",
-        ),
-        (
+            "POST",
             "/mcp/laptop/everything",
             format!("Bearer {key}"),
             "text/plain",
         ),
+        ("POST", "/admin/v1/keys", unknown_key.clone(), json),
         (
+            "POST",
             "/admin/v1/keys",
-            "Bearer pk_test_00000000000000000000000000000000".to_owned(),
-            "application/json",
+            format!("Bearer {key}"),
+            "text/plain",
         ),
-        ("/admin/v1/keys", format!("Bearer {key}"), "text/plain"),
+        // Refused by routing (405, 404) and before it (a key in the URL), with no
+        // handler of ours to read the body.
+        ("PUT", "/admin/v1/keys", format!("Bearer {key}"), json),
+        ("POST", "/nowhere", format!("Bearer {key}"), json),
+        (
+            "POST",
+            "/mcp/laptop/everything?api_key=x",
+            format!("Bearer {key}"),
+            json,
+        ),
     ];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
         outpost_test_support::tls_client_config(&relay.state.certs),
     ));
-    for (path, auth, content_type) in requests {
+    for (method, path, auth, content_type) in requests {
         let tcp = tokio::net::TcpStream::connect(relay.addr).await?;
         let name = rustls_pki_types::ServerName::try_from("localhost")?;
         let mut stream = connector.connect(name, tcp).await?;
         for last in [false, true] {
             let close = if last { "Connection: close\r\n" } else { "" };
             let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\
                  Content-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\n\
                  Content-Length: {}\r\n{close}\r\n",
                 body.len()
@@ -335,7 +345,7 @@ async fn refusals_before_the_body_is_read_still_take_the_body() -> anyhow::Resul
         .await??;
         let text = String::from_utf8_lossy(&response);
         let answers = text.matches("HTTP/1.1 4").count();
-        assert_eq!(answers, 2, "{path} {content_type}: {text}");
+        assert_eq!(answers, 2, "{method} {path} {content_type}: {text}");
     }
     relay.stop().await;
     Ok(())
