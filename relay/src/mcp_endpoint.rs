@@ -1020,11 +1020,11 @@ impl SseStream {
     }
 
     /// The next frame of the message being sent as it arrives. One that broke off ends
-    /// its event with the type `abandoned` in place of `message` ([`ABANDONED_END`]): SSE takes an
-    /// event's last `event:` line as its type, and a client hands only `message` events
-    /// to JSON-RPC, so what came of it is dropped (as a browser's `EventSource` drops an
-    /// event no listener is for) and the stream goes on. The error answering the call in
-    /// its place follows as a message of its own.
+    /// its event with the type `abandoned` in place of `message` ([`ABANDONED_END`]): SSE
+    /// takes an event's last `event:` line as its type, and a client hands only `message`
+    /// events to JSON-RPC, so what came of it is dropped (as a browser's `EventSource`
+    /// drops an event no listener is for) and the stream goes on. The error answering the
+    /// call in its place follows as a message of its own.
     async fn next_part(&mut self) -> Bytes {
         let Some(rest) = self.arriving.as_mut() else {
             return Bytes::new();

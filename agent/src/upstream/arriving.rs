@@ -2,7 +2,8 @@
 //! stdio line, an HTTP response's JSON body, an SSE event's data. The relay then receives
 //! a large result while the server is still writing it, instead of after the agent has
 //! read it all. Only the answer to an open call whose id comes before its result goes so
-//! ([`outpost_protocol::envelope::answer_head`], [`Calls::streamable`]); anything else is read whole.
+//! ([`outpost_protocol::envelope::answer_head`], [`Calls::streamable`]); anything else is
+//! read whole.
 //!
 //! Secrets are redacted part by part ([`RedactStream`]). An answer that cannot be finished
 //! is abandoned (the relay drops it, see [`MessageWriter::abandon`]) and its call answered
