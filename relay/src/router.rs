@@ -1251,20 +1251,18 @@ impl ClientSession {
             Some(error) => (Some(error_answer(&error, &passing.id)), Some(error.code())),
             None => (whole, None),
         };
-        let booked = {
-            let mut state = self.lock();
-            state.pending.remove(&passing.id).map(|pending| {
-                self.book_answer(&mut state, &pending, error_code, message.as_ref(), len)
-            })
+        let Some(pending) = self.lock().pending.remove(&passing.id) else {
+            session_event!(self, DEBUG, "a long answer to a request already answered");
+            return Ok(());
         };
-        let booked = match booked {
-            Some(booked) => booked.map(|(tx, seq)| (tx, seq, message)),
-            None => {
-                session_event!(self, DEBUG, "a long answer to a request already answered");
-                return Ok(());
-            }
-        };
-        let Some((tx, seq, message)) = booked else {
+        let booked = self.book_answer(
+            &mut self.lock(),
+            &pending,
+            error_code,
+            message.as_ref(),
+            len,
+        );
+        let Some((tx, seq)) = booked else {
             return Ok(());
         };
         if let Some(client) = &to_client {
