@@ -22,7 +22,9 @@ use crate::metrics::{CallStatus, Denial, Metrics};
 use crate::policy::ToolPolicy;
 use crate::redact::Redactor;
 
-/// The agent-wide count of calls in flight.
+/// The agent-wide count of calls in flight: calls open, and answers decided on but not
+/// yet handed to the tunnel. A draining agent closes its tunnel once it is zero, so an
+/// answer counts until it is queued ahead of the tunnel's close.
 #[derive(Debug, Clone)]
 pub(crate) struct InFlight(watch::Sender<usize>);
 
@@ -113,6 +115,9 @@ struct State {
     /// exits); [`Calls::take_all`] then still answers them. Elsewhere an entry outlives
     /// its send ([`Calls::delivered`]) only when the stream is gone.
     owed: HashMap<String, Option<Bytes>>,
+    /// Answers [`Calls::take_all`] gave out and their sender has not handed to the tunnel
+    /// yet (see [`Calls::handed`]).
+    handing: usize,
     /// When a call first timed out with no word from the upstream since.
     silent_since: Option<Instant>,
     /// The serial of the next call opened.
@@ -344,8 +349,6 @@ impl Calls {
             if replaced.slot {
                 self.server.release_slot();
             }
-        } else {
-            self.total.add(1);
         }
         drop(state);
         Admission::Forward(Read {
@@ -358,8 +361,8 @@ impl Calls {
     /// Notes a message from the upstream on its way to the client: closes the call it
     /// answers, filters hidden tools out of a `tools/list` result, and redacts secrets.
     /// `None`: drop it (a late answer to a call the agent already answered); else the
-    /// message and, if it is an answer, the id it answers (canonical JSON text). Reads the
-    /// message once.
+    /// message and, if it is an answer, the id it answers (canonical JSON text), whose
+    /// answer is owed until [`Calls::delivered`]. Reads the message once.
     pub(crate) fn outgoing(&self, message: Bytes) -> Option<(Bytes, Option<String>)> {
         let mut message = message;
         let answer = answer(&message);
@@ -371,6 +374,7 @@ impl Calls {
                     return None;
                 }
                 if let Some(call) = state.open.remove(id) {
+                    state.owed.insert(id.clone(), None);
                     drop(state);
                     self.finish(
                         &call,
@@ -510,7 +514,6 @@ impl Calls {
         if call.slot {
             self.server.release_slot();
         }
-        self.total.sub(1);
         self.metrics.call(
             &self.server.name,
             call.tool.as_deref(),
@@ -567,11 +570,13 @@ impl Calls {
 
     /// Every call still owed an answer, closing them all: the upstream is gone. Open
     /// calls come with `None` (the agent answers each with an error); calls whose answer
-    /// was decided on but not sent (see `owed`) with that answer, if it was set.
+    /// was decided on but not sent (see `owed`) with that answer, if it was set. Each
+    /// counts as in flight until [`Calls::handed`] says it is sent.
     pub(crate) fn take_all(&self) -> Vec<(String, Option<Bytes>)> {
         let mut state = self.lock();
         let calls: Vec<(String, OpenCall)> = state.open.drain().collect();
         let owed: Vec<(String, Option<Bytes>)> = state.owed.drain().collect();
+        state.handing += calls.len() + owed.len();
         state.silent_since = None;
         drop(state);
         for (_, call) in &calls {
@@ -593,6 +598,12 @@ impl Calls {
     /// The answer to request `id` has been handed to the tunnel: it is owed no longer.
     pub(crate) fn delivered(&self, id: &str) {
         self.lock().owed.remove(id);
+    }
+
+    /// One answer [`Calls::take_all`] gave out has been handed to the tunnel.
+    pub(crate) fn handed(&self) {
+        let mut state = self.lock();
+        state.handing = state.handing.saturating_sub(1);
     }
 
     /// The one unanswered request, if exactly one is open: the only call a nameless
@@ -620,21 +631,74 @@ impl Calls {
             .is_some_and(|open| open.serial == call.serial)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    /// The state, locked. The agent-wide count follows this stream's share as the lock is
+    /// let go.
+    fn lock(&self) -> Locked<'_> {
         // Each critical section leaves the state consistent: a poisoned one is usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Locked {
+            owing: state.owing(),
+            state,
+            total: &self.total,
+        }
     }
 }
 
 impl Drop for Calls {
     fn drop(&mut self) {
-        let open: Vec<OpenCall> = self.lock().open.drain().map(|(_, c)| c).collect();
+        let mut state = self.lock();
+        let open: Vec<OpenCall> = state.open.drain().map(|(_, c)| c).collect();
+        state.owed.clear();
+        state.handing = 0;
+        drop(state);
         for call in &open {
             if call.slot {
                 self.server.release_slot();
             }
         }
-        self.total.sub(open.len());
+    }
+}
+
+impl State {
+    /// What this stream counts in [`InFlight`]: calls open, and answers not yet handed to
+    /// the tunnel.
+    fn owing(&self) -> usize {
+        self.open.len() + self.owed.len() + self.handing
+    }
+}
+
+/// [`Calls`]' state under its lock; as it is let go, [`InFlight`] takes the change in
+/// [`State::owing`]. Every change to what a stream owes passes through here, so the count
+/// cannot fall to zero between a call's close and its answer's send.
+struct Locked<'a> {
+    state: std::sync::MutexGuard<'a, State>,
+    /// [`State::owing`] when the lock was taken.
+    owing: usize,
+    total: &'a InFlight,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let now = self.state.owing();
+        if now > self.owing {
+            self.total.add(now - self.owing);
+        } else if now < self.owing {
+            self.total.sub(self.owing - now);
+        }
     }
 }
 
@@ -788,7 +852,9 @@ mod tests {
         assert!(!calls.answered_call(&first));
         assert!(calls.is_open(&second) && total.get() == 1);
         assert!(calls.answered_call(&second));
-        assert!(!calls.is_open(&second) && total.get() == 0);
+        assert!(!calls.is_open(&second) && total.get() == 1, "owed");
+        calls.delivered(&second.id);
+        assert_eq!(total.get(), 0);
     }
 
     #[test]
@@ -838,9 +904,14 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
         ));
         assert_eq!(total.get(), 2);
-        calls.outgoing(Bytes::from_static(
-            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-        ));
+        let (_, answers) = calls
+            .outgoing(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            ))
+            .unwrap();
+        assert!(!calls.has_open("1"));
+        assert_eq!(total.get(), 2, "the answer counts until the tunnel has it");
+        calls.delivered(&answers.unwrap());
         assert_eq!(total.get(), 1);
         // A cancelled request will not be answered: it no longer counts.
         calls.admit(
@@ -918,6 +989,8 @@ mod tests {
         assert!(calls.expire(deadline - Duration::from_millis(1)).is_empty());
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(calls.expire(Instant::now()), vec!["1".to_owned()]);
+        assert_eq!(total.get(), 1, "its error is owed");
+        calls.delivered("1");
         assert_eq!(total.get(), 0);
         assert!(calls.silent_for(Instant::now()).is_some());
         assert!(
@@ -985,6 +1058,8 @@ mod tests {
         assert!(!open.streamed("1"), "closed once");
         assert!(open.time_out_arriving("2"));
         assert!(!open.time_out_arriving("2"));
+        assert_eq!(total.get(), 1, "its error is owed");
+        open.delivered("2");
         assert_eq!(total.get(), 0);
         // A tools/list result may need tools hidden: it is read whole.
         let hiding = ToolPolicy::new(vec![], vec!["get-*".into()], None, None).unwrap();
@@ -1011,8 +1086,9 @@ mod tests {
         let mut expired = owing.expire(Instant::now() + Duration::from_secs(2));
         expired.sort();
         assert_eq!(expired, ["1", "2", "3", "4"]);
-        assert_eq!(total.get(), 0);
+        assert_eq!(total.get(), 4, "their errors are owed");
         owing.delivered("1");
+        assert_eq!(total.get(), 3);
         assert!(!owing.answered("2"), "closed by the timeout already");
         let timeout = Bytes::from_static(b"the timeout's error");
         owing.owe("3", &timeout);
@@ -1026,6 +1102,11 @@ mod tests {
                 ("4".to_owned(), None)
             ]
         );
+        assert_eq!(total.get(), 3, "given out, not yet sent");
+        for _ in 0..3 {
+            owing.handed();
+        }
+        assert_eq!(total.get(), 0);
         assert!(owing.take_all().is_empty());
         assert!(admitted(
             &owing,
@@ -1040,6 +1121,9 @@ mod tests {
         assert!(owing.time_out_arriving("6"));
         owing.delivered("6");
         assert!(owing.take_all().is_empty());
+        assert_eq!(total.get(), 1, "5's error, given out");
+        drop(owing);
+        assert_eq!(total.get(), 0, "a stream gone owes nothing");
     }
 
     /// After a timeout the server counts as silent; a server still writing a line that

@@ -94,18 +94,18 @@ pub(crate) async fn forward(
     calls: &Calls,
     message: Bytes,
 ) -> Result<(), ()> {
-    // The call counts as in flight until its answer is on its way to the relay, so a
-    // draining agent never closes the tunnel under it.
+    // An answer closed its call: it is owed, and counts as in flight, until it is on its
+    // way to the relay (so a draining agent never closes the tunnel under it), or until
+    // the error replacing it is.
     let Some((message, answers)) = calls.outgoing(message) else {
         return Ok(());
     };
     let len = message.len();
-    // An answer closed its call: it is owed until sent, in case this task is dropped.
     if let Some(id) = &answers {
         calls.owe(id, &message);
     }
     let sent = sender.send(message).await;
-    if let Some(id) = &answers {
+    if let (Ok(()), Some(id)) = (&sent, &answers) {
         calls.delivered(id);
     }
     match sent {

@@ -131,6 +131,7 @@ pub(super) async fn serve(
                     if sender.send(answer).await.is_err() {
                         return;
                     }
+                    calls.handed();
                 }
                 let Some(delay) = restarts.next_delay() else {
                     sender
