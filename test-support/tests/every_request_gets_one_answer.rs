@@ -24,6 +24,17 @@ head -c 2097152 /dev/zero | tr '\0' x
 printf '"}]}}\n'
 read line"#;
 
+/// Answers `initialize`, answers the next request with a line that breaks off after its
+/// start, then the one after properly.
+const WRITES_A_BROKEN_ANSWER: &str = r#"read line
+echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"broken","version":"1"}}}'
+read line
+read line
+echo '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"cut'
+read line
+echo '{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"whole"}]}}'
+read line"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_agent_is_named_in_a_jsonrpc_error() -> anyhow::Result<()> {
     let relay = relay().spawn().await?;
@@ -246,6 +257,44 @@ async fn an_oversized_line_from_a_stdio_server_becomes_an_error_for_its_request(
         response.messages
     );
     assert_eq!(response.answer()?["id"], 2);
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// The relay cannot read an answer that is not JSON, so the agent answers its call with an
+/// error at once instead of leaving it to the call timeout; the session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_json_fails_its_call_at_once() -> anyhow::Result<()> {
+    let relay = relay().spawn().await?;
+    let agent = agent(&relay, "laptop")
+        .stdio("broken", "/bin/sh", &["-c", WRITES_A_BROKEN_ANSWER], &[])
+        .spawn()
+        .await?;
+    let key = relay.client_key().await?;
+    let mut client = relay.mcp_client(&key, "laptop", "broken");
+    client.initialize().await?;
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.call_tool("anything", json!({})),
+    )
+    .await??;
+    assert_eq!(
+        response.error_code(),
+        Some(-32012),
+        "{:?}",
+        response.messages
+    );
+    let error = &response.answer()?["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{error}"
+    );
+    let next = client.call_tool("anything", json!({})).await?;
+    assert_eq!(next.result()?["content"][0]["text"], "whole");
     agent.stop().await;
     relay.stop().await;
     Ok(())

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 /// A minimal stateless stdio server: it answers `server/discover` (the relay asks it once, to
 /// learn its era, and records that it did), `whoami` answers with its pid and argument after a short wait (reporting
-/// progress first), `slow` never answers, `crash` exits. It records
+/// progress first), `slow` never answers, `broken` answers with a line that breaks off
+/// after its start, `crash` exits. It records
 /// the requests it started and the cancellations it received.
 const SERVER: &str = r#"
 const fs = require('fs');
@@ -44,6 +45,8 @@ require('readline').createInterface({ input: process.stdin }).on('line', (line) 
       write({ jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken: token, progress: 1, message: String(args.n) } });
     }
     setTimeout(() => write({ jsonrpc: '2.0', id: msg.id, result: { content: [{ type: 'text', text: `${process.pid} ${args.n}` }] } }), 20 + Math.random() * 80);
+  } else if (name === 'broken') {
+    process.stdout.write('{"jsonrpc":"2.0","id":' + JSON.stringify(msg.id) + ',"result":{"content":[\n');
   } else if (name === 'crash') {
     process.exit(3);
   }
@@ -167,6 +170,39 @@ async fn a_stateless_call_past_the_timeout_gets_the_timeout_error() -> anyhow::R
             "{accept}: {response}"
         );
     }
+    agent.stop().await;
+    relay.stop().await;
+    Ok(())
+}
+
+/// An answer that is not JSON fails its call at once with an upstream error, rather than
+/// leaving it to the call timeout; the process serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_answer_that_is_not_json_fails_its_call_at_once() -> anyhow::Result<()> {
+    let state = tempfile::tempdir()?;
+    let (relay, agent) = stack(relay(), state.path()).await?;
+    let key = relay.client_key().await?;
+    let broken = tokio::time::timeout(
+        Duration::from_secs(20),
+        call(&relay, &key, "broken", json!({})),
+    )
+    .await??;
+    let error = &answer(&broken)["error"];
+    assert_eq!(error["code"], -32012, "{broken}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{broken}"
+    );
+    let after = call(&relay, &key, "whoami", json!({ "n": 5 })).await?;
+    let pids = lines(state.path(), "pids");
+    assert_eq!(
+        answer(&after)["result"]["content"][0]["text"],
+        format!("{} 5", pids[0]),
+        "the same process answers: {after}"
+    );
     agent.stop().await;
     relay.stop().await;
     Ok(())

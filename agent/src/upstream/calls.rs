@@ -362,10 +362,23 @@ impl Calls {
     /// answers, filters hidden tools out of a `tools/list` result, and redacts secrets.
     /// `None`: drop it (a late answer to a call the agent already answered); else the
     /// message and, if it is an answer, the id it answers (canonical JSON text), whose
-    /// answer is owed until [`Calls::delivered`]. Reads the message once.
+    /// answer is owed until [`Calls::delivered`]. Reads the message once. An answer that
+    /// is not JSON (see [`broken_answer`]) is replaced by an error answering its call,
+    /// which the relay could not have told apart from the rest.
     pub(crate) fn outgoing(&self, message: Bytes) -> Option<(Bytes, Option<String>)> {
         let mut message = message;
-        let answer = answer(&message);
+        let mut answer = answer(&message);
+        if answer.is_none()
+            && let Some(id) = broken_answer(&message)
+        {
+            tracing::warn!(server = %self.server.name, bytes = message.len(), "the server's answer is not valid JSON; its call gets an error");
+            message = error_response(
+                &id,
+                super::ERROR_UPSTREAM,
+                "the upstream server's answer is not valid JSON",
+            );
+            answer = Some((id, true));
+        }
         {
             let mut state = self.lock();
             state.silent_since = None;
@@ -770,6 +783,16 @@ fn answer(message: &[u8]) -> Option<(String, bool)> {
     answer_by_serde(message)
 }
 
+/// The id of an answer that is not JSON: it begins as one ([`envelope::answer_head`]:
+/// `{"jsonrpc":"2.0","id":<id>,"result":`), so the server meant to answer that request,
+/// but the text goes wrong after. A line of log output written to stdout is not one.
+pub(crate) fn broken_answer(message: &[u8]) -> Option<String> {
+    let id = envelope::answer_head(message)?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(message)
+        .is_err()
+        .then_some(id)
+}
+
 fn answer_by_serde(message: &[u8]) -> Option<(String, bool)> {
     let peek: Peek<'_> = serde_json::from_slice(message).ok()?;
     if peek.method.is_some() {
@@ -922,6 +945,34 @@ mod tests {
         assert_eq!(total.get(), 1);
         drop(calls);
         assert_eq!(total.get(), 0);
+    }
+
+    /// An answer that goes wrong after its start closes its call with an error in its
+    /// place; text that never looked like an answer (a log line) goes on untouched.
+    #[test]
+    fn an_answer_that_is_not_json_is_replaced_by_an_error() {
+        let (calls, total, metrics) = calls(ToolPolicy::default());
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x"}}"#
+        ));
+        for junk in [&b"starting up..."[..], br#"{"jsonrpc":"2.0","method":"x""#] {
+            let (out, answers) = calls.outgoing(Bytes::from_static(junk)).unwrap();
+            assert_eq!((&out[..], answers), (junk, None));
+        }
+        assert!(calls.has_open("3"));
+        let (out, answers) = calls
+            .outgoing(Bytes::from_static(
+                b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"text\":\"a\x01b\"}}",
+            ))
+            .unwrap();
+        assert_eq!(answers.as_deref(), Some("3"));
+        let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["id"], 3);
+        assert_eq!(out["error"]["code"], super::super::ERROR_UPSTREAM);
+        assert!(!calls.has_open("3"));
+        assert_eq!(total.get(), 1, "the error is owed");
+        assert!(metrics.encode().contains(r#"status="error""#));
     }
 
     #[test]
