@@ -348,17 +348,9 @@ async fn write_loop<S, Out>(
             current_exit(&core, &exit),
             TunnelExit::Io(_) | TunnelExit::PeerSilent
         ) {
-            loop {
-                match next_queued(&mut lanes, &mut held, &mut buf) {
-                    Some(frame) => {
-                        if sink.feed(Message::Binary(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    // A lane that is not empty but gave nothing has a send in progress
-                    // (see `next_queued`): that frame was queued before the close too.
-                    None if lanes.busy() => tokio::task::yield_now().await,
-                    None => break,
+            while let Some(frame) = next_queued(&mut lanes, &mut held, &mut buf) {
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    return;
                 }
             }
             if let Some(frame) = held.take()
@@ -374,13 +366,6 @@ async fn write_loop<S, Out>(
         let _ = sink.close().await;
     })
     .await;
-}
-
-impl<Out> Lanes<Out> {
-    /// Whether a frame is in some lane or on its way into one.
-    fn busy(&self) -> bool {
-        !(self.owner.is_empty() && self.control.is_empty() && self.data.is_empty())
-    }
 }
 
 /// The next frame already waiting in a lane, by priority: owner, control, a held data
