@@ -55,8 +55,9 @@ pub(crate) enum Admission {
     /// Send it upstream; with the id and method admitting it read, so that no bridge reads
     /// them again.
     Forward(Read),
-    /// Do not send it; answer the client with this error instead.
-    Refuse(Bytes),
+    /// Do not send it; answer request `id` (canonical JSON text) with this error instead,
+    /// owed until sent (see [`super::send_owed`]).
+    Refuse { id: String, answer: Bytes },
 }
 
 /// A message's id and method, as [`read`] and [`Calls::admit`] read them.
@@ -311,11 +312,9 @@ impl Calls {
                 self.metrics.denied(&self.server.name, Denial::Tool);
                 tracing::info!(server = %self.server.name, tool = tool.as_deref().unwrap_or(""), "tool call refused by local policy");
                 let name = tool.as_deref().unwrap_or("");
-                return Admission::Refuse(error_response(
-                    &id,
-                    ERROR_INVALID_PARAMS,
-                    &format!("Unknown tool: {name}"),
-                ));
+                let answer =
+                    error_response(&id, ERROR_INVALID_PARAMS, &format!("Unknown tool: {name}"));
+                return Admission::Refuse { id, answer };
             }
         }
         // The handshake and pings are not work: they neither take a slot nor time out.
@@ -324,11 +323,12 @@ impl Calls {
         if is_work && !slot {
             self.metrics.denied(&self.server.name, Denial::Concurrency);
             let max = policy.max_concurrent_calls.unwrap_or_default();
-            return Admission::Refuse(error_response(
+            let answer = error_response(
                 &id,
                 ERROR_BUSY,
                 &format!("the server is busy: {max} calls in flight, the agent's limit for it"),
-            ));
+            );
+            return Admission::Refuse { id, answer };
         }
         let now = Instant::now();
         let mut state = self.lock();
@@ -397,7 +397,8 @@ impl Calls {
                             CallStatus::Ok
                         },
                     );
-                    if call.filter_tools {
+                    // An error lists no tools: it goes on as it is.
+                    if call.filter_tools && !*is_error {
                         message = filter_tools(message, &self.server.policy(), id);
                     }
                 }
@@ -979,11 +980,12 @@ mod tests {
     fn hidden_tools_are_refused_and_filtered() {
         let policy = ToolPolicy::new(vec![], vec!["get-env".into()], None, None).unwrap();
         let (calls, total, metrics) = calls(policy);
-        let Admission::Refuse(answer) = calls.admit(
+        let Admission::Refuse { id, answer } = calls.admit(
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get-env"}}"#,
         ) else {
             panic!("a hidden tool was forwarded")
         };
+        assert_eq!(id, "7", "the refusal is owed under its request's id");
         let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["id"], 7);
         assert_eq!(answer["error"]["code"], -32602);
@@ -1001,6 +1003,25 @@ mod tests {
         let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name":"echo"}]));
         assert!(metrics.encode().contains(r#"reason="tool""#));
+        calls.delivered("8");
+        // The server's own error, and the agent's for an answer that is not JSON, say
+        // what went wrong rather than that a list could not be read.
+        let answers: [&[u8]; 2] = [
+            br#"{"jsonrpc":"2.0","id":9,"error":{"code":-32603,"message":"db down"}}"#,
+            br#"{"jsonrpc":"2.0","id":9,"result":{"tools":[{"name":"get-env""#,
+        ];
+        for (answer, message) in answers.into_iter().zip(["db down", "not valid JSON"]) {
+            assert!(admitted(
+                &calls,
+                br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#
+            ));
+            let (out, _) = calls.outgoing(Bytes::from_static(answer)).unwrap();
+            let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let text = out["error"]["message"].as_str().unwrap();
+            assert!(text.contains(message), "{out}");
+            calls.delivered("9");
+        }
+        assert_eq!(total.get(), 0);
     }
 
     #[test]
@@ -1015,7 +1036,7 @@ mod tests {
         assert!(admitted(&calls, call(1).as_bytes()));
         assert!(matches!(
             calls.admit(call(2).as_bytes()),
-            Admission::Refuse(_)
+            Admission::Refuse { .. }
         ));
         // Pings are not work and pass.
         assert!(admitted(

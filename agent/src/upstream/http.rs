@@ -112,8 +112,11 @@ pub(super) async fn serve(
         detach(&mut stateless, &mut answered, &bridge.tasks);
         let read = match bridge.calls.admit(&message) {
             Admission::Forward(read) => read,
-            Admission::Refuse(answer) => {
-                if bridge.sender.send(answer).await.is_err() {
+            Admission::Refuse { id, answer } => {
+                if super::send_owed(&bridge.sender, &bridge.calls, &id, answer)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;

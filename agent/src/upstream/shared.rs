@@ -266,8 +266,10 @@ async fn from_client(
 ) -> Result<Option<(Key, oneshot::Receiver<Bytes>)>, ()> {
     let read = match calls.admit(&message) {
         Admission::Forward(read) => read,
-        Admission::Refuse(answer) => {
-            return sender.send(answer).await.map(|()| None).map_err(|_| ());
+        Admission::Refuse { id, answer } => {
+            return super::send_owed(sender, calls, &id, answer)
+                .await
+                .map(|()| None);
         }
     };
     let method = read.method;

@@ -250,14 +250,10 @@ async fn to_child(
             Ok(message) => {
                 let read = match calls.admit(&message) {
                     Admission::Forward(read) => read,
-                    Admission::Refuse(answer) => {
+                    Admission::Refuse { id, answer } => {
                         // Owed meanwhile: the send may wait behind a long answer, and the
                         // server's exit would drop it.
-                        let sent = match super::calls::peek(&answer) {
-                            Some((id, _)) => super::send_owed(sender, calls, &id, answer).await,
-                            None => sender.send(answer).await.map_err(|_| ()),
-                        };
-                        if sent.is_err() {
+                        if super::send_owed(sender, calls, &id, answer).await.is_err() {
                             return Outcome::RelayClosed;
                         }
                         continue;
