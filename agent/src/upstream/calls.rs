@@ -397,8 +397,7 @@ impl Calls {
                             CallStatus::Ok
                         },
                     );
-                    // An error lists no tools: it goes on as it is.
-                    if call.filter_tools && !*is_error {
+                    if call.filter_tools {
                         message = filter_tools(message, &self.server.policy(), id);
                     }
                 }
@@ -717,19 +716,25 @@ impl Drop for Locked<'_> {
 }
 
 /// Removes hidden tools from a `tools/list` result. A result that cannot be read is
-/// replaced by an error: hiding must not fail open.
+/// replaced by an error: hiding must not fail open. An error lists no tools: it goes on
+/// as it is, unless it comes with a result too.
 fn filter_tools(message: Bytes, policy: &ToolPolicy, id: &str) -> Bytes {
-    let filtered = serde_json::from_slice::<serde_json::Value>(&message)
-        .ok()
-        .and_then(|mut value| {
-            let tools = value.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
-            tools.retain(|tool| {
-                tool.get("name")
-                    .and_then(|n| n.as_str())
-                    .is_some_and(|name| policy.permits(name))
-            });
-            serde_json::to_vec(&value).ok()
+    let value = serde_json::from_slice::<serde_json::Value>(&message).ok();
+    if let Some(value) = &value
+        && value.get("result").is_none()
+        && value.get("error").is_some()
+    {
+        return message;
+    }
+    let filtered = value.and_then(|mut value| {
+        let tools = value.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
+        tools.retain(|tool| {
+            tool.get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|name| policy.permits(name))
         });
+        serde_json::to_vec(&value).ok()
+    });
     match filtered {
         Some(bytes) => Bytes::from(bytes),
         None => error_response(
@@ -1021,6 +1026,21 @@ mod tests {
             assert!(text.contains(message), "{out}");
             calls.delivered("9");
         }
+        // An error that comes with a result too is filtered like a result.
+        assert!(admitted(
+            &calls,
+            br#"{"jsonrpc":"2.0","id":10,"method":"tools/list"}"#
+        ));
+        let (out, _) = calls
+            .outgoing(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":10,"error":{"code":1,"message":"x"},"result":{"tools":[{"name":"get-env"}]}}"#,
+            ))
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out).contains("get-env"),
+            "{out:?}"
+        );
+        calls.delivered("10");
         assert_eq!(total.get(), 0);
     }
 
