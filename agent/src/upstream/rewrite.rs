@@ -132,10 +132,7 @@ pub(super) fn route(message: &[u8]) -> Routing {
     };
     let id = envelope.id.filter(|id| id.get() != "null");
     match (envelope.method, id) {
-        (None, Some(id)) => match serde_json::from_str::<Value>(id.get()) {
-            Ok(id) => key_of(&id).map_or(Routing::Unrouted, Routing::Answer),
-            Err(_) => Routing::Unrouted,
-        },
+        (None, Some(id)) => answer_key(id.get()).map_or(Routing::Unrouted, Routing::Answer),
         (Some(_), Some(id)) => Routing::Request(id.get().to_owned()),
         (Some(method), None) => {
             let Some(params) = envelope
@@ -203,6 +200,11 @@ pub(super) fn restore_event(
         serde_json::value::to_raw_value(&params).ok()?,
     );
     Some(Bytes::from(serde_json::to_vec(&top).ok()?))
+}
+
+/// The request an answer with id `id` (JSON text) is for, if it is one of the agent's.
+pub(super) fn answer_key(id: &str) -> Option<Key> {
+    key_of(&serde_json::from_str::<Value>(id).ok()?)
 }
 
 fn key_of(value: &Value) -> Option<Key> {

@@ -631,7 +631,7 @@ impl Supervisor {
             StdoutLine::Message(message) => message,
             StdoutLine::TooLong { len, id } => {
                 tracing::warn!(server = %self.name, len, "server wrote a message over the tunnel limit");
-                if let Some(key) = id.as_deref().and_then(answer_key) {
+                if let Some(key) = id.as_deref().and_then(rewrite::answer_key) {
                     let max = self.ctx.max_message_len;
                     let text = format!(
                         "the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes"
@@ -681,7 +681,7 @@ impl Supervisor {
             Routing::Unrouted => {
                 // An answer that went wrong after its start still closes its request.
                 if let Some(key) =
-                    super::calls::broken_answer(&message).and_then(|id| answer_key(&id))
+                    super::calls::broken_answer(&message).and_then(|id| rewrite::answer_key(&id))
                 {
                     tracing::warn!(server = %self.name, bytes = message.len(), "the server's answer is not valid JSON; its call gets an error");
                     let error = super::calls::error_response(
@@ -909,15 +909,6 @@ const MAX_TOOL_PAGES: usize = 100;
 const COMMAND_DEPTH: usize = 64;
 const STDIN_DEPTH: usize = 64;
 const STDOUT_DEPTH: usize = 64;
-/// The request an answer with id `id` (canonical JSON text) is for, if it is one of the
-/// agent's.
-fn answer_key(id: &str) -> Option<Key> {
-    match rewrite::route(format!(r#"{{"id":{id}}}"#).as_bytes()) {
-        Routing::Answer(key) => Some(key),
-        _ => None,
-    }
-}
-
 /// Notifications queued for one stream; beyond, they are dropped (never an answer).
 const EVENTS_PER_STREAM: usize = 64;
 
