@@ -17,7 +17,7 @@ use outpost_protocol::envelope::answer_head;
 use outpost_tunnel::{MessageWriter, StreamError, StreamSender};
 use tokio::time::Instant;
 
-use super::calls::Deadline;
+use super::calls::{Deadline, Via};
 use super::{Calls, ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UPSTREAM, answer_with_error};
 use crate::redact::RedactStream;
 
@@ -25,10 +25,10 @@ use crate::redact::RedactStream;
 pub(super) const FORWARD_AS_IT_ARRIVES_FROM: usize = 64 * 1024;
 
 /// The call that the message starting with `start` answers, and its deadline, when that
-/// answer may go on as it arrives.
-pub(super) fn streamable(calls: &Calls, start: &[u8]) -> Option<(String, Deadline)> {
+/// answer may go on as it arrives. `via`: see [`super::calls::Via`].
+pub(super) fn streamable(calls: &Calls, start: &[u8], via: Via<'_>) -> Option<(String, Deadline)> {
     let id = answer_head(start)?;
-    let deadline = calls.streamable(&id)?;
+    let deadline = calls.streamable(&id, via)?;
     Some((id, deadline))
 }
 

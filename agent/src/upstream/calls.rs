@@ -94,6 +94,23 @@ impl Read {
     }
 }
 
+/// Where an upstream message came from, which says which call an answer in it can be for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Via<'a> {
+    /// A channel every call's answers share (a stdio server's stdout): the id alone says
+    /// which call, and an answer is late only after the agent answered its call on timeout.
+    Shared,
+    /// The response to the HTTP POST that sent `call`'s request: an answer there with that
+    /// id is that call's, whichever call has the id now. Once the call is closed
+    /// (cancelled, timed out) such an answer is late, also when the client has used the id
+    /// again since. Answers with other ids are taken as on `Shared`.
+    Reply(&'a CallRef),
+    /// A channel that carries no answers: an HTTP session's GET stream, where MCP forbids
+    /// them unless a stream is resumed, which the agent never does. Servers put an answer
+    /// there once its POST's response has ended (rmcp, after a cancellation), so it is late.
+    NoAnswers,
+}
+
 /// One stream's unanswered client requests. Dropping it releases them from the counts.
 /// Shared by a stream's two directions, which run concurrently.
 #[derive(Debug)]
@@ -365,7 +382,8 @@ impl Calls {
     /// answer is owed until [`Calls::delivered`]. Reads the message once. An answer that
     /// is not JSON (see [`broken_answer`]) is replaced by an error answering its call,
     /// which the relay could not have told apart from the rest.
-    pub(crate) fn outgoing(&self, message: Bytes) -> Option<(Bytes, Option<String>)> {
+    /// `via` says which call an answer can be for ([`Via`]).
+    pub(crate) fn outgoing(&self, message: Bytes, via: Via<'_>) -> Option<(Bytes, Option<String>)> {
         let mut message = message;
         let mut answer = answer(&message);
         if answer.is_none()
@@ -383,7 +401,8 @@ impl Calls {
             let mut state = self.lock();
             state.silent_since = None;
             if let Some((id, is_error)) = &answer {
-                if state.expired.remove(id) {
+                if state.late(id, via) {
+                    tracing::debug!(server = %self.server.name, "a late answer dropped");
                     return None;
                 }
                 if let Some(call) = state.open.remove(id) {
@@ -411,9 +430,13 @@ impl Calls {
     /// Whether the answer to call `id` may go on to the client as it arrives, before its
     /// end: the call is open and its result needs no filtering. `Some` holds the call's
     /// deadline, by which the answer must have ended. The upstream is heard from (see
-    /// [`Calls::heard`]).
-    pub(crate) fn streamable(&self, id: &str) -> Option<Deadline> {
+    /// [`Calls::heard`]). A late answer ([`Via`]) is not: [`Calls::outgoing`] drops it
+    /// once it is read whole.
+    pub(crate) fn streamable(&self, id: &str, via: Via<'_>) -> Option<Deadline> {
         let mut state = self.lock();
+        if state.is_late(id, via) {
+            return None;
+        }
         let call = state.open.get(id)?;
         if call.filter_tools {
             return None;
@@ -638,10 +661,7 @@ impl Calls {
 
     /// Whether `call` is still unanswered.
     pub(crate) fn is_open(&self, call: &CallRef) -> bool {
-        self.lock()
-            .open
-            .get(&call.id)
-            .is_some_and(|open| open.serial == call.serial)
+        self.lock().is_open(call)
     }
 
     /// The state, locked. The agent-wide count follows this stream's share as the lock is
@@ -673,6 +693,34 @@ impl Drop for Calls {
 }
 
 impl State {
+    /// Whether `call` is still unanswered: its id is open, and not for a later call.
+    fn is_open(&self, call: &CallRef) -> bool {
+        self.open
+            .get(&call.id)
+            .is_some_and(|open| open.serial == call.serial)
+    }
+
+    /// Whether an answer to request `id` that came `via` is late: its call was closed
+    /// (answered by the agent on timeout, cancelled), whatever call has the id now.
+    fn is_late(&self, id: &str, via: Via<'_>) -> bool {
+        match via {
+            Via::Reply(call) if call.id == id => !self.is_open(call),
+            Via::Shared | Via::Reply(_) => self.expired.contains(id),
+            Via::NoAnswers => true,
+        }
+    }
+
+    /// [`State::is_late`], forgetting the expiry it settles: an expired call's late answer
+    /// comes once. On a reply, the expiry (that call's, or an earlier one's whose answers
+    /// come on their own replies) has no more use.
+    fn late(&mut self, id: &str, via: Via<'_>) -> bool {
+        let late = self.is_late(id, via);
+        if late || matches!(via, Via::Reply(call) if call.id == id) {
+            self.expired.remove(id);
+        }
+        late
+    }
+
     /// What this stream counts in [`InFlight`]: calls open, and answers not yet handed to
     /// the tunnel.
     fn owing(&self) -> usize {
@@ -880,6 +928,16 @@ mod tests {
         );
         assert!(!calls.answered_call(&first));
         assert!(calls.is_open(&second) && total.get() == 1);
+        // The first call's answer, on its own POST's response or on the GET stream where
+        // rmcp puts it after a cancellation, is late; nor may it go on as it arrives.
+        let late = br#"{"jsonrpc":"2.0","id":500,"error":{"code":-32603,"message":"cancelled"}}"#;
+        for via in [Via::Reply(&first), Via::NoAnswers] {
+            assert!(calls.outgoing(Bytes::from_static(late), via).is_none());
+            assert_eq!(calls.streamable("500", via), None);
+        }
+        assert!(calls.is_open(&second) && total.get() == 1);
+        // On the second call's own response, the same id is the second call's.
+        assert_eq!(calls.streamable("500", Via::Reply(&second)), Some(None));
         assert!(calls.answered_call(&second));
         assert!(!calls.is_open(&second) && total.get() == 1, "owed");
         calls.delivered(&second.id);
@@ -929,14 +987,16 @@ mod tests {
         ));
         assert_eq!(total.get(), 2);
         // A server-to-client request with the same id is not an answer.
-        calls.outgoing(Bytes::from_static(
-            br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
-        ));
+        calls.outgoing(
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#),
+            Via::Shared,
+        );
         assert_eq!(total.get(), 2);
         let (_, answers) = calls
-            .outgoing(Bytes::from_static(
-                br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-            ))
+            .outgoing(
+                Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+                Via::Shared,
+            )
             .unwrap();
         assert!(!calls.has_open("1"));
         assert_eq!(total.get(), 2, "the answer counts until the tunnel has it");
@@ -963,14 +1023,19 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x"}}"#
         ));
         for junk in [&b"starting up..."[..], br#"{"jsonrpc":"2.0","method":"x""#] {
-            let (out, answers) = calls.outgoing(Bytes::from_static(junk)).unwrap();
+            let (out, answers) = calls
+                .outgoing(Bytes::from_static(junk), Via::Shared)
+                .unwrap();
             assert_eq!((&out[..], answers), (junk, None));
         }
         assert!(calls.has_open("3"));
         let (out, answers) = calls
-            .outgoing(Bytes::from_static(
-                b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"text\":\"a\x01b\"}}",
-            ))
+            .outgoing(
+                Bytes::from_static(
+                    b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"text\":\"a\x01b\"}}",
+                ),
+                Via::Shared,
+            )
             .unwrap();
         assert_eq!(answers.as_deref(), Some("3"));
         let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -1002,7 +1067,7 @@ mod tests {
         let out = calls
             .outgoing(Bytes::from_static(
                 br#"{"jsonrpc":"2.0","id":8,"result":{"tools":[{"name":"echo"},{"name":"get-env"}]}}"#,
-            ))
+            ), Via::Shared)
             .unwrap()
             .0;
         let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -1020,7 +1085,9 @@ mod tests {
                 &calls,
                 br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#
             ));
-            let (out, _) = calls.outgoing(Bytes::from_static(answer)).unwrap();
+            let (out, _) = calls
+                .outgoing(Bytes::from_static(answer), Via::Shared)
+                .unwrap();
             let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
             let text = out["error"]["message"].as_str().unwrap();
             assert!(text.contains(message), "{out}");
@@ -1034,7 +1101,7 @@ mod tests {
         let (out, _) = calls
             .outgoing(Bytes::from_static(
                 br#"{"jsonrpc":"2.0","id":10,"error":{"code":1,"message":"x"},"result":{"tools":[{"name":"get-env"}]}}"#,
-            ))
+            ), Via::Shared)
             .unwrap();
         assert!(
             !String::from_utf8_lossy(&out).contains("get-env"),
@@ -1063,9 +1130,10 @@ mod tests {
             &calls,
             br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#
         ));
-        calls.outgoing(Bytes::from_static(
-            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-        ));
+        calls.outgoing(
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            Via::Shared,
+        );
         assert!(admitted(&calls, call(4).as_bytes()));
     }
 
@@ -1087,9 +1155,10 @@ mod tests {
         assert!(calls.silent_for(Instant::now()).is_some());
         assert!(
             calls
-                .outgoing(Bytes::from_static(
-                    br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
-                ))
+                .outgoing(
+                    Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+                    Via::Shared
+                )
                 .is_none()
         );
         assert!(calls.silent_for(Instant::now()).is_none());
@@ -1141,8 +1210,8 @@ mod tests {
             &open,
             br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#
         ));
-        assert_eq!(open.streamable("1"), Some(None));
-        assert_eq!(open.streamable("3"), None);
+        assert_eq!(open.streamable("1", Via::Shared), Some(None));
+        assert_eq!(open.streamable("3", Via::Shared), None);
         assert_eq!(total.get(), 2);
         assert!(open.streamed("1"));
         assert!(!open.has_open("1"));
@@ -1160,7 +1229,7 @@ mod tests {
             &filtering,
             br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#
         ));
-        assert_eq!(filtering.streamable("2"), None);
+        assert_eq!(filtering.streamable("2", Via::Shared), None);
     }
 
     /// An answer owed to a call, once the call is closed for it, is still given by

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::arriving::{self, Arriving, FORWARD_AS_IT_ARRIVES_FROM, Stop};
-use super::calls::Read;
+use super::calls::{Read, Via};
 use super::sse::{Item, SseParser};
 use super::{
     Admission, CallRef, Calls, ERROR_TOO_LARGE, ERROR_UPSTREAM, UpstreamContext,
@@ -420,16 +420,21 @@ impl Session {
         {
             return;
         }
+        let via = request.as_ref().map_or(Via::Shared, Via::Reply);
         let outcome = if content_type.starts_with("text/event-stream") {
-            self.relay_events(response, initialize, sender, calls).await
+            self.relay_events(response, initialize, via, sender, calls)
+                .await
         } else {
-            match self.read_json(response, initialize, sender, calls).await {
+            match self
+                .read_json(response, initialize, via, sender, calls)
+                .await
+            {
                 Ok(Some(body)) => {
                     for message in split_json(body) {
                         if initialize {
                             self.learn_protocol_version(&message);
                         }
-                        if forward(sender, calls, message).await.is_err() {
+                        if forward(sender, calls, message, via).await.is_err() {
                             return;
                         }
                     }
@@ -469,10 +474,12 @@ impl Session {
     /// Reads a JSON body up to the tunnel's limit, or, when it is a long answer, sends it
     /// on as it arrives (`None`). `initialize`: it answers `initialize`, and is read whole.
     /// So is a body that ends where its connection does: cut off, it would look complete.
+    /// `via`: the POST's call, if it sent a request ([`Via`]).
     async fn read_json(
         &self,
         response: reqwest::Response,
         initialize: bool,
+        via: Via<'_>,
         sender: &StreamSender,
         calls: &Calls,
     ) -> Result<Option<Bytes>, BodyEnd> {
@@ -517,7 +524,7 @@ impl Session {
                 continue;
             }
             checked = true;
-            let Some(call) = arriving::streamable(calls, &body) else {
+            let Some(call) = arriving::streamable(calls, &body, via) else {
                 body.reserve(expected.saturating_sub(body.len()));
                 continue;
             };
@@ -541,10 +548,12 @@ impl Session {
     /// `initialize` request is among them. A long answer goes on as it arrives; given up
     /// on the way (past its deadline, over the limit, stalled), the rest of its event is
     /// skipped and the stream read on, as a whole event's late or oversized answer is.
+    /// `via`: whose response it is ([`Via`]).
     async fn relay_events(
         &self,
         response: reqwest::Response,
         initialize: bool,
+        via: Via<'_>,
         sender: &StreamSender,
         calls: &Calls,
     ) -> BodyEnd {
@@ -604,7 +613,7 @@ impl Session {
                         }
                         // `forward` answers an over-limit result with an error for its
                         // request.
-                        forward(sender, calls, event.data).await.is_ok()
+                        forward(sender, calls, event.data, via).await.is_ok()
                     }
                     Item::Part(part) => match arriving.as_mut() {
                         Some(answer) => match answer.push_owned(part).await {
@@ -630,7 +639,7 @@ impl Session {
             // Nothing is offered while an event goes on as it arrives or is skipped.
             if !initialize
                 && let Some(start) = parser.long_data(FORWARD_AS_IT_ARRIVES_FROM)
-                && let Some(call) = arriving::streamable(calls, &start)
+                && let Some(call) = arriving::streamable(calls, &start, via)
             {
                 parser.stream_data();
                 let mut answer =
@@ -662,7 +671,8 @@ impl Session {
                 .await;
             match response {
                 Ok(response) if response.status().is_success() => {
-                    self.relay_events(response, false, sender, calls).await;
+                    self.relay_events(response, false, Via::NoAnswers, sender, calls)
+                        .await;
                 }
                 Ok(response) if response.status() == StatusCode::METHOD_NOT_ALLOWED => return,
                 Ok(response) => {
@@ -1129,26 +1139,7 @@ mod tests {
         tokio::spawn(async move {
             let mut answer = Some(answer);
             while let Ok((mut conn, _)) = listener.accept().await {
-                // The request, read whole: a socket closed with unread bytes is reset, and the
-                // answer's end could be lost with it.
-                let mut head = Vec::new();
-                let mut byte = [0u8];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if !matches!(conn.read(&mut byte).await, Ok(1)) {
-                        break;
-                    }
-                    head.push(byte[0]);
-                }
-                let len: usize = String::from_utf8_lossy(&head)
-                    .to_ascii_lowercase()
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                let mut request = vec![0; len];
-                let _ = conn.read_exact(&mut request).await;
+                let (head, _) = read_request(&mut conn).await;
                 let Some(answer) = answer.take().filter(|_| head.starts_with(b"POST")) else {
                     let _ = conn
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -1196,6 +1187,105 @@ mod tests {
             }
         });
         url.parse().unwrap()
+    }
+
+    /// Reads one request on `conn` whole, its head and its body: a socket closed with
+    /// unread bytes is reset, and the answer's end could be lost with it.
+    async fn read_request(conn: &mut tokio::net::TcpStream) -> (Vec<u8>, Vec<u8>) {
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            if !matches!(conn.read(&mut byte).await, Ok(1)) {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let len: usize = String::from_utf8_lossy(&head)
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        let _ = conn.read_exact(&mut body).await;
+        (head, body)
+    }
+
+    /// An answer on a session's GET stream is late: it does not close the open call with
+    /// its id, whose answer comes on that call's POST. rmcp puts a cancelled call's answer
+    /// there once the cancellation has ended its POST's response, and a client may have
+    /// sent the id again by the time it arrives.
+    #[tokio::test]
+    async fn an_answer_on_the_get_stream_leaves_the_open_call_with_its_id_alone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        // The GET stream and the call's POST, held open for the test to write events on.
+        let (get_tx, mut get) = tokio::sync::mpsc::unbounded_channel();
+        let (post_tx, mut post) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (head, body) = read_request(&mut conn).await;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let held = if head.starts_with(b"GET") {
+                    &get_tx
+                } else if body.contains("tools/call") {
+                    &post_tx
+                } else {
+                    let response = if body.contains("\"initialize\"") {
+                        let answer = r#"{"jsonrpc":"2.0","id":0,"result":{}}"#;
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                    } else {
+                        "HTTP/1.1 202 Accepted\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+                            .to_owned()
+                    };
+                    let _ = conn.write_all(response.as_bytes()).await;
+                    continue;
+                };
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = held.send(conn);
+            }
+        });
+        let (mut relay_side, stop) = served(url.parse().unwrap(), "2025-06-18").await;
+        let messages = [
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{}}}"#,
+        ];
+        for message in messages {
+            relay_side.sender.send(Bytes::from(message)).await.unwrap();
+        }
+        assert_eq!(
+            within(relay_side.receiver.recv()).await.unwrap(),
+            r#"{"jsonrpc":"2.0","id":0,"result":{}}"#.as_bytes()
+        );
+        let mut get = within(get.recv()).await.unwrap();
+        let mut post = within(post.recv()).await.unwrap();
+        // The late answer, then a notification: once the notification is through, the
+        // answer before it on the same stream has been dealt with.
+        let late = r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"cancelled"}}"#;
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
+        let events = format!("data: {late}\n\ndata: {note}\n\n");
+        get.write_all(events.as_bytes()).await.unwrap();
+        assert_eq!(
+            within(relay_side.receiver.recv()).await.unwrap(),
+            note.as_bytes()
+        );
+        let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+        post.write_all(format!("data: {answer}\n\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            within(relay_side.receiver.recv()).await.unwrap(),
+            answer.as_bytes()
+        );
+        stop.cancel();
     }
 
     /// An answer to call 1 with a text of `len` bytes of `x`.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-pub(crate) use calls::{Admission, CallRef, Calls, InFlight, ServerRuntime};
+pub(crate) use calls::{Admission, CallRef, Calls, InFlight, ServerRuntime, Via};
 pub(crate) use shared::SharedProcesses;
 
 use crate::config::{ServerConfig, Transport};
@@ -88,16 +88,18 @@ fn is_stateless(meta: &[(String, String)]) -> bool {
 
 /// Sends an upstream message to the relay. A message over the tunnel's limit is replaced
 /// by an error response to the request it answers, so the client is not left waiting.
+/// `via`: where it came from, which says whether an answer in it is late ([`Via`]).
 /// `Err` means the stream is gone.
 pub(crate) async fn forward(
     sender: &StreamSender,
     calls: &Calls,
     message: Bytes,
+    via: Via<'_>,
 ) -> Result<(), ()> {
     // An answer closed its call: it is owed, and counts as in flight, until it is on its
     // way to the relay (so a draining agent never closes the tunnel under it), or until
     // the error replacing it is.
-    let Some((message, answers)) = calls.outgoing(message) else {
+    let Some((message, answers)) = calls.outgoing(message, via) else {
         return Ok(());
     };
     let len = message.len();

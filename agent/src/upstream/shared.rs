@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::calls::Via;
 use super::param_headers::ToolHeaders;
 use super::rewrite::{self, Key, Routing};
 use super::stdio::{self, Line, Outcome, RestartBudget};
@@ -192,7 +193,7 @@ pub(super) async fn serve(
                 let Some(event) = rewrite::restore_event(&event, key, &request.id, request.token.as_deref()) else {
                     continue;
                 };
-                if forward(&sender, &calls, event).await.is_err() {
+                if forward(&sender, &calls, event, Via::Shared).await.is_err() {
                     break;
                 }
             }
@@ -203,7 +204,7 @@ pub(super) async fn serve(
                 // went to the client already).
                 let Ok(answer) = answer else { continue };
                 let Some(answer) = rewrite::restore_answer(&answer, &request.id) else { continue };
-                if forward(&sender, &calls, answer).await.is_err() {
+                if forward(&sender, &calls, answer, Via::Shared).await.is_err() {
                     break;
                 }
                 // A stateless stream carries one request: with its answer sent, the stream

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::arriving::{self, Arriving, FORWARD_AS_IT_ARRIVES_FROM, RelayClosed, Stop};
+use super::calls::Via;
 use super::{Admission, Calls, UpstreamContext, answer_with_error, forward, sleep_until};
 use crate::config::StdioConfig;
 
@@ -344,7 +345,7 @@ async fn replay<R: AsyncBufRead + Unpin>(
                         }
                         // Logs and notifications sent while starting up still reach the client.
                         _ if !message.iter().all(u8::is_ascii_whitespace)
-                            && forward(sender, calls, message).await.is_err() =>
+                            && forward(sender, calls, message, Via::Shared).await.is_err() =>
                         {
                             return Err(Outcome::RelayClosed);
                         }
@@ -407,7 +408,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 if message.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if forward(sender, calls, message).await.is_err() {
+                if forward(sender, calls, message, Via::Shared).await.is_err() {
                     return Outcome::RelayClosed;
                 }
             }
@@ -483,7 +484,7 @@ async fn forward_as_it_arrives<R: AsyncBufRead + Unpin>(
     calls: &Calls,
     max: usize,
 ) -> Arrival {
-    let Some(call) = arriving::streamable(calls, line) else {
+    let Some(call) = arriving::streamable(calls, line, Via::Shared) else {
         return Arrival::ReadWhole;
     };
     let mut answer = Arriving::begin(name, sender, calls, call, max).await;
