@@ -816,14 +816,18 @@ impl Supervisor {
         });
         let (lines_tx, lines) = mpsc::channel(STDOUT_DEPTH);
         let max = self.ctx.max_message_len;
+        let name = self.name.clone();
         let reader = tokio::spawn(async move {
             let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
             let mut line = BytesMut::new();
+            let mut stray = stdio::StrayLines::default();
             loop {
                 let next = match stdio::read_line(&mut stdout, &mut line, max, None).await {
                     Ok(Line::Message) => {
                         let message = line.split().freeze();
-                        if message.iter().all(u8::is_ascii_whitespace) {
+                        if message.iter().all(u8::is_ascii_whitespace)
+                            || !stray.passes(&name, &message)
+                        {
                             continue;
                         }
                         StdoutLine::Message(message)

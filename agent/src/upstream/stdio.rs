@@ -393,6 +393,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
     let mut line = BytesMut::new();
     // `None` while a long line that cannot go on early is read on whole.
     let mut long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
+    let mut stray = StrayLines::default();
     loop {
         let reading = long_from.replace(FORWARD_AS_IT_ARRIVES_FROM);
         match read_line(stdout, &mut line, max, reading).await {
@@ -406,6 +407,9 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
             Ok(Line::Message) => {
                 let message = line.split().freeze();
                 if message.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if !stray.passes(name, &message) {
                     continue;
                 }
                 if forward(sender, calls, message, Via::Shared).await.is_err() {
@@ -437,6 +441,45 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 return Outcome::Exited;
             }
         }
+    }
+}
+
+/// Lines on a server's stdout that cannot be JSON-RPC messages: MCP's stdio transport
+/// carries nothing else there, but servers print banners and log lines to stdout. Such a
+/// line goes no further than the agent, whose log tells the site's operators (once per
+/// process at `warn`, then at `debug`; its length, never its text, which may hold data).
+#[derive(Debug, Default)]
+pub(super) struct StrayLines {
+    seen: u64,
+}
+
+impl StrayLines {
+    /// Whether `line` (not blank) goes on: it starts as a JSON object does, or as a batch
+    /// of them (`[` then `{`: a log line may well start `[INFO]`).
+    pub(super) fn passes(&mut self, server: &str, line: &[u8]) -> bool {
+        let mut tokens = line.iter().filter(|b| !b.is_ascii_whitespace());
+        if matches!(
+            (tokens.next(), tokens.next()),
+            (Some(b'{'), _) | (Some(b'['), Some(b'{'))
+        ) {
+            return true;
+        }
+        self.seen += 1;
+        if self.seen == 1 {
+            tracing::warn!(
+                server,
+                bytes = line.len(),
+                "the server wrote a line on stdout that is not a JSON-RPC message; dropped (MCP servers on stdio log to stderr); more such lines are logged at debug"
+            );
+        } else {
+            tracing::debug!(
+                server,
+                bytes = line.len(),
+                lines = self.seen,
+                "a line on the server's stdout that is not a JSON-RPC message dropped"
+            );
+        }
+        false
     }
 }
 
@@ -1107,5 +1150,30 @@ mod tests {
         assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
         drop(server_out);
         exited(agent, stop).await;
+    }
+
+    /// A line on stdout that cannot be a JSON-RPC message (a server's banner, a log line)
+    /// goes no further than the agent; the messages around it do, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_line_on_stdout_stays_at_the_agent() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            stop,
+            _keep,
+        } = wired(None, 64 * 1024, 64 * 1024).await;
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let lines = format!("Server running on stdio\n  [debug] ready\n{answer}\n[ ]\n{NEXT_LINE}");
+        server_out.write_all(lines.as_bytes()).await.unwrap();
+        drop(server_out);
+        let calls = exited(agent, stop).await;
+        assert_eq!(
+            within(relay_side.receiver.recv()).await.unwrap(),
+            answer.as_bytes()
+        );
+        let next = within(relay_side.receiver.recv()).await.unwrap();
+        assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
+        assert!(!calls.has_open("1"));
     }
 }
