@@ -373,11 +373,13 @@ async fn write_loop<S, Out>(
 ///
 /// A stream's `Open` (control lane) must reach the peer before its first data (data lane),
 /// or the peer drops data for a stream it does not know and the request is lost. The
-/// opener queues `Open` first, but an mpsc channel is not linearizable: while another task
-/// is midway through its own send to the control lane, `try_recv` reports the lane empty
-/// even though an `Open` queued after it is complete. `is_empty` counts that claimed slot.
-/// Checked after a data frame is taken, it sees every frame queued before that data; if
-/// any remain, the data frame is held until the control lane has drained.
+/// opener queues `Open` before its data, but this looks at the control lane before the
+/// data lane: an `Open` and its data both queued between the two looks would go out in the
+/// wrong order. So the control lane is checked again once a data frame is taken; it then
+/// shows every frame queued before that data, and if any remain the data frame is held
+/// until the control lane has drained. `is_empty` also counts a send begun and not yet
+/// finished (one begun after `try_recv` found the lane empty): the write loop's `select!`
+/// then waits for it.
 fn next_queued<Out: Frame>(
     lanes: &mut Lanes<Out>,
     held: &mut Option<StreamFrame>,
