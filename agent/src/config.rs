@@ -785,7 +785,14 @@ impl Default for TunnelSettings {
 /// Environment variable holding the agent key.
 pub const KEY_ENV: &str = "OUTPOST_AGENT_KEY";
 /// `OUTPOST_*` variables that are not configuration keys.
-const IGNORED_ENV: [&str; 5] = ["AGENT_KEY", "ADMIN_KEY", "CONFIG", "LOG_FORMAT", "PEPPER"];
+const IGNORED_ENV: [&str; 6] = [
+    "AGENT_KEY",
+    "ADMIN_KEY",
+    "CONFIG",
+    "LOG_FORMAT",
+    "PEPPER",
+    "WORKER_THREADS",
+];
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(500);
 const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);

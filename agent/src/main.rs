@@ -32,6 +32,10 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OUTPOST_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Worker threads of the async runtime; default: one per CPU this process may use. One
+    /// spends less CPU per call where other busy processes share the cores.
+    #[arg(long, global = true, env = outpost_tunnel::runtime::WORKER_THREADS_ENV)]
+    worker_threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match outpost_tunnel::runtime::build(cli.worker_threads) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -103,6 +107,10 @@ fn main() -> ExitCode {
         Some(Command::Check { config_only }) => runtime.block_on(check(config, config_only)),
         Some(Command::Healthcheck { live }) => runtime.block_on(healthcheck(&config, live)),
         Some(Command::Run) | None => runtime.block_on(async {
+            tracing::info!(
+                worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+                "agent starting"
+            );
             let agent = match Agent::new(config) {
                 Ok(agent) => agent,
                 Err(err @ outpost_agent::AgentError::Health { .. }) => {

@@ -35,10 +35,13 @@ mod stack;
 mod throughput;
 mod upstream;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use outpost_tunnel::runtime::WORKER_THREADS_ENV;
 
 use crate::report::Section;
 use crate::stack::{Binaries, FloorHops, Stack};
@@ -85,6 +88,11 @@ struct Args {
     /// --callgrind-out-file=agent.callgrind" (a profile of the large results of c).
     #[arg(long)]
     agent_under: Option<String>,
+    /// Worker threads of the relay's, the agent's and the floor's forwarders' runtimes
+    /// (their `OUTPOST_WORKER_THREADS`); 0: each one's default, a worker per CPU. One by
+    /// default: here four busy processes share the machine's cores.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -123,10 +131,10 @@ fn main() -> ExitCode {
         Some("upstream-http") => run_on(Runtime::TwoThreads, upstream::serve_http()),
         Some("upstream-stdio-2026") => run_on(Runtime::OneThread, upstream::serve_stdio_2026()),
         Some("upstream-http-2026") => run_on(Runtime::TwoThreads, upstream::serve_http_2026()),
-        // The floor's forwarders: one worker per CPU, as the relay and the agent run.
+        // The floor's forwarders: as many workers as the relay and the agent run.
         Some("forward") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
-            run_on(Runtime::OnePerCpu, forward::serve(&args))
+            run_on(Runtime::AsOutpost, forward::serve(&args))
         }
         _ => run_on(Runtime::TwoThreads, until_signal(bench(Args::parse()))),
     };
@@ -166,24 +174,30 @@ fn words(command: Option<&str>) -> Vec<String> {
 enum Runtime {
     OneThread,
     TwoThreads,
-    /// tokio's default: a worker per CPU.
-    OnePerCpu,
+    /// As the relay and the agent build theirs: `OUTPOST_WORKER_THREADS` workers if set
+    /// (the bench sets it for them all, see `--workers`), else one per CPU.
+    AsOutpost,
 }
 
 fn run_on(
     runtime: Runtime,
     future: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let mut builder = match runtime {
-        Runtime::OneThread => tokio::runtime::Builder::new_current_thread(),
-        Runtime::TwoThreads => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(2);
-            builder
+    let runtime = match runtime {
+        Runtime::OneThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Runtime::TwoThreads => outpost_tunnel::runtime::build(NonZeroUsize::new(2))?,
+        Runtime::AsOutpost => {
+            let workers = std::env::var(WORKER_THREADS_ENV)
+                .ok()
+                .map(|n| n.parse::<NonZeroUsize>())
+                .transpose()
+                .context(WORKER_THREADS_ENV)?;
+            outpost_tunnel::runtime::build(workers)?
         }
-        Runtime::OnePerCpu => tokio::runtime::Builder::new_multi_thread(),
     };
-    builder.enable_all().build()?.block_on(future)
+    runtime.block_on(future)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -211,16 +225,23 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         agent_under: words(args.agent_under.as_deref()),
         agents: args.agents.clone(),
     };
-    let binaries = Binaries::locate(!args.quick)?;
-    let machine = report::machine();
+    let binaries = Binaries::locate(!args.quick, NonZeroUsize::new(args.workers))?;
+    let mut machine = report::machine();
+    // How the measured processes ran belongs with where they ran.
+    let workers = match args.workers {
+        0 => "one per CPU".to_owned(),
+        n => n.to_string(),
+    };
+    machine["outpost_worker_threads"] = serde_json::Value::from(workers.as_str());
     println!(
-        "outpost-bench{}: {} × {}, {} GiB, Linux {}; load average at start {}",
+        "outpost-bench{}: {} × {}, {} GiB, Linux {}; load average at start {}; worker threads of the relay, the agent and the forwarders: {}",
         if args.quick { " --quick" } else { "" },
         machine["cpus"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["memory_gib"],
         machine["kernel"].as_str().unwrap_or("?"),
         machine["loadavg_at_start"].as_str().unwrap_or("?"),
+        workers,
     );
 
     let mut sections: Vec<Section> = Vec::new();

@@ -7,11 +7,13 @@
 //! calls, each with the protocol era it is spoken to in. Does not measure.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use outpost_test_support::Process;
+use outpost_tunnel::runtime::WORKER_THREADS_ENV;
 use tempfile::TempDir;
 
 use crate::client::{Endpoint, Era};
@@ -23,12 +25,25 @@ pub(crate) struct Binaries {
     pub(crate) agent: PathBuf,
     /// This executable, for `upstream-stdio` and `upstream-http`.
     pub(crate) bench: PathBuf,
+    /// Worker threads of the relay's, the agent's and the floor's forwarders' runtimes;
+    /// `None`: each one's default.
+    workers: Option<NonZeroUsize>,
 }
 
 impl Binaries {
+    /// The environment the relay, the agent and the floor's forwarders start with: their
+    /// worker threads, or nothing (a variable of the bench's own environment does not pass
+    /// through, so what runs is what the bench reports).
+    pub(crate) fn runtime_env(&self) -> Vec<(&'static str, String)> {
+        match self.workers {
+            Some(workers) => vec![(WORKER_THREADS_ENV, workers.to_string())],
+            None => vec![],
+        }
+    }
+
     /// Finds the relay and agent beside this executable. Under `cargo run` (`CARGO` set),
     /// builds them first with the same profile, so a run never measures stale binaries.
-    pub(crate) fn locate(build: bool) -> anyhow::Result<Self> {
+    pub(crate) fn locate(build: bool, workers: Option<NonZeroUsize>) -> anyhow::Result<Self> {
         let bench = std::env::current_exe()?;
         let dir = bench.parent().context("executable directory")?.to_owned();
         if build && let Some(cargo) = std::env::var_os("CARGO") {
@@ -56,6 +71,7 @@ impl Binaries {
             relay: dir.join("outpost-relay"),
             agent: dir.join("outpost-agent"),
             bench,
+            workers,
         };
         for path in [&binaries.relay, &binaries.agent] {
             anyhow::ensure!(
@@ -75,6 +91,8 @@ impl Binaries {
 pub(crate) struct RelayHome {
     dir: TempDir,
     relay: PathBuf,
+    /// The relay's environment ([`Binaries::runtime_env`]).
+    env: Vec<(&'static str, String)>,
     /// The CA clients and agents trust.
     pub(crate) ca: PathBuf,
     /// A client key (owner of `default`).
@@ -123,6 +141,7 @@ impl RelayHome {
             ca: dir.path().join("tls/ca.pem"),
             dir,
             relay,
+            env: binaries.runtime_env(),
             client_key,
         })
     }
@@ -184,7 +203,8 @@ impl RelayHome {
             "--listen",
             &listen,
         ]);
-        let mut process = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
+        let env = env_refs(&self.env);
+        let mut process = Process::spawn(Path::new(argv[0]), &argv[1..], &env)?;
         let addr = listening_on(&mut process).await?;
         Ok(RelayProcess { process, addr })
     }
@@ -302,7 +322,8 @@ impl Stack {
         let agent_binary = binaries.agent.to_string_lossy().into_owned();
         let mut argv: Vec<&str> = agent_wrapper.iter().map(String::as_str).collect();
         argv.extend([agent_binary.as_str(), "--config", &config]);
-        let mut agent = Process::spawn(Path::new(argv[0]), &argv[1..], &[])?;
+        let env = binaries.runtime_env();
+        let mut agent = Process::spawn(Path::new(argv[0]), &argv[1..], &env_refs(&env))?;
         agent.wait_for("tunnel established").await?;
 
         let key = Some(home.client_key.clone());
@@ -556,10 +577,11 @@ async fn start_floor(
         text(home.path("tls/key.pem")),
         text(home.ca.clone()),
     );
+    let env = binaries.runtime_env();
     let spawn = |next: &str, ca: Option<&str>| {
         let mut args = vec!["forward", cert.as_str(), key.as_str(), next];
         args.extend(ca);
-        Process::spawn(&binaries.bench, &args, &[])
+        Process::spawn(&binaries.bench, &args, &env_refs(&env))
     };
     let mut last = spawn(&upstream.to_string(), None)?;
     let last_addr = listening_on(&mut last).await?;
@@ -683,3 +705,10 @@ const FORWARDER_LABELS: [&str; 2] = ["forwarder 1", "forwarder 2"];
 /// The agent's name in the stack.
 pub(crate) const AGENT: &str = "bench";
 const PEER_START: Duration = Duration::from_secs(20);
+
+/// `env` as [`Process::spawn`] takes it.
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect()
+}

@@ -567,7 +567,14 @@ impl Default for UsageSettings {
 /// Environment variable holding the pepper; read directly, never through figment.
 pub const PEPPER_ENV: &str = "OUTPOST_PEPPER";
 /// Variables with the `OUTPOST_` prefix that are not configuration keys.
-const IGNORED_ENV: [&str; 5] = ["PEPPER", "AGENT_KEY", "ADMIN_KEY", "CONFIG", "LOG_FORMAT"];
+const IGNORED_ENV: [&str; 6] = [
+    "PEPPER",
+    "AGENT_KEY",
+    "ADMIN_KEY",
+    "CONFIG",
+    "LOG_FORMAT",
+    "WORKER_THREADS",
+];
 /// Name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "outpost.db";
 /// Name of the pepper file inside the data directory, when no other is configured.

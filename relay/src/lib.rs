@@ -242,7 +242,11 @@ impl BoundRelay {
             metrics_listener.map(|listener| tokio::spawn(metrics::serve(listener, app.clone())));
         let sweeper = app.tasks.spawn(sweep_idle_sessions(app.clone()));
         let control_sweeper = app.tasks.spawn(sweep_control_plane(app.clone()));
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "relay listening");
+        tracing::info!(
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "relay listening"
+        );
 
         let stop_accepting = app.shutdown.clone();
         let forward = async {

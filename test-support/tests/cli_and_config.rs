@@ -106,6 +106,56 @@ async fn flags_override_env_which_overrides_the_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime's worker threads come from `--worker-threads`, else
+/// `OUTPOST_WORKER_THREADS` (not a configuration key, so no configuration error), else one
+/// per CPU; the relay says how many it runs. Zero is a usage error.
+#[tokio::test]
+async fn worker_threads_come_from_the_flag_or_the_environment() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = Certs::generate()?;
+    relay_init(dir.path()).await?;
+    let config = relay_config(dir.path(), &certs, "listen = \"127.0.0.1:0\"");
+    let config = config.to_str().unwrap();
+    let cpus = std::thread::available_parallelism()?.get().to_string();
+    // Flags, environment, the worker threads the relay says it runs.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 3] = [
+        (&[], &[], &cpus),
+        (&[], &[("OUTPOST_WORKER_THREADS", "1")], "1"),
+        (
+            &["--worker-threads", "3"],
+            &[("OUTPOST_WORKER_THREADS", "1")],
+            "3",
+        ),
+    ];
+    for (flags, env, workers) in cases {
+        let mut args = vec!["--config", config, "serve"];
+        args.extend(flags);
+        let mut relay = Process::spawn(&binary("outpost-relay"), &args, env)?;
+        let line = relay.wait_for("worker_threads=").await?;
+        let said = line
+            .split("worker_threads=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next());
+        assert_eq!(said, Some(workers), "{flags:?} {env:?}: {line}");
+        assert_eq!(relay.terminate().await?, Some(0));
+    }
+    for (binary_name, command) in [("outpost-relay", "serve"), ("outpost-agent", "check")] {
+        let mut process = Process::spawn(
+            &binary(binary_name),
+            &[command],
+            &[("OUTPOST_WORKER_THREADS", "0")],
+        )?;
+        assert_eq!(process.wait().await?, Some(2), "{}", process.output());
+        assert!(
+            process.output().contains("'0' for '--worker-threads"),
+            "{}",
+            process.output()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn invalid_agent_configuration_exits_64_naming_the_key() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -173,17 +223,20 @@ async fn invalid_agent_configuration_exits_64_naming_the_key() -> anyhow::Result
         &config,
         format!("relay_url = \"wss://relay.example.com\"\n{base}{server}"),
     )?;
-    let mut agent = Process::spawn(
-        &binary("outpost-agent"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "check",
-            "--config-only",
-        ],
-        &[],
-    )?;
-    assert_eq!(agent.wait().await?, Some(0), "{}", agent.output());
+    // Also with a variable of the binary's own that is not a configuration key.
+    for env in [&[][..], &[("OUTPOST_WORKER_THREADS", "1")][..]] {
+        let mut agent = Process::spawn(
+            &binary("outpost-agent"),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "check",
+                "--config-only",
+            ],
+            env,
+        )?;
+        assert_eq!(agent.wait().await?, Some(0), "{env:?}: {}", agent.output());
+    }
     Ok(())
 }
 

@@ -43,6 +43,25 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// The environment variable that sets how many worker threads the relay's or the agent's
+/// runtime has, as their `--worker-threads` does.
+pub const WORKER_THREADS_ENV: &str = "OUTPOST_WORKER_THREADS";
+
+/// Builds the process's tokio runtime with `workers` worker threads, or, when `None`, one
+/// per CPU the process may use (tokio's default, which counts a cgroup's CPU quota).
+///
+/// More workers than one let a busy process use several cores, at a price paid at every
+/// load: a task woken on one worker while another sleeps wakes that one too, so that it
+/// may steal work. On two cores shared with other busy processes, one worker spent about a
+/// quarter less CPU per call and added less latency (docs/benchmarks.md).
+pub fn build(workers: Option<std::num::NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.get());
+    }
+    builder.enable_all().build()
+}
+
 /// Registers for SIGTERM (what Kubernetes and systemd send) and SIGINT now, and returns a
 /// future that cancels `shutdown` on the first of them. Registering before the program
 /// says it is ready means no early signal can kill it without a graceful stop.
