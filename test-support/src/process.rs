@@ -44,7 +44,8 @@ impl Process {
         keep_stdin: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
-        // Hermetic: the test run's own OUTPOST_* variables must not configure the binary,
+        // Hermetic: the test run's own OUTPOST_* variables (and TOKIO_WORKER_THREADS, for
+        // any tokio program a test starts that reads it) must not configure the binary,
         // nor the test crate's package variables, which cargo and nextest set for the test
         // binary. A `cargo build` a test starts (the quickstart script's) would see
         // CARGO_MANIFEST_DIR change, which `ring`'s build script watches, and rebuild: it
@@ -52,6 +53,7 @@ impl Process {
         for (name, _) in std::env::vars_os() {
             let name_text = name.to_string_lossy();
             if name_text.starts_with("OUTPOST_")
+                || name_text == "TOKIO_WORKER_THREADS"
                 || name_text.starts_with("CARGO_PKG_")
                 || name_text == "CARGO_MANIFEST_DIR"
                 || name_text == "CARGO_MANIFEST_PATH"

@@ -116,16 +116,19 @@ async fn worker_threads_come_from_the_flag_or_the_environment() -> anyhow::Resul
     relay_init(dir.path()).await?;
     let config = relay_config(dir.path(), &certs, "listen = \"127.0.0.1:0\"");
     let config = config.to_str().unwrap();
-    let cpus = std::thread::available_parallelism()?.get().to_string();
-    // Flags, environment, the worker threads the relay says it runs.
+    let cpus = std::thread::available_parallelism()?.get();
+    // A number no default gives, and one the environment does not.
+    let (more, cpus) = ((cpus + 1).to_string(), cpus.to_string());
+    // Flags, environment, the worker threads the relay says it runs. tokio's own variable
+    // has no say.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case<'_>; 3] = [
-        (&[], &[], &cpus),
-        (&[], &[("OUTPOST_WORKER_THREADS", "1")], "1"),
+        (&[], &[("TOKIO_WORKER_THREADS", &more)], &cpus),
+        (&[], &[("OUTPOST_WORKER_THREADS", &more)], &more),
         (
-            &["--worker-threads", "3"],
-            &[("OUTPOST_WORKER_THREADS", "1")],
-            "3",
+            &["--worker-threads", "1"],
+            &[("OUTPOST_WORKER_THREADS", &more)],
+            "1",
         ),
     ];
     for (flags, env, workers) in cases {

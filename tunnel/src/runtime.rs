@@ -48,18 +48,23 @@ pub fn init_logging(json: bool) {
 pub const WORKER_THREADS_ENV: &str = "OUTPOST_WORKER_THREADS";
 
 /// Builds the process's tokio runtime with `workers` worker threads, or, when `None`, one
-/// per CPU the process may use (tokio's default, which counts a cgroup's CPU quota).
+/// per CPU the process may use (`available_parallelism`, which counts a cgroup's CPU quota
+/// and the CPUs the process is bound to). Always set here, so tokio's own
+/// `TOKIO_WORKER_THREADS` has no say: the number is the one the process logs.
 ///
 /// More workers than one let a busy process use several cores, at a price paid at every
 /// load: a task woken on one worker while another sleeps wakes that one too, so that it
 /// may steal work. On two cores shared with other busy processes, one worker spent about a
 /// quarter less CPU per call and added less latency (docs/benchmarks.md).
 pub fn build(workers: Option<std::num::NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers.get());
-    }
-    builder.enable_all().build()
+    let workers = match workers {
+        Some(workers) => workers,
+        None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.get())
+        .enable_all()
+        .build()
 }
 
 /// Registers for SIGTERM (what Kubernetes and systemd send) and SIGINT now, and returns a

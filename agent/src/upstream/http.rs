@@ -418,6 +418,22 @@ impl Session {
         if response.status() == StatusCode::ACCEPTED
             || request.is_none() && !content_type.starts_with("text/event-stream")
         {
+            // 202 is the answer to a notification or a response. To a request it leaves
+            // the request's answer nowhere to come: not on this POST, and not on the GET
+            // stream, where the agent takes no answers (see `Via::NoAnswers`).
+            if let Some(call) = request
+                .filter(|call| response.status() == StatusCode::ACCEPTED && calls.is_open(call))
+            {
+                tracing::warn!("upstream answered a request with 202 Accepted");
+                let _ = answer_call_with_error(
+                    sender,
+                    calls,
+                    &call,
+                    ERROR_UPSTREAM,
+                    "the upstream server answered the request with HTTP 202, without an answer",
+                )
+                .await;
+            }
             return;
         }
         let via = request.as_ref().map_or(Via::Shared, Via::Reply);
@@ -1285,6 +1301,31 @@ mod tests {
             within(relay_side.receiver.recv()).await.unwrap(),
             answer.as_bytes()
         );
+        stop.cancel();
+    }
+
+    /// A request the server accepts with 202, as it would a notification, gets an error at
+    /// once: its answer has nowhere left to come from.
+    #[tokio::test]
+    async fn a_request_accepted_with_202_gets_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = read_request(&mut conn).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let (mut relay_side, stop) = served(url.parse().unwrap(), "2026-07-28").await;
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        relay_side.sender.send(Bytes::from(request)).await.unwrap();
+        let answer = within(relay_side.receiver.recv()).await.unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["id"], 1);
+        assert_eq!(answer["error"]["code"], super::ERROR_UPSTREAM, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("202"));
         stop.cancel();
     }
 

@@ -495,7 +495,13 @@ struct Running {
 
 enum StdoutLine {
     Message(Bytes),
-    TooLong { len: usize, id: Option<String> },
+    TooLong {
+        len: usize,
+        id: Option<String>,
+    },
+    /// A line that cannot be a message, dropped ([`stdio::StrayLines`]): still word from
+    /// the child.
+    Stray,
 }
 
 impl Supervisor {
@@ -630,6 +636,7 @@ impl Supervisor {
         self.hang_at = None;
         let message = match line {
             StdoutLine::Message(message) => message,
+            StdoutLine::Stray => return,
             StdoutLine::TooLong { len, id } => {
                 tracing::warn!(server = %self.name, len, "server wrote a message over the tunnel limit");
                 if let Some(key) = id.as_deref().and_then(rewrite::answer_key) {
@@ -825,12 +832,14 @@ impl Supervisor {
                 let next = match stdio::read_line(&mut stdout, &mut line, max, None).await {
                     Ok(Line::Message) => {
                         let message = line.split().freeze();
-                        if message.iter().all(u8::is_ascii_whitespace)
-                            || !stray.passes(&name, &message)
-                        {
+                        if message.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        StdoutLine::Message(message)
+                        if stray.is_message(&name, &message) {
+                            StdoutLine::Message(message)
+                        } else {
+                            StdoutLine::Stray
+                        }
                     }
                     Ok(Line::TooLong { len, id, .. }) => StdoutLine::TooLong { len, id },
                     Ok(Line::Long) => continue,

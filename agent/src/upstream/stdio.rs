@@ -83,10 +83,11 @@ pub(super) async fn serve(
                 .instrument(tracing::Span::current()),
         );
         let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
+        let mut stray = StrayLines::default();
 
         let outcome = if generation > 0
             && let Err(outcome) = tokio::select! {
-                replayed = replay(name, &handshake, &mut stdin, &mut stdout, &sender, &calls, ctx.max_message_len) => replayed,
+                replayed = replay(name, &handshake, &mut stdin, &mut stdout, &sender, &calls, ctx.max_message_len, &mut stray) => replayed,
                 _ = ctx.cancel.cancelled() => Err(Outcome::Cancelled),
             } {
             outcome
@@ -101,7 +102,14 @@ pub(super) async fn serve(
                 &calls,
                 &mut handshake,
             );
-            let from_child = relay_stdout(name, &mut stdout, &sender, &calls, ctx.max_message_len);
+            let from_child = relay_stdout(
+                name,
+                &mut stdout,
+                &sender,
+                &calls,
+                ctx.max_message_len,
+                &mut stray,
+            );
             tokio::select! {
                 outcome = to_child => outcome,
                 outcome = from_child => outcome,
@@ -317,6 +325,7 @@ pub(super) fn hang_grace(call_timeout: Duration) -> Duration {
 
 /// Replays the client's `initialize` and `notifications/initialized` to a restarted
 /// server and swallows its answer, which the client already had from the first one.
+#[allow(clippy::too_many_arguments)]
 async fn replay<R: AsyncBufRead + Unpin>(
     name: &str,
     handshake: &Handshake,
@@ -325,6 +334,7 @@ async fn replay<R: AsyncBufRead + Unpin>(
     sender: &outpost_tunnel::StreamSender,
     calls: &Calls,
     max: usize,
+    stray: &mut StrayLines,
 ) -> Result<(), Outcome> {
     let Some(initialize) = &handshake.initialize else {
         return Ok(());
@@ -343,8 +353,9 @@ async fn replay<R: AsyncBufRead + Unpin>(
                         Some((answer_id, false)) if Some(&answer_id) == id.as_ref() => {
                             return Ok(());
                         }
-                        // Logs and notifications sent while starting up still reach the client.
+                        // Notifications sent while starting up still reach the client.
                         _ if !message.iter().all(u8::is_ascii_whitespace)
+                            && stray.passes(name, &message, calls)
                             && forward(sender, calls, message, Via::Shared).await.is_err() =>
                         {
                             return Err(Outcome::RelayClosed);
@@ -389,11 +400,11 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
     sender: &outpost_tunnel::StreamSender,
     calls: &Calls,
     max: usize,
+    stray: &mut StrayLines,
 ) -> Outcome {
     let mut line = BytesMut::new();
     // `None` while a long line that cannot go on early is read on whole.
     let mut long_from = Some(FORWARD_AS_IT_ARRIVES_FROM);
-    let mut stray = StrayLines::default();
     loop {
         let reading = long_from.replace(FORWARD_AS_IT_ARRIVES_FROM);
         match read_line(stdout, &mut line, max, reading).await {
@@ -409,7 +420,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 if message.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if !stray.passes(name, &message) {
+                if !stray.passes(name, &message, calls) {
                     continue;
                 }
                 if forward(sender, calls, message, Via::Shared).await.is_err() {
@@ -448,6 +459,7 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
 /// carries nothing else there, but servers print banners and log lines to stdout. Such a
 /// line goes no further than the agent, whose log tells the site's operators (once per
 /// process at `warn`, then at `debug`; its length, never its text, which may hold data).
+/// It is still word from the server, which is not hung while it writes.
 #[derive(Debug, Default)]
 pub(super) struct StrayLines {
     seen: u64,
@@ -455,8 +467,18 @@ pub(super) struct StrayLines {
 
 impl StrayLines {
     /// Whether `line` (not blank) goes on: it starts as a JSON object does, or as a batch
-    /// of them (`[` then `{`: a log line may well start `[INFO]`).
-    pub(super) fn passes(&mut self, server: &str, line: &[u8]) -> bool {
+    /// of them (`[` then `{`: a log line may well start `[INFO]`). A line that does not is
+    /// counted as heard from the server in `calls`, if given.
+    pub(super) fn passes(&mut self, server: &str, line: &[u8], calls: &Calls) -> bool {
+        if self.is_message(server, line) {
+            return true;
+        }
+        calls.heard();
+        false
+    }
+
+    /// [`StrayLines::passes`] without the calls: the caller notes that the server spoke.
+    pub(super) fn is_message(&mut self, server: &str, line: &[u8]) -> bool {
         let mut tokens = line.iter().filter(|b| !b.is_ascii_whitespace());
         if matches!(
             (tokens.next(), tokens.next()),
@@ -988,7 +1010,16 @@ mod tests {
         let sender = stream.sender.clone();
         let agent = tokio::spawn(async move {
             let mut stdout = BufReader::with_capacity(64 * 1024, agent_in);
-            let outcome = relay_stdout("erp", &mut stdout, &sender, &calls, 4 * 1024 * 1024).await;
+            let mut stray = StrayLines::default();
+            let outcome = relay_stdout(
+                "erp",
+                &mut stdout,
+                &sender,
+                &calls,
+                4 * 1024 * 1024,
+                &mut stray,
+            )
+            .await;
             (outcome, calls)
         });
         Wired {
