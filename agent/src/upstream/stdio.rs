@@ -468,7 +468,7 @@ pub(super) struct StrayLines {
 impl StrayLines {
     /// Whether `line` (not blank) goes on: it starts as a JSON object does, or as a batch
     /// of them (`[` then `{`: a log line may well start `[INFO]`). A line that does not is
-    /// counted as heard from the server in `calls`, if given.
+    /// logged, and counted as word from the server ([`Calls::heard`]).
     pub(super) fn passes(&mut self, server: &str, line: &[u8], calls: &Calls) -> bool {
         if self.is_message(server, line) {
             return true;
@@ -477,7 +477,8 @@ impl StrayLines {
         false
     }
 
-    /// [`StrayLines::passes`] without the calls: the caller notes that the server spoke.
+    /// [`StrayLines::passes`] without the calls, for a caller that notes itself that the
+    /// server spoke: `false` (and the line logged) when it cannot be a message.
     pub(super) fn is_message(&mut self, server: &str, line: &[u8]) -> bool {
         let mut tokens = line.iter().filter(|b| !b.is_ascii_whitespace());
         if matches!(
