@@ -891,6 +891,8 @@ const MIN_HANG_GRACE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::upstream::within;
 
@@ -973,14 +975,14 @@ mod tests {
     struct Wired {
         relay_side: outpost_tunnel::Stream,
         server_out: tokio::io::DuplexStream,
-        agent: tokio::task::JoinHandle<(Outcome, Calls)>,
+        agent: tokio::task::JoinHandle<(Outcome, Arc<Calls>)>,
+        /// The calls the agent's side keeps, for a look while it runs.
+        calls: Arc<Calls>,
         stop: tokio_util::sync::CancellationToken,
         _keep: (outpost_tunnel::Tunnel<outpost_protocol::AgentFrame>, Stream),
     }
 
     async fn wired(call_timeout: Option<Duration>, window: u32, pipe: usize) -> Wired {
-        use std::sync::Arc;
-
         use outpost_tunnel::TunnelConfig;
 
         let config = TunnelConfig {
@@ -1009,7 +1011,10 @@ mod tests {
         assert!(matches!(calls.admit(request), Admission::Forward(_)));
         let (server_out, agent_in) = tokio::io::duplex(pipe);
         let sender = stream.sender.clone();
+        let calls = Arc::new(calls);
+        let agent_calls = calls.clone();
         let agent = tokio::spawn(async move {
+            let calls = agent_calls;
             let mut stdout = BufReader::with_capacity(64 * 1024, agent_in);
             let mut stray = StrayLines::default();
             let outcome = relay_stdout(
@@ -1027,6 +1032,7 @@ mod tests {
             relay_side,
             server_out,
             agent,
+            calls,
             stop,
             _keep: (agent_tunnel, stream),
         }
@@ -1035,9 +1041,9 @@ mod tests {
     /// The agent's side once the server has closed its stdout: it ended as for an exit.
     /// Stops the tunnel and gives back the calls.
     async fn exited(
-        agent: tokio::task::JoinHandle<(Outcome, Calls)>,
+        agent: tokio::task::JoinHandle<(Outcome, Arc<Calls>)>,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Calls {
+    ) -> Arc<Calls> {
         let (outcome, calls) = agent.await.unwrap();
         assert!(matches!(outcome, Outcome::Exited));
         stop.cancel();
@@ -1060,6 +1066,7 @@ mod tests {
             mut relay_side,
             mut server_out,
             agent,
+            calls: _,
             stop,
             _keep,
         } = wired(None, 64 * 1024, 64 * 1024).await;
@@ -1116,6 +1123,7 @@ mod tests {
             mut relay_side,
             mut server_out,
             agent,
+            calls: _,
             stop,
             _keep,
         } = wired(Some(Duration::from_millis(200)), 64 * 1024, 64 * 1024).await;
@@ -1139,6 +1147,7 @@ mod tests {
             mut relay_side,
             mut server_out,
             agent,
+            calls: _,
             stop,
             _keep,
         } = wired(Some(Duration::from_millis(200)), 32 * 1024, 64 * 1024).await;
@@ -1163,6 +1172,7 @@ mod tests {
             mut relay_side,
             mut server_out,
             agent,
+            calls: _,
             stop,
             _keep,
         } = wired(
@@ -1192,6 +1202,7 @@ mod tests {
             mut relay_side,
             mut server_out,
             agent,
+            calls: _,
             stop,
             _keep,
         } = wired(None, 64 * 1024, 64 * 1024).await;
@@ -1199,13 +1210,40 @@ mod tests {
         let lines = format!("Server running on stdio\n  [debug] ready\n{answer}\n[ ]\n{NEXT_LINE}");
         server_out.write_all(lines.as_bytes()).await.unwrap();
         drop(server_out);
-        let calls = exited(agent, stop).await;
+        // Read before the tunnel stops, which ends the relay's side.
         assert_eq!(
             within(relay_side.receiver.recv()).await.unwrap(),
             answer.as_bytes()
         );
         let next = within(relay_side.receiver.recv()).await.unwrap();
         assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
+        let calls = exited(agent, stop).await;
         assert!(!calls.has_open("1"));
+    }
+
+    /// A stray line is still word from the server: after a call timed out, the silence that
+    /// would have the server killed as hung ends when it writes one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_line_on_stdout_is_word_from_the_server() {
+        let Wired {
+            relay_side: _relay_side,
+            mut server_out,
+            agent,
+            calls,
+            stop,
+            _keep,
+        } = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.expire(Instant::now()), ["1"]);
+        assert!(calls.silent_for(Instant::now()).is_some());
+        server_out.write_all(b"still thinking\n").await.unwrap();
+        within(async {
+            while calls.silent_for(Instant::now()).is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        drop(server_out);
+        exited(agent, stop).await;
     }
 }
