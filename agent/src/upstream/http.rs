@@ -418,12 +418,10 @@ impl Session {
         if response.status() == StatusCode::ACCEPTED
             || request.is_none() && !content_type.starts_with("text/event-stream")
         {
-            // 202 is the answer to a notification or a response. To a request it leaves
-            // the request's answer nowhere to come: not on this POST, and not on the GET
-            // stream, where the agent takes no answers (see `Via::NoAnswers`).
-            if let Some(call) = request
-                .filter(|call| response.status() == StatusCode::ACCEPTED && calls.is_open(call))
-            {
+            // With a request, only a 202 gets here. 202 is the answer to a notification or a
+            // response; to a request it leaves the answer nowhere to come: not on this POST,
+            // and not on the GET stream, where the agent takes no answers (`Via::NoAnswers`).
+            if let Some(call) = request.filter(|call| calls.is_open(call)) {
                 tracing::warn!("upstream answered a request with 202 Accepted");
                 let _ = answer_call_with_error(
                     sender,
