@@ -65,6 +65,10 @@ struct Args {
     /// Fleet sizes for (d) and (e).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     agents: Vec<usize>,
+    /// Concurrency levels of (b)'s closed loop, ascending; its open loop and its ratio,
+    /// p99 and CPU columns use the last.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 256])]
+    concurrency: Vec<usize>,
     /// Keep only the targets whose names contain one of these words (comma-separated), e.g.
     /// `--targets "2026 → HTTP"`; the direct paths always stay, since ratios divide by them.
     #[arg(long, value_delimiter = ',')]
@@ -110,6 +114,8 @@ pub(crate) struct Settings {
     /// A command the agent runs under (valgrind), split into words.
     pub(crate) agent_under: Vec<String>,
     agents: Vec<usize>,
+    /// (b)'s closed-loop concurrency levels, ascending.
+    pub(crate) concurrency: Vec<usize>,
 }
 
 impl Settings {
@@ -217,6 +223,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         selected.extend("abc".chars());
     }
     let wants = |w: char| selected.contains(&w);
+    anyhow::ensure!(
+        !args.concurrency.is_empty()
+            && !args.concurrency.contains(&0)
+            && args.concurrency.is_sorted_by(|a, b| a < b),
+        "--concurrency takes levels above zero, ascending"
+    );
     let settings = Settings {
         quick: args.quick,
         rounds: if args.quick { 1 } else { args.rounds.max(2) },
@@ -224,6 +236,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         relay_under: words(args.relay_under.as_deref()),
         agent_under: words(args.agent_under.as_deref()),
         agents: args.agents.clone(),
+        concurrency: args.concurrency.clone(),
     };
     let binaries = Binaries::locate(!args.quick, NonZeroUsize::new(args.workers))?;
     let mut machine = report::machine();

@@ -19,7 +19,7 @@ pub(crate) async fn run(stack: &Stack, settings: &Settings) -> anyhow::Result<Ve
     let levels: &[usize] = if settings.quick {
         &[1, 4]
     } else {
-        &[1, 16, 256]
+        &settings.concurrency
     };
     let bounds = Bounds {
         warmup: if settings.quick {
