@@ -466,6 +466,7 @@ impl ClientSession {
             // told apart from the other when its answer comes: refuse it here, once.
             let mut forward = Vec::with_capacity(messages.len());
             let mut refused = Vec::new();
+            // The requests to wait for, with their sizes: only the bytes go on upstream.
             let mut fresh = Vec::new();
             for (raw, kind) in messages {
                 if let Kind::Notification {
@@ -481,9 +482,9 @@ impl ClientSession {
                         refused.push(duplicate_id_error(id));
                         continue;
                     }
-                    fresh.push((raw.len(), kind.clone()));
+                    fresh.push((raw.len(), kind));
                 }
-                forward.push((raw, kind));
+                forward.push(raw);
             }
             if fresh.is_empty() && refused.is_empty() {
                 (None, forward)
@@ -492,7 +493,9 @@ impl ClientSession {
                 state.next_post += 1;
                 let (tx, rx) = mpsc::channel(POST_DEPTH);
                 let now = Instant::now();
-                for (bytes_in, kind) in &fresh {
+                let requests = fresh.len();
+                for (bytes_in, kind) in fresh {
+                    let tool = kind.tool().map(str::to_owned);
                     let Kind::Request {
                         id,
                         method,
@@ -502,25 +505,23 @@ impl ClientSession {
                     else {
                         continue;
                     };
-                    if let Some(token) = progress_token {
+                    if let Some(token) = &progress_token {
                         state.progress.insert(token.clone(), post);
                     }
-                    state.pending.insert(
-                        id.clone(),
-                        Pending {
-                            post,
-                            id: serde_json::from_str(id).unwrap_or(Value::Null),
-                            method: method.clone(),
-                            tool: kind.tool().map(str::to_owned),
-                            progress_token: progress_token.clone(),
-                            started: now,
-                            at: now_ms(),
-                            bytes_in: *bytes_in,
-                        },
-                    );
+                    let pending = Pending {
+                        post,
+                        id: serde_json::from_str(&id).unwrap_or(Value::Null),
+                        method,
+                        tool,
+                        progress_token,
+                        started: now,
+                        at: now_ms(),
+                        bytes_in,
+                    };
+                    state.pending.insert(id, pending);
                 }
                 // With nothing to wait for, the channel closes at once (its sender drops).
-                if !fresh.is_empty() {
+                if requests > 0 {
                     if resumable {
                         state.replay.open(StreamName::Post(post));
                     }
@@ -530,7 +531,7 @@ impl ClientSession {
                             tx,
                             streaming,
                             cut_through: resumable.then(CancellationToken::new),
-                            open: fresh.len(),
+                            open: requests,
                             deadline: now + self.call_timeout,
                         },
                     );
@@ -544,7 +545,7 @@ impl ClientSession {
             }
         };
         let mut submission = submission;
-        for (raw, _) in messages {
+        for raw in messages {
             if let Err(err) = self.sender.send(raw).await {
                 // When the stream has ended, the dispatcher answers the pending requests;
                 // a message too large for the tunnel fails only this POST's requests.
