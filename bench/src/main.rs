@@ -5,7 +5,8 @@
 //! and prints one Markdown table per workload plus a JSON file with every figure.
 //!
 //! - (a) `latency`: echo at concurrency 1, every target, ratios to direct.
-//! - (b) `throughput`: closed loop at c = 1, 16, 256; open loop at 50% and 80% of peak.
+//! - (b) `throughput`: closed loop at c = 1, 16, 256 (`--concurrency`); open loop at 50% and
+//!   80% of peak.
 //!   (a) and (b) run in both protocol eras (2025 sessions, 2026-07-28 stateless), each
 //!   era's ratios to its own direct path.
 //! - (c) `large`: 1 MiB and 10 MiB results, MiB/s, peak RSS, small calls meanwhile.
@@ -65,8 +66,8 @@ struct Args {
     /// Fleet sizes for (d) and (e).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     agents: Vec<usize>,
-    /// Concurrency levels of (b)'s closed loop, ascending; its open loop and its ratio,
-    /// p99 and CPU columns use the last.
+    /// Concurrency levels of (b)'s closed loop, ascending; its ratio, p99 and CPU columns
+    /// use the last, its open loop the peak over all. `--quick` runs 1 and 4.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 256])]
     concurrency: Vec<usize>,
     /// Keep only the targets whose names contain one of these words (comma-separated), e.g.

@@ -1,5 +1,5 @@
 //! Workload (b): calls per second of `echo` through each target at concurrency 1, 16 and
-//! 256 (closed loop, one session per concurrent caller), then open-loop latency at 50% and
+//! 256 by default (closed loop, one session per concurrent caller), then open-loop latency at 50% and
 //! 80% of each target's own peak. Targets take turns within each round; ratios are to the
 //! direct path of the target's protocol era.
 
