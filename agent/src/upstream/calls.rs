@@ -6,7 +6,7 @@
 //! `tools/list` results when tools are hidden, the tool names.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -128,11 +128,11 @@ struct State {
     /// Requests the agent answered itself on timeout: a late answer is dropped.
     expired: HashSet<String>,
     /// Answers decided on and not yet handed to the tunnel, by request id: the upstream's
-    /// answer, or the agent's own error (`None` until its text is set by [`Calls::owe`]).
+    /// answer, or the agent's own error (without its text until [`Calls::owe`] sets it).
     /// A stdio session's loop may be dropped while it waits to send one (the server
     /// exits); [`Calls::take_all`] then still answers them. Elsewhere an entry outlives
     /// its send ([`Calls::delivered`]) only when the stream is gone.
-    owed: HashMap<String, Option<Bytes>>,
+    owed: Owed,
     /// Answers [`Calls::take_all`] gave out and their sender has not handed to the tunnel
     /// yet (see [`Calls::handed`]).
     handing: usize,
@@ -406,7 +406,7 @@ impl Calls {
                     return None;
                 }
                 if let Some(call) = state.open.remove(id) {
-                    state.owed.insert(id.clone(), None);
+                    state.owed.decide(id);
                     drop(state);
                     self.finish(
                         &call,
@@ -488,7 +488,7 @@ impl Calls {
         state.expired.remove(id);
         let call = state.open.remove(id);
         if call.is_some() {
-            state.owed.insert(id.to_owned(), None);
+            state.owed.decide(id);
             if state.silent_since.is_none() {
                 state.silent_since = Some(Instant::now());
             }
@@ -529,7 +529,7 @@ impl Calls {
             _ => None,
         };
         if call.is_some() {
-            state.owed.insert(id.to_owned(), None);
+            state.owed.decide(id);
         }
         drop(state);
         self.finished(call, CallStatus::Error)
@@ -578,7 +578,7 @@ impl Calls {
             if let Some(call) = state.open.remove(id) {
                 closed.push(call);
             }
-            state.owed.insert(id.clone(), None);
+            state.owed.decide(id);
             if state.expired.len() < MAX_EXPIRED_REMEMBERED {
                 state.expired.insert(id.clone());
             }
@@ -611,7 +611,7 @@ impl Calls {
     pub(crate) fn take_all(&self) -> Vec<(String, Option<Bytes>)> {
         let mut state = self.lock();
         let calls: Vec<(String, OpenCall)> = state.open.drain().collect();
-        let owed: Vec<(String, Option<Bytes>)> = state.owed.drain().collect();
+        let owed = state.owed.drain();
         state.handing += calls.len() + owed.len();
         state.silent_since = None;
         drop(state);
@@ -628,12 +628,19 @@ impl Calls {
     /// `answer` is about to be sent to request `id`, whose call is closed: owed until
     /// [`Calls::delivered`].
     pub(crate) fn owe(&self, id: &str, answer: &Bytes) {
-        self.lock().owed.insert(id.to_owned(), Some(answer.clone()));
+        self.lock().owed.set(id, answer);
     }
 
     /// The answer to request `id` has been handed to the tunnel: it is owed no longer.
     pub(crate) fn delivered(&self, id: &str) {
-        self.lock().owed.remove(id);
+        self.lock().owed.sent(id);
+    }
+
+    /// The answer owed to request `id` will not be sent (the tunnel refused it); the one
+    /// sent instead, set by the next [`Calls::owe`], takes its place. It stays owed
+    /// meanwhile, so the stream's count never falls between the two.
+    pub(crate) fn withdraw(&self, id: &str) {
+        self.lock().owed.withdraw(id);
     }
 
     /// One answer [`Calls::take_all`] gave out has been handed to the tunnel.
@@ -724,7 +731,80 @@ impl State {
     /// What this stream counts in [`InFlight`]: calls open, and answers not yet handed to
     /// the tunnel.
     fn owing(&self) -> usize {
-        self.open.len() + self.owed.len() + self.handing
+        self.open.len() + self.owed.len + self.handing
+    }
+}
+
+/// Answers owed, by request id. A client may send an id again once its call is closed, so
+/// two answers can be owed under one id (the first call's error still waiting for the
+/// tunnel's credit, the second call's answer): each is counted and given out on its own.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Per id, oldest first: each answer's text once [`Owed::set`] has it.
+    by_id: HashMap<String, VecDeque<Option<Bytes>>>,
+    /// Answers owed, under every id.
+    len: usize,
+}
+
+impl Owed {
+    /// An answer to `id` is decided on; its text comes later.
+    fn decide(&mut self, id: &str) {
+        self.by_id.entry(id.to_owned()).or_default().push_back(None);
+        self.len += 1;
+    }
+
+    /// `answer` is about to be sent to `id`: the text of the oldest answer decided on
+    /// without one, or an answer owed from now on (one sent without a decision, such as a
+    /// refusal).
+    fn set(&mut self, id: &str, answer: &Bytes) {
+        let answers = self.by_id.entry(id.to_owned()).or_default();
+        match answers.iter_mut().find(|text| text.is_none()) {
+            Some(text) => *text = Some(answer.clone()),
+            None => {
+                answers.push_back(Some(answer.clone()));
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The answer to `id` whose text was set last will not be sent: it waits for the text
+    /// of the one sent instead.
+    fn withdraw(&mut self, id: &str) {
+        if let Some(text) = self
+            .by_id
+            .get_mut(id)
+            .and_then(|answers| answers.iter_mut().rev().find(|text| text.is_some()))
+        {
+            *text = None;
+        }
+    }
+
+    /// An answer to `id` is on its way: the oldest one with its text set, else the oldest.
+    fn sent(&mut self, id: &str) {
+        let Some(answers) = self.by_id.get_mut(id) else {
+            return;
+        };
+        let sent = answers.iter().position(Option::is_some).unwrap_or(0);
+        if answers.remove(sent).is_some() {
+            self.len -= 1;
+        }
+        if answers.is_empty() {
+            self.by_id.remove(id);
+        }
+    }
+
+    /// Every answer owed, each with its id.
+    fn drain(&mut self) -> Vec<(String, Option<Bytes>)> {
+        self.len = 0;
+        self.by_id
+            .drain()
+            .flat_map(|(id, answers)| answers.into_iter().map(move |text| (id.clone(), text)))
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.len = 0;
     }
 }
 
@@ -1285,6 +1365,53 @@ mod tests {
         assert_eq!(total.get(), 1, "5's error, given out");
         drop(owing);
         assert_eq!(total.get(), 0, "a stream gone owes nothing");
+    }
+
+    /// A call's timeout error still waiting to be sent, and the answer to a later call
+    /// that reused its id, are two answers owed: the first one sent leaves the other
+    /// counted, and the server's exit then still gives it out.
+    #[test]
+    fn two_answers_owed_under_one_id_are_each_counted() {
+        let (owing, total, _) =
+            calls(ToolPolicy::new(vec![], vec![], None, Some(Duration::from_secs(1))).unwrap());
+        let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#;
+        assert!(admitted(&owing, request));
+        assert_eq!(owing.expire(Instant::now() + Duration::from_secs(2)), ["1"]);
+        let timeout = Bytes::from_static(b"the timeout's error");
+        owing.owe("1", &timeout);
+        assert!(admitted(&owing, request), "the id is free again");
+        let result = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        let (answer, id) = owing.outgoing(result, Via::Shared).expect("forwarded");
+        assert_eq!(id.as_deref(), Some("1"));
+        assert_eq!(total.get(), 2, "two answers owed under one id");
+        owing.owe("1", &answer);
+        owing.delivered("1");
+        assert_eq!(total.get(), 1, "the second is still owed");
+        assert_eq!(owing.take_all(), [("1".to_owned(), Some(answer))]);
+        owing.handed();
+        assert_eq!(total.get(), 0);
+    }
+
+    /// An answer the tunnel refused (over its limit) and the error sent in its place are
+    /// one answer owed, not two.
+    #[test]
+    fn an_answer_withdrawn_for_an_error_is_owed_once() {
+        let (owing, total, _) = calls(ToolPolicy::new(vec![], vec![], None, None).unwrap());
+        assert!(admitted(
+            &owing,
+            br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#
+        ));
+        let big = Bytes::from_static(br#"{"jsonrpc":"2.0","id":3,"result":{"big":1}}"#);
+        let (answer, _) = owing.outgoing(big, Via::Shared).expect("forwarded");
+        owing.owe("3", &answer);
+        owing.withdraw("3");
+        assert!(!owing.answered("3"), "closed by its answer already");
+        let error = Bytes::from_static(b"too large");
+        owing.owe("3", &error);
+        assert_eq!(total.get(), 1);
+        owing.delivered("3");
+        assert_eq!(total.get(), 0);
+        assert!(owing.take_all().is_empty());
     }
 
     /// After a timeout the server counts as silent; a server still writing a line that

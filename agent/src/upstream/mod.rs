@@ -120,6 +120,8 @@ pub(crate) async fn forward(
             );
             match answers {
                 Some(id) => {
+                    // The error takes the refused answer's place among those owed.
+                    calls.withdraw(&id);
                     answer_with_error(
                         sender,
                         calls,

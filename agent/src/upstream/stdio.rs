@@ -996,19 +996,7 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let (relay_side, stream, _, agent_tunnel) =
             super::super::opened_stream(config, vec![], &stop).await;
-        let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
-        let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
-        let calls = Calls::new(
-            super::super::calls::InFlight::new(),
-            Arc::new(super::super::calls::ServerRuntime::new(
-                "erp".into(),
-                policy,
-            )),
-            Arc::new(crate::metrics::Metrics::new()),
-            Arc::new(redactor),
-        );
-        let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
-        assert!(matches!(calls.admit(request), Admission::Forward(_)));
+        let (calls, _) = call_one_open(call_timeout);
         let (server_out, agent_in) = tokio::io::duplex(pipe);
         let sender = stream.sender.clone();
         let calls = Arc::new(calls);
@@ -1038,6 +1026,26 @@ mod tests {
         }
     }
 
+    /// A server's calls, with call 1 (`tools/call` of `big`) open, and what they count in
+    /// flight.
+    fn call_one_open(call_timeout: Option<Duration>) -> (Calls, super::super::calls::InFlight) {
+        let total = super::super::calls::InFlight::new();
+        let (redactor, _) = crate::redact::Redactor::new(std::iter::empty());
+        let policy = crate::policy::ToolPolicy::new(vec![], vec![], None, call_timeout).unwrap();
+        let calls = Calls::new(
+            total.clone(),
+            Arc::new(super::super::calls::ServerRuntime::new(
+                "erp".into(),
+                policy,
+            )),
+            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(redactor),
+        );
+        let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big"}}"#;
+        assert!(matches!(calls.admit(request), Admission::Forward(_)));
+        (calls, total)
+    }
+
     /// The agent's side once the server has closed its stdout: it ended as for an exit.
     /// Stops the tunnel and gives back the calls.
     async fn exited(
@@ -1048,6 +1056,35 @@ mod tests {
         assert!(matches!(outcome, Outcome::Exited));
         stop.cancel();
         calls
+    }
+
+    /// An answer the tunnel refuses (over its message limit) is replaced by an error that
+    /// is owed in its place: the client gets the error, and once it is sent the stream
+    /// owes nothing (a draining agent can close the tunnel).
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_owed_once_as_its_error() {
+        let config = outpost_tunnel::TunnelConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            chunk_len: 16 * 1024,
+            max_message_len: 1024,
+            initial_window: 64 * 1024,
+            peer_chunk_len: 16 * 1024,
+            max_streams: 8,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (mut relay_side, stream, _, _agent_tunnel) =
+            super::super::opened_stream(config, vec![], &stop).await;
+        let (calls, total) = call_one_open(None);
+        let answer = Bytes::from(long_answer(2048));
+        within(forward(&stream.sender, &calls, answer, Via::Shared))
+            .await
+            .expect("the error was sent");
+        let received = within(relay_side.receiver.recv()).await.unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&received).unwrap();
+        assert_eq!(error["id"], 1);
+        assert_eq!(error["error"]["code"], super::super::ERROR_TOO_LARGE);
+        assert_eq!(total.get(), 0, "the error was owed once, and is sent");
+        stop.cancel();
     }
 
     /// An answer to call 1 with a text of `len` bytes of `x`.
