@@ -127,8 +127,9 @@ struct State {
     open: HashMap<String, OpenCall>,
     /// Requests the agent answered itself on timeout: a late answer is dropped.
     expired: HashSet<String>,
-    /// Answers decided on and not yet handed to the tunnel, by request id: the upstream's
-    /// answer, or the agent's own error (without its text until [`Calls::owe`] sets it).
+    /// Answers decided on (a call closed, a request refused) and not yet handed to the
+    /// tunnel, by request id: the upstream's answer, or the agent's own error (without its
+    /// text until [`Calls::owe`] sets it).
     /// A stdio session's loop may be dropped while it waits to send one (the server
     /// exits); [`Calls::take_all`] then still answers them. Elsewhere an entry outlives
     /// its send ([`Calls::delivered`]) only when the stream is gone.
@@ -331,7 +332,7 @@ impl Calls {
                 let name = tool.as_deref().unwrap_or("");
                 let answer =
                     error_response(&id, ERROR_INVALID_PARAMS, &format!("Unknown tool: {name}"));
-                return Admission::Refuse { id, answer };
+                return self.refuse(id, answer);
             }
         }
         // The handshake and pings are not work: they neither take a slot nor time out.
@@ -345,7 +346,7 @@ impl Calls {
                 ERROR_BUSY,
                 &format!("the server is busy: {max} calls in flight, the agent's limit for it"),
             );
-            return Admission::Refuse { id, answer };
+            return self.refuse(id, answer);
         }
         let now = Instant::now();
         let mut state = self.lock();
@@ -373,6 +374,12 @@ impl Calls {
             method: Some(method.to_owned()),
             serial: Some(serial),
         })
+    }
+
+    /// Refuses request `id` with `answer`, owed from now on until [`Calls::delivered`].
+    fn refuse(&self, id: String, answer: Bytes) -> Admission {
+        self.lock().owed.decide(&id);
+        Admission::Refuse { id, answer }
     }
 
     /// Notes a message from the upstream on its way to the client: closes the call it
@@ -636,9 +643,9 @@ impl Calls {
         self.lock().owed.sent(id);
     }
 
-    /// The answer owed to request `id` will not be sent (the tunnel refused it); the one
-    /// sent instead, set by the next [`Calls::owe`], takes its place. It stays owed
-    /// meanwhile, so the stream's count never falls between the two.
+    /// The answer to request `id` whose text was set last will not be sent (the tunnel
+    /// refused it); the one sent instead, set by the next [`Calls::owe`], takes its place.
+    /// It stays owed meanwhile, so the stream's count never falls between the two.
     pub(crate) fn withdraw(&self, id: &str) {
         self.lock().owed.withdraw(id);
     }
@@ -754,8 +761,8 @@ impl Owed {
     }
 
     /// `answer` is about to be sent to `id`: the text of the oldest answer decided on
-    /// without one, or an answer owed from now on (one sent without a decision, such as a
-    /// refusal).
+    /// without one; if every answer owed to `id` has its text, one more owed from now on
+    /// (an error for a call that was closed already).
     fn set(&mut self, id: &str, answer: &Bytes) {
         let answers = self.by_id.entry(id.to_owned()).or_default();
         match answers.iter_mut().find(|text| text.is_none()) {
@@ -779,7 +786,9 @@ impl Owed {
         }
     }
 
-    /// An answer to `id` is on its way: the oldest one with its text set, else the oldest.
+    /// An answer to `id` is on its way: the oldest one with its text set. (Every answer is
+    /// given its text before it is sent; the oldest without one goes for tests that skip
+    /// that step.)
     fn sent(&mut self, id: &str) {
         let Some(answers) = self.by_id.get_mut(id) else {
             return;
@@ -1139,6 +1148,8 @@ mod tests {
         let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["id"], 7);
         assert_eq!(answer["error"]["code"], -32602);
+        assert_eq!(total.get(), 1, "the refusal is owed until it is sent");
+        calls.delivered("7");
         assert_eq!(total.get(), 0);
         assert!(admitted(
             &calls,

@@ -120,18 +120,15 @@ pub(crate) async fn forward(
             );
             match answers {
                 Some(id) => {
-                    // The error takes the refused answer's place among those owed.
+                    // The error takes the refused answer's place among those owed. Its call
+                    // is closed already, and the id may be a later call's by now: nothing
+                    // else is closed for it.
                     calls.withdraw(&id);
-                    answer_with_error(
-                        sender,
-                        calls,
-                        &id,
-                        ERROR_TOO_LARGE,
-                        &format!(
-                            "the result of {len} bytes exceeds the tunnel's limit of {max} bytes"
-                        ),
-                    )
-                    .await
+                    let text = format!(
+                        "the result of {len} bytes exceeds the tunnel's limit of {max} bytes"
+                    );
+                    let error = calls::error_response(&id, ERROR_TOO_LARGE, &text);
+                    send_owed(sender, calls, &id, error).await
                 }
                 None => Ok(()),
             }
