@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use super::arriving::{self, Arriving, FORWARD_AS_IT_ARRIVES_FROM, RelayClosed, Stop};
 use super::calls::Via;
-use super::{Admission, Calls, UpstreamContext, answer_with_error, forward, sleep_until};
+use super::{Admission, Calls, UpstreamContext, forward, send_owed, sleep_until};
 use crate::config::StdioConfig;
 
 pub(super) async fn serve(
@@ -240,7 +240,7 @@ async fn to_child(
                     let timeout = calls.call_timeout().unwrap_or_default();
                     tracing::warn!(server = name, ?timeout, "call timed out; cancelling it upstream");
                     let (answer, cancel) = super::timed_out(&id, timeout);
-                    if super::send_owed(sender, calls, &id, answer).await.is_err() {
+                    if send_owed(sender, calls, &id, answer).await.is_err() {
                         return Outcome::RelayClosed;
                     }
                     if write_line(stdin, cancel).await.is_err() {
@@ -262,7 +262,7 @@ async fn to_child(
                     Admission::Refuse { id, answer } => {
                         // Owed meanwhile: the send may wait behind a long answer, and the
                         // server's exit would drop it.
-                        if super::send_owed(sender, calls, &id, answer).await.is_err() {
+                        if send_owed(sender, calls, &id, answer).await.is_err() {
                             return Outcome::RelayClosed;
                         }
                         continue;
@@ -523,9 +523,15 @@ async fn too_large(
     let Some(id) = id else {
         return Ok(());
     };
+    // An answer to a call already closed (timed out, cancelled) is late: dropped, as any
+    // late answer is, rather than answered a second time.
+    if !calls.answered(id) {
+        return Ok(());
+    }
     let text =
         format!("the server's message of {len} bytes exceeds the tunnel's limit of {max} bytes");
-    answer_with_error(sender, calls, id, super::ERROR_TOO_LARGE, &text).await
+    let error = super::calls::error_response(id, super::ERROR_TOO_LARGE, &text);
+    send_owed(sender, calls, id, error).await
 }
 
 /// What became of a long line.
@@ -1256,6 +1262,35 @@ mod tests {
         assert_eq!(&next[..], NEXT_LINE.trim_end().as_bytes());
         let calls = exited(agent, stop).await;
         assert!(!calls.has_open("1"));
+    }
+
+    /// An answer over the tunnel's limit to a call that timed out is late: the client,
+    /// answered already by the timeout, gets no second answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_over_the_limit_to_a_timed_out_call_is_dropped() {
+        let Wired {
+            mut relay_side,
+            mut server_out,
+            agent,
+            calls,
+            stop,
+            _keep,
+        } = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.expire(Instant::now()), ["1"]);
+        let writer = tokio::spawn(async move {
+            let mut line = long_answer(4 * 1024 * 1024).into_bytes();
+            line.push(b'\n');
+            server_out.write_all(&line).await.unwrap();
+            let note = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n";
+            server_out.write_all(note.as_bytes()).await.unwrap();
+            server_out
+        });
+        let first = within(relay_side.receiver.recv()).await.unwrap();
+        let first: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(first["method"], "notifications/message", "{first}");
+        drop(writer.await.unwrap());
+        exited(agent, stop).await;
     }
 
     /// A stray line is still word from the server: after a call timed out, the silence that
