@@ -453,6 +453,13 @@ impl Calls {
         Some(deadline)
     }
 
+    /// An answer to `id` came after its call was closed and is dropped unread (too long to
+    /// read): a timed-out call's late answer comes once, so its expiry is forgotten, as
+    /// [`Calls::outgoing`] forgets it for the answers it drops.
+    pub(crate) fn dropped_late(&self, id: &str) {
+        self.lock().expired.remove(id);
+    }
+
     /// The upstream is writing: a server in the middle of a long answer is not silent.
     pub(crate) fn heard(&self) {
         self.lock().silent_since = None;

@@ -432,6 +432,8 @@ async fn relay_stdout<R: AsyncBufRead + Unpin>(
                 id,
                 has_method,
             }) => {
+                // A whole line, if a useless one, is word from the server.
+                calls.heard();
                 // An answer with no id found at its ends: with one call open, it can only be
                 // that call's. A request or notification is answered by nobody.
                 let answered = if has_method {
@@ -526,6 +528,7 @@ async fn too_large(
     // An answer to a call already closed (timed out, cancelled) is late: dropped, as any
     // late answer is, rather than answered a second time.
     if !calls.answered(id) {
+        calls.dropped_late(id);
         return Ok(());
     }
     let text =
@@ -1265,7 +1268,8 @@ mod tests {
     }
 
     /// An answer over the tunnel's limit to a call that timed out is late: the client,
-    /// answered already by the timeout, gets no second answer.
+    /// answered already by the timeout, gets no second answer; and the server, which wrote
+    /// it, is not silent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_over_the_limit_to_a_timed_out_call_is_dropped() {
         let Wired {
@@ -1278,18 +1282,24 @@ mod tests {
         } = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls.expire(Instant::now()), ["1"]);
-        let writer = tokio::spawn(async move {
-            let mut line = long_answer(4 * 1024 * 1024).into_bytes();
-            line.push(b'\n');
-            server_out.write_all(&line).await.unwrap();
-            let note = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n";
-            server_out.write_all(note.as_bytes()).await.unwrap();
-            server_out
-        });
+        assert!(calls.silent_for(Instant::now()).is_some());
+        let mut line = long_answer(4 * 1024 * 1024).into_bytes();
+        assert!(line.len() > 4 * 1024 * 1024, "over the agent's limit here");
+        line.push(b'\n');
+        server_out.write_all(&line).await.unwrap();
+        // Read whole and dropped: the silence since the timeout ends with it.
+        within(async {
+            while calls.silent_for(Instant::now()).is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let note = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n";
+        server_out.write_all(note.as_bytes()).await.unwrap();
         let first = within(relay_side.receiver.recv()).await.unwrap();
         let first: serde_json::Value = serde_json::from_slice(&first).unwrap();
         assert_eq!(first["method"], "notifications/message", "{first}");
-        drop(writer.await.unwrap());
+        drop(server_out);
         exited(agent, stop).await;
     }
 
