@@ -1267,6 +1267,15 @@ mod tests {
         assert!(!calls.has_open("1"));
     }
 
+    /// [`wired`], with call 1 timed out: the server counts as silent since.
+    async fn timed_out() -> Wired {
+        let wired = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(wired.calls.expire(Instant::now()), ["1"]);
+        assert!(wired.calls.silent_for(Instant::now()).is_some());
+        wired
+    }
+
     /// An answer over the tunnel's limit to a call that timed out is late: the client,
     /// answered already by the timeout, gets no second answer; and the server, which wrote
     /// it, is not silent.
@@ -1279,10 +1288,7 @@ mod tests {
             calls,
             stop,
             _keep,
-        } = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(calls.expire(Instant::now()), ["1"]);
-        assert!(calls.silent_for(Instant::now()).is_some());
+        } = timed_out().await;
         let mut line = long_answer(4 * 1024 * 1024).into_bytes();
         assert!(line.len() > 4 * 1024 * 1024, "over the agent's limit here");
         line.push(b'\n');
@@ -1314,10 +1320,7 @@ mod tests {
             calls,
             stop,
             _keep,
-        } = wired(Some(Duration::from_millis(1)), 64 * 1024, 64 * 1024).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(calls.expire(Instant::now()), ["1"]);
-        assert!(calls.silent_for(Instant::now()).is_some());
+        } = timed_out().await;
         server_out.write_all(b"still thinking\n").await.unwrap();
         within(async {
             while calls.silent_for(Instant::now()).is_some() {
