@@ -8,10 +8,12 @@
 //! Secrets shorter than [`MIN_SECRET_LEN`] are not searched for: replacing every
 //! occurrence of a short string would mangle ordinary output. They are named at startup.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::automaton::Automaton as _;
+use aho_corasick::nfa::contiguous::NFA;
+use aho_corasick::{AhoCorasick, Anchored, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroize;
@@ -25,8 +27,17 @@ const MIN_NEEDLE_LEN: usize = 8;
 
 /// A compiled search for every form of every secret.
 pub struct Redactor {
-    searcher: Option<AhoCorasick>,
+    search: Option<Search>,
     patterns: usize,
+}
+
+/// The compiled forms.
+struct Search {
+    /// Finds them in a message.
+    searcher: AhoCorasick,
+    /// Tells whether some text is the start of a form (see [`Search::open_from`]); `None`
+    /// if it could not be built, and then a stream holds back as much as could begin one.
+    starts: Option<NFA>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -58,24 +69,33 @@ impl Redactor {
             }
         }
         let patterns = needles.len();
-        let searcher = if needles.is_empty() {
+        let search = if needles.is_empty() {
             None
         } else {
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(&needles)
                 .ok()
+                .map(|searcher| Search {
+                    searcher,
+                    // Every pattern's path, for anchored walks: a trie.
+                    starts: NFA::builder()
+                        .match_kind(MatchKind::Standard)
+                        .prefilter(false)
+                        .build(&needles)
+                        .ok(),
+                })
         };
         for needle in &mut needles {
             needle.zeroize();
         }
-        (Self { searcher, patterns }, too_short)
+        (Self { search, patterns }, too_short)
     }
 
     /// Replaces every secret in `message`; returns it and the number of replacements.
     /// Costs one scan when nothing matches (the common case), and no copy.
     pub fn redact(&self, message: Bytes) -> (Bytes, usize) {
-        let Some(searcher) = &self.searcher else {
+        let Some(Search { searcher, .. }) = &self.search else {
             return (message, 0);
         };
         if searcher.find(message.as_ref()).is_none() {
@@ -105,10 +125,47 @@ impl Redactor {
     /// Redaction of one message that arrives in parts (see [`RedactStream`]).
     pub fn stream(&self) -> RedactStream<'_> {
         RedactStream {
-            searcher: self.searcher.as_ref(),
+            search: self.search.as_ref(),
             pending: BytesMut::new(),
             count: 0,
         }
+    }
+}
+
+impl std::fmt::Debug for Search {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nothing of the forms: they are the secrets.
+        f.debug_struct("Search").finish_non_exhaustive()
+    }
+}
+
+impl Search {
+    /// Where a form could begin that `text` has not yet ended: the first position from
+    /// which the rest of `text` is the start of a form, or its length when there is none.
+    /// Only the last `longest - 1` positions can be: from further back, the rest is as
+    /// long as the longest form, and any form there is wholly in view.
+    fn open_from(&self, text: &[u8]) -> usize {
+        let window = text
+            .len()
+            .saturating_sub(self.searcher.max_pattern_len().saturating_sub(1));
+        let Some(starts) = &self.starts else {
+            return window;
+        };
+        let Ok(start) = starts.start_state(Anchored::Yes) else {
+            return window;
+        };
+        // An anchored walk dies at the first byte that leaves every form's path: from most
+        // positions, at once.
+        let begins_a_form = |rest: &[u8]| {
+            let mut state = start;
+            rest.iter().all(|&byte| {
+                state = starts.next_state(Anchored::Yes, state, byte);
+                !starts.is_dead(state)
+            })
+        };
+        (window..text.len())
+            .find(|&at| begins_a_form(&text[at..]))
+            .unwrap_or(text.len())
     }
 }
 
@@ -116,12 +173,13 @@ impl Redactor {
 /// arrived, with exactly the result of [`Redactor::redact`] over the whole message.
 ///
 /// Each part is searched together with the bytes held back before it. A match that starts
-/// at least one longest-form length before the end of what has arrived is final: every
-/// form that could match there is wholly in view. Bytes from there on could still begin a
-/// secret, so they are held back until the next part (or the end) decides.
+/// before the last place where a form could still be beginning ([`Search::open_from`])
+/// is final: every form that could match there is wholly in view. Bytes from that place
+/// on are held back until the next part (or the end) decides. Most parts end with nothing
+/// that could begin a form; a part taken in a buffer of its own then goes on uncopied.
 #[derive(Debug)]
 pub struct RedactStream<'a> {
-    searcher: Option<&'a AhoCorasick>,
+    search: Option<&'a Search>,
     /// Arrived and not yet handed on.
     pending: BytesMut,
     /// Replacements so far.
@@ -133,30 +191,40 @@ impl RedactStream<'_> {
     /// (possibly nothing).
     pub fn push(&mut self, part: &[u8]) -> Bytes {
         self.pending.extend_from_slice(part);
-        let Some(searcher) = self.searcher else {
-            return self.pending.split().freeze();
-        };
-        let Some(last_final_start) = self.pending.len().checked_sub(searcher.max_pattern_len())
-        else {
-            return Bytes::new();
-        };
-        self.settle(searcher, last_final_start + 1)
+        let text = self.pending.split().freeze();
+        match self.search {
+            Some(search) => {
+                let settled = search.open_from(&text);
+                self.settle(search, text, settled)
+            }
+            None => text,
+        }
     }
 
-    /// [`RedactStream::push`] for a part in a buffer of its own: with no secrets to look
-    /// for, it is handed on as it is rather than copied.
+    /// [`RedactStream::push`] for a part in a buffer of its own: when nothing is held back
+    /// before it, what it settles goes on as a slice of it rather than a copy.
     pub fn push_owned(&mut self, part: Bytes) -> Bytes {
-        if self.searcher.is_none() && self.pending.is_empty() {
-            return part;
+        if !self.pending.is_empty() {
+            return self.push(&part);
         }
-        self.push(&part)
+        match self.search {
+            Some(search) => {
+                let settled = search.open_from(&part);
+                self.settle(search, part, settled)
+            }
+            None => part,
+        }
     }
 
     /// The rest of the message, redacted.
     pub fn finish(&mut self) -> Bytes {
-        match self.searcher {
-            Some(searcher) => self.settle(searcher, self.pending.len()),
-            None => self.pending.split().freeze(),
+        let text = self.pending.split().freeze();
+        match self.search {
+            Some(search) => {
+                let end = text.len();
+                self.settle(search, text, end)
+            }
+            None => text,
         }
     }
 
@@ -165,28 +233,32 @@ impl RedactStream<'_> {
         self.count
     }
 
-    /// Hands on the pending bytes up to `settled` (or to the end of a match that starts
-    /// before it), with every match starting before `settled` replaced.
-    fn settle(&mut self, searcher: &AhoCorasick, settled: usize) -> Bytes {
-        let mut matches = searcher
-            .find_iter(&self.pending[..])
+    /// Hands on `text` (all that is not yet handed on) up to `settled`, or to the end of a
+    /// match that starts before it, with every match starting before `settled` replaced.
+    /// The rest is held back: a copy of at most a longest form's length.
+    fn settle(&mut self, search: &Search, text: Bytes, settled: usize) -> Bytes {
+        let mut matches = search
+            .searcher
+            .find_iter(&text[..])
             .take_while(|found| found.start() < settled)
             .peekable();
-        if matches.peek().is_none() {
-            return self.pending.split_to(settled).freeze();
-        }
-        let mut out = BytesMut::with_capacity(settled + MARKER.len());
-        let mut last = 0;
-        for found in matches {
-            out.extend_from_slice(&self.pending[last..found.start()]);
-            out.extend_from_slice(MARKER.as_bytes());
-            last = found.end();
-            self.count += 1;
-        }
-        let end = settled.max(last);
-        out.extend_from_slice(&self.pending[last..end]);
-        self.pending.advance(end);
-        out.freeze()
+        let (out, end) = if matches.peek().is_none() {
+            (text.slice(..settled), settled)
+        } else {
+            let mut out = BytesMut::with_capacity(settled + MARKER.len());
+            let mut last = 0;
+            for found in matches {
+                out.extend_from_slice(&text[last..found.start()]);
+                out.extend_from_slice(MARKER.as_bytes());
+                last = found.end();
+                self.count += 1;
+            }
+            let end = settled.max(last);
+            out.extend_from_slice(&text[last..end]);
+            (out.freeze(), end)
+        };
+        self.pending.extend_from_slice(&text[end..]);
+        out
     }
 }
 
@@ -360,20 +432,34 @@ mod tests {
             #[test]
             fn parts_redact_as_the_whole(
                 message in message(),
-                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+                cuts in proptest::collection::vec(
+                    (any::<prop::sample::Index>(), any::<bool>()),
+                    0..8,
+                ),
             ) {
                 let r = redactor(&SECRETS);
                 let (whole, whole_count) = r.redact(Bytes::from(message.clone()));
-                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(message.len() + 1)).collect();
+                let mut at: Vec<(usize, bool)> = cuts
+                    .iter()
+                    .map(|(i, owned)| (i.index(message.len() + 1), *owned))
+                    .collect();
                 at.sort_unstable();
+                at.push((message.len(), false));
+                let message = Bytes::from(message);
                 let mut stream = r.stream();
                 let mut out = Vec::new();
                 let mut from = 0;
-                for cut in at {
-                    out.extend_from_slice(&stream.push(&message[from..cut]));
+                for (cut, owned) in at {
+                    // Either way in, by slice or in a buffer of its own.
+                    let part = message.slice(from..cut);
+                    let ready = if owned {
+                        stream.push_owned(part)
+                    } else {
+                        stream.push(&part)
+                    };
+                    out.extend_from_slice(&ready);
                     from = cut;
                 }
-                out.extend_from_slice(&stream.push(&message[from..]));
                 out.extend_from_slice(&stream.finish());
                 let count = stream.count();
                 prop_assert_eq!(out, whole.to_vec());
@@ -387,7 +473,10 @@ mod tests {
             let mut stream = r.stream();
             let head = "x".repeat(100);
             let sent = stream.push(format!("{head}opa_live_").as_bytes());
-            assert!(sent.len() < 100, "the start of a secret went out: {sent:?}");
+            assert!(
+                head.as_bytes().starts_with(&sent),
+                "the start of a secret went out: {sent:?}"
+            );
             let mut out = sent.to_vec();
             out.extend_from_slice(&stream.push(b"Xk3b9QmZ2rT8 and on"));
             out.extend_from_slice(&stream.finish());
@@ -397,6 +486,33 @@ mod tests {
                 format!("{head}{MARKER} and on")
             );
             assert_eq!(count, 1);
+        }
+
+        #[test]
+        fn a_part_that_ends_with_no_start_of_a_secret_goes_on_whole_and_uncopied() {
+            let r = redactor(&SECRETS);
+            let mut stream = r.stream();
+            let part = Bytes::from(format!(r#"{{"text":"{}"}}"#, "x".repeat(1000)));
+            let sent = stream.push_owned(part.clone());
+            assert_eq!(sent, part);
+            assert_eq!(sent.as_ptr(), part.as_ptr(), "the part was copied");
+            assert_eq!(stream.finish(), Bytes::new());
+        }
+
+        #[test]
+        fn only_what_could_begin_a_secret_is_held_back() {
+            let r = redactor(&SECRETS);
+            let mut stream = r.stream();
+            let head = format!(r#"{{"text":"{}"#, "x".repeat(1000));
+            let sent = stream.push_owned(Bytes::from(format!("{head}opa_li")));
+            assert_eq!(sent, head.as_bytes());
+            // Not the start of a secret after all: it goes on with the next part.
+            assert_eq!(
+                stream.push_owned(Bytes::from_static(b"ke\"}")),
+                "opa_like\"}"
+            );
+            assert_eq!(stream.finish(), Bytes::new());
+            assert_eq!(stream.count(), 0);
         }
 
         #[test]
