@@ -173,17 +173,27 @@ impl Search {
 /// arrived, with exactly the result of [`Redactor::redact`] over the whole message.
 ///
 /// Each part is searched together with the bytes held back before it. A match that starts
-/// before the last place where a form could still be beginning ([`Search::open_from`])
+/// before the first place where a form could still be beginning ([`Search::open_from`])
 /// is final: every form that could match there is wholly in view. Bytes from that place
 /// on are held back until the next part (or the end) decides. Most parts end with nothing
-/// that could begin a form; a part taken in a buffer of its own then goes on uncopied.
-#[derive(Debug)]
+/// that could begin a form; a part taken in a buffer of its own, with nothing held back
+/// before it and no secret in it, then goes on uncopied.
 pub struct RedactStream<'a> {
     search: Option<&'a Search>,
     /// Arrived and not yet handed on.
     pending: BytesMut,
     /// Replacements so far.
     count: usize,
+}
+
+impl std::fmt::Debug for RedactStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What is held back may be most of a secret: its length only.
+        f.debug_struct("RedactStream")
+            .field("pending", &self.pending.len())
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedactStream<'_> {
@@ -513,6 +523,25 @@ mod tests {
             );
             assert_eq!(stream.finish(), Bytes::new());
             assert_eq!(stream.count(), 0);
+        }
+
+        #[test]
+        fn a_form_begun_at_the_first_place_one_could_still_be_open_is_held_back() {
+            let r = redactor(&SECRETS);
+            // The longest form (hex) cut one byte before its end: it begins exactly at
+            // the first place that can still be open.
+            let form = hex::encode(SECRETS[0]);
+            let longest = r.search.as_ref().unwrap().searcher.max_pattern_len();
+            assert_eq!(form.len(), longest);
+            let head = "x".repeat(50);
+            let mut stream = r.stream();
+            let mut out = stream
+                .push_owned(Bytes::from(format!("{head}{}", &form[..longest - 1])))
+                .to_vec();
+            out.extend_from_slice(&stream.push_owned(Bytes::from(form[longest - 1..].to_owned())));
+            out.extend_from_slice(&stream.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{head}{MARKER}"));
+            assert_eq!(stream.count(), 1);
         }
 
         #[test]
