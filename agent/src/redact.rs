@@ -202,13 +202,7 @@ impl RedactStream<'_> {
     pub fn push(&mut self, part: &[u8]) -> Bytes {
         self.pending.extend_from_slice(part);
         let text = self.pending.split().freeze();
-        match self.search {
-            Some(search) => {
-                let settled = search.open_from(&text);
-                self.settle(search, text, settled)
-            }
-            None => text,
-        }
+        self.hand_on(text, false)
     }
 
     /// [`RedactStream::push`] for a part in a buffer of its own: when nothing is held back
@@ -217,25 +211,13 @@ impl RedactStream<'_> {
         if !self.pending.is_empty() {
             return self.push(&part);
         }
-        match self.search {
-            Some(search) => {
-                let settled = search.open_from(&part);
-                self.settle(search, part, settled)
-            }
-            None => part,
-        }
+        self.hand_on(part, false)
     }
 
     /// The rest of the message, redacted.
     pub fn finish(&mut self) -> Bytes {
         let text = self.pending.split().freeze();
-        match self.search {
-            Some(search) => {
-                let end = text.len();
-                self.settle(search, text, end)
-            }
-            None => text,
-        }
+        self.hand_on(text, true)
     }
 
     /// Replacements so far.
@@ -243,9 +225,23 @@ impl RedactStream<'_> {
         self.count
     }
 
-    /// Hands on `text` (all that is not yet handed on) up to `settled`, or to the end of a
-    /// match that starts before it, with every match starting before `settled` replaced.
-    /// The rest is held back: a copy of at most a longest form's length.
+    /// Hands on what of `text` (all that is not yet handed on) is settled: all of it at
+    /// the message's `end`, else up to where a form could still be beginning.
+    fn hand_on(&mut self, text: Bytes, end: bool) -> Bytes {
+        let Some(search) = self.search else {
+            return text;
+        };
+        let settled = if end {
+            text.len()
+        } else {
+            search.open_from(&text)
+        };
+        self.settle(search, text, settled)
+    }
+
+    /// Hands on `text` up to `settled`, or to the end of a match that starts before it,
+    /// with every match starting before `settled` replaced. The rest is held back: a copy
+    /// of fewer bytes than the longest form.
     fn settle(&mut self, search: &Search, text: Bytes, settled: usize) -> Bytes {
         let mut matches = search
             .searcher
